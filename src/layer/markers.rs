@@ -1,0 +1,123 @@
+//! Reading whiteouts and opaque markers in every dialect the design lists:
+//! char device 0/0, zero-size files carrying an overlay whiteout xattr, OCI
+//! `.wh.NAME` files, opaque xattrs (`=y`; `=x` only says "has xattr
+//! whiteouts") and the OCI `.wh..wh..opq` file.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::BorrowedFd;
+use std::os::unix::ffi::OsStrExt;
+
+use rustix::fs::{FileType, Stat};
+
+use super::{LayerError, stat_at};
+use crate::sys::getxattr_at;
+
+/// Prefix of OCI whiteout files; no name with it is ever shown or created.
+pub const OCI_WHITEOUT_PREFIX: &[u8] = b".wh.";
+const OCI_OPAQUE: &CStr = c".wh..wh..opq";
+
+const WHITEOUT_XATTRS: [&CStr; 2] = [c"trusted.overlay.whiteout", c"user.overlay.whiteout"];
+const OPAQUE_XATTRS: [&CStr; 3] = [
+    c"trusted.overlay.opaque",
+    c"user.overlay.opaque",
+    c"user.fuseoverlayfs.opaque",
+];
+
+/// What a layer directory says about one name.
+#[derive(Debug)]
+pub enum Presence {
+    /// The layer has nothing under this name; look further down.
+    Absent,
+    /// The layer hides this name in the layers below.
+    Whiteout,
+    /// The layer has a real entry.
+    Entry(Stat),
+}
+
+/// True for names reserved to markers (`.wh.*`), which never appear through the mount.
+pub fn is_marker_name(name: &[u8]) -> bool {
+    name.starts_with(OCI_WHITEOUT_PREFIX)
+}
+
+fn has_xattr(dir: BorrowedFd<'_>, name: &CStr, attr: &CStr) -> bool {
+    getxattr_at(dir, name, attr, &mut []).is_ok()
+}
+
+fn xattr_is_y(dir: BorrowedFd<'_>, name: &CStr, attr: &CStr) -> bool {
+    let mut buf = [0u8; 2];
+    matches!(getxattr_at(dir, name, attr, &mut buf), Ok(1) if buf[0] == b'y')
+}
+
+/// Whether `stat` (of `name` in `dir`) is a whiteout in the overlay dialects.
+pub fn is_overlay_whiteout(dir: BorrowedFd<'_>, name: &CStr, stat: &Stat) -> bool {
+    match FileType::from_raw_mode(stat.st_mode) {
+        FileType::CharacterDevice => stat.st_rdev == 0,
+        FileType::RegularFile if stat.st_size == 0 => WHITEOUT_XATTRS
+            .iter()
+            .any(|attr| has_xattr(dir, name, attr)),
+        _ => false,
+    }
+}
+
+fn oci_whiteout_name(name: &CStr) -> Option<CString> {
+    let mut bytes = OCI_WHITEOUT_PREFIX.to_vec();
+    bytes.extend_from_slice(name.to_bytes());
+    CString::new(bytes).ok()
+}
+
+fn exists(dir: BorrowedFd<'_>, name: &CStr) -> Result<bool, LayerError> {
+    match stat_at(dir, name) {
+        Ok(_) => Ok(true),
+        Err(LayerError::Io(e))
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT) | Some(libc::ENAMETOOLONG)
+            ) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Looks `name` up in one layer directory.
+pub fn probe(dir: BorrowedFd<'_>, name: &CStr) -> Result<Presence, LayerError> {
+    match stat_at(dir, name) {
+        Ok(stat) if is_overlay_whiteout(dir, name, &stat) => Ok(Presence::Whiteout),
+        Ok(stat) => Ok(Presence::Entry(stat)),
+        Err(LayerError::Io(e)) if e.raw_os_error() == Some(libc::ENOENT) => {
+            // An OCI whiteout only hides layers below; a real entry of the same
+            // name in this layer (checked above) wins.
+            match oci_whiteout_name(name) {
+                Some(wh) if exists(dir, &wh)? => Ok(Presence::Whiteout),
+                _ => Ok(Presence::Absent),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the directory `dir` hides the layers below it.
+pub fn is_opaque(dir: BorrowedFd<'_>) -> Result<bool, LayerError> {
+    if OPAQUE_XATTRS.iter().any(|attr| xattr_is_y(dir, c".", attr)) {
+        return Ok(true);
+    }
+    exists(dir, OCI_OPAQUE)
+}
+
+/// For a directory entry seen while reading a layer directory: the name it
+/// whites out if it is an OCI whiteout file, `None` otherwise.
+pub fn oci_whiteout_target(name: &CStr) -> Option<&[u8]> {
+    let bytes = name.to_bytes();
+    let target = bytes.strip_prefix(OCI_WHITEOUT_PREFIX)?;
+    // `.wh..wh.*` are OCI/aufs meta files (opaque marker, link dirs), not whiteouts.
+    if target.starts_with(OCI_WHITEOUT_PREFIX) || target.is_empty() {
+        return None;
+    }
+    Some(target)
+}
+
+/// Convenience for callers holding an `OsStr` name.
+pub fn to_cstring(name: &std::ffi::OsStr) -> Option<CString> {
+    CString::new(name.as_bytes()).ok()
+}

@@ -1,0 +1,64 @@
+//! One layer: a directory fd and the whiteout dialects read from it. All
+//! access is relative to directory fds beneath the layer root; nothing here
+//! knows about other layers.
+
+mod error;
+mod markers;
+mod walk;
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustix::fs::{Mode, OFlags};
+
+pub use error::LayerError;
+pub use markers::{
+    Presence, is_marker_name, is_opaque, is_overlay_whiteout, oci_whiteout_target, probe,
+    to_cstring,
+};
+pub use walk::{open_file, open_subdir, read_dir, stat_at, stat_self};
+
+/// A read-only layer directory.
+#[derive(Debug)]
+pub struct Layer {
+    path: PathBuf,
+    root: Arc<OwnedFd>,
+    dev: u64,
+}
+
+impl Layer {
+    /// Opens the layer root named by the user. The user's path may contain
+    /// symlinks (it is theirs); everything below the root is reached through fds.
+    pub fn open(path: &Path) -> Result<Self, LayerError> {
+        let fd = rustix::fs::open(
+            path,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| LayerError::open(path, e.into()))?;
+        let st = rustix::fs::fstat(&fd).map_err(|e| LayerError::open(path, e.into()))?;
+        Ok(Layer {
+            path: path.to_path_buf(),
+            root: Arc::new(fd),
+            dev: st.st_dev,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn root(&self) -> &Arc<OwnedFd> {
+        &self.root
+    }
+
+    /// The device of the layer's filesystem, as seen by the daemon.
+    pub fn dev(&self) -> u64 {
+        self.dev
+    }
+
+    pub fn statvfs(&self) -> Result<rustix::fs::StatVfs, LayerError> {
+        rustix::fs::fstatvfs(self.root.as_fd()).map_err(|e| LayerError::Io(e.into()))
+    }
+}

@@ -1,0 +1,11 @@
+//! stratafs: a userspace union filesystem over FUSE.
+//!
+//! Layers flow top to bottom: `mount` builds a session, `fuse` adapts kernel
+//! requests, `union` merges layers, `layer` reads one layer, `sys` holds the
+//! only `unsafe` code.
+
+pub mod fuse;
+pub mod layer;
+pub mod mount;
+pub mod sys;
+pub mod union;

@@ -1,0 +1,39 @@
+use std::io;
+use std::path::PathBuf;
+
+use crate::layer::LayerError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("mount point {0}: does not exist")]
+    MountpointMissing(PathBuf),
+    #[error("mount point {0}: not a directory")]
+    MountpointNotDir(PathBuf),
+    #[error("mount point {0}: already a mount point (busy); unmount it first")]
+    MountpointBusy(PathBuf),
+    #[error(
+        "mount point {0}: transport endpoint is not connected (a dead FUSE mount); run `stratafs umount {0}` first"
+    )]
+    MountpointStale(PathBuf),
+    #[error("mount point {path}: {source}")]
+    Mountpoint { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Layer(#[from] LayerError),
+    #[error("cannot mount on {path}: {source}")]
+    Fuse { path: PathBuf, source: io::Error },
+    #[error("{0}")]
+    Daemon(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        source: io::Error,
+    },
+    #[error("cannot unmount {path}: {reason}")]
+    Unmount { path: PathBuf, reason: String },
+}
+
+impl MountError {
+    pub fn io(what: &'static str, source: io::Error) -> Self {
+        MountError::Io { what, source }
+    }
+}

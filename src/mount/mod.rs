@@ -1,0 +1,146 @@
+//! Building and running a mount session: options, fuser `Config`, threads,
+//! daemonizing once ready, and clean unmount on termination signals.
+
+mod daemon;
+mod error;
+mod mountpoint;
+mod unmount;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use fuser::{Config, MountOption, Session, SessionACL};
+
+pub use error::MountError;
+pub use mountpoint::check_mountpoint;
+pub use unmount::unmount;
+
+use crate::fuse::{AdapterConfig, StrataFs};
+use crate::union::Union;
+
+/// What to mount and how.
+#[derive(Debug, Clone)]
+pub struct MountSpec {
+    /// Lower layers, top first.
+    pub lowers: Vec<PathBuf>,
+    pub mountpoint: PathBuf,
+    /// Stay attached to the terminal instead of forking once ready.
+    pub foreground: bool,
+    /// FUSE event loops; 0 picks one per CPU (at least two).
+    pub threads: usize,
+}
+
+/// Mounts and serves until unmounted. Without `foreground`, returns in the
+/// calling process as soon as the mount is ready, while a forked daemon serves.
+pub fn run(spec: &MountSpec) -> Result<(), MountError> {
+    check_mountpoint(&spec.mountpoint)?;
+    let union = Union::new(&spec.lowers)?;
+    raise_fd_limit();
+    if spec.foreground {
+        serve(spec, union, None)
+    } else {
+        daemon::spawn(|ready| serve(spec, union, Some(ready)))
+    }
+}
+
+fn threads(spec: &MountSpec) -> usize {
+    if spec.threads > 0 {
+        return spec.threads;
+    }
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .max(2)
+}
+
+fn session_config(spec: &MountSpec) -> Config {
+    let root = rustix::process::geteuid().is_root();
+    let mut options = vec![
+        MountOption::FSName("stratafs".into()),
+        MountOption::Subtype("stratafs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+        MountOption::RO,
+    ];
+    if root {
+        // A container root file system needs its setuid binaries and devices.
+        options.extend([MountOption::Suid, MountOption::Dev]);
+    }
+    let mut cfg = Config::default();
+    cfg.mount_options = options;
+    cfg.acl = if root || user_allow_other() {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    cfg.n_threads = Some(threads(spec));
+    cfg.clone_fd = true;
+    cfg
+}
+
+/// Non-root users may ask for allow_other only when /etc/fuse.conf says so.
+fn user_allow_other() -> bool {
+    std::fs::read_to_string("/etc/fuse.conf")
+        .map(|s| s.lines().any(|l| l.trim() == "user_allow_other"))
+        .unwrap_or(false)
+}
+
+/// Directory nodes hold one fd per contributing layer; use what the hard limit allows.
+fn raise_fd_limit() {
+    let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    if let Some(max) = lim.maximum {
+        let want = rustix::process::Rlimit {
+            current: Some(max),
+            maximum: Some(max),
+        };
+        if let Err(e) = rustix::process::setrlimit(rustix::process::Resource::Nofile, want) {
+            tracing::debug!(error = %e, "cannot raise the open file limit");
+        }
+    }
+}
+
+fn serve(spec: &MountSpec, union: Union, ready: Option<daemon::Ready>) -> Result<(), MountError> {
+    // Block termination signals before any thread exists, so every thread
+    // inherits the mask and only the signal thread below receives them.
+    let signals = crate::sys::block_termination_signals()
+        .map_err(|e| MountError::io("blocking signals", e))?;
+    let fs = StrataFs::new(Arc::new(union), AdapterConfig::default());
+    let session =
+        Session::new(fs, &spec.mountpoint, &session_config(spec)).map_err(|e| MountError::Fuse {
+            path: spec.mountpoint.clone(),
+            source: e,
+        });
+    let mut session = match session {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(ready) = ready {
+                ready.failed(&e.to_string());
+            }
+            return Err(e);
+        }
+    };
+    let mut unmounter = session.unmount_callable();
+    let mountpoint = spec.mountpoint.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Ok(sig) = signals.wait() {
+                tracing::info!(signal = sig, "unmounting on signal");
+                if let Err(e) = unmounter.unmount() {
+                    tracing::warn!(error = %e, "unmount failed; detaching");
+                    let _ = unmount(&mountpoint, true);
+                }
+            }
+        })
+        .map_err(|e| MountError::io("starting the signal thread", e))?;
+    if let Some(ready) = ready {
+        ready.succeeded();
+    }
+    tracing::info!(mountpoint = %spec.mountpoint.display(), "mounted");
+    session
+        .run()
+        .map_err(|e| MountError::io("serving the mount", e))?;
+    let _ = std::io::stderr().flush();
+    Ok(())
+}

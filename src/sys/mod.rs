@@ -1,0 +1,10 @@
+//! The only module allowed to contain `unsafe`: thin wrappers for the few
+//! syscalls that rustix does not cover. Each block carries a SAFETY note.
+
+mod fork;
+mod signals;
+mod xattr_at;
+
+pub use fork::{ForkResult, fork};
+pub use signals::{TerminationSignals, block_termination_signals};
+pub use xattr_at::{getxattr_at, listxattr_at};
