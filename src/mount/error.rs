@@ -15,25 +15,22 @@ pub enum MountError {
         "mount point {0}: transport endpoint is not connected (a dead FUSE mount); run `stratafs umount {0}` first"
     )]
     MountpointStale(PathBuf),
-    #[error("mount point {path}: {source}")]
-    Mountpoint { path: PathBuf, source: io::Error },
+    #[error("mount point {path}: {err}")]
+    Mountpoint { path: PathBuf, err: io::Error },
     #[error(transparent)]
     Layer(#[from] LayerError),
-    #[error("cannot mount on {path}: {source}")]
-    Fuse { path: PathBuf, source: io::Error },
+    #[error("cannot mount on {path}: {err}")]
+    Fuse { path: PathBuf, err: io::Error },
     #[error("{0}")]
     Daemon(String),
-    #[error("{what}: {source}")]
-    Io {
-        what: &'static str,
-        source: io::Error,
-    },
+    #[error("{what}: {err}")]
+    Io { what: &'static str, err: io::Error },
     #[error("cannot unmount {path}: {reason}")]
     Unmount { path: PathBuf, reason: String },
 }
 
 impl MountError {
     pub fn io(what: &'static str, source: io::Error) -> Self {
-        MountError::Io { what, source }
+        MountError::Io { what, err: source }
     }
 }

@@ -109,7 +109,7 @@ fn serve(spec: &MountSpec, union: Union, ready: Option<daemon::Ready>) -> Result
     let session =
         Session::new(fs, &spec.mountpoint, &session_config(spec)).map_err(|e| MountError::Fuse {
             path: spec.mountpoint.clone(),
-            source: e,
+            err: e,
         });
     let mut session = match session {
         Ok(s) => s,

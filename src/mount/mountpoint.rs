@@ -16,7 +16,7 @@ pub fn check_mountpoint(path: &Path) -> Result<(), MountError> {
         Err(e) => {
             return Err(MountError::Mountpoint {
                 path: path.into(),
-                source: e.into(),
+                err: e.into(),
             });
         }
     };
