@@ -16,6 +16,8 @@ impl Ready {
     pub fn succeeded(mut self) {
         let _ = self.pipe.write_all(b"ok");
         detach_stdio();
+        // Do not keep the caller's working directory busy.
+        let _ = rustix::process::chdir("/");
     }
 
     pub fn failed(mut self, message: &str) {

@@ -35,6 +35,11 @@ pub struct MountSpec {
 /// calling process as soon as the mount is ready, while a forked daemon serves.
 pub fn run(spec: &MountSpec) -> Result<(), MountError> {
     check_mountpoint(&spec.mountpoint)?;
+    // The daemon leaves the caller's working directory, so it needs an absolute path.
+    let mut spec = spec.clone();
+    spec.mountpoint = std::path::absolute(&spec.mountpoint)
+        .map_err(|e| MountError::io("resolving the mount point", e))?;
+    let spec = &spec;
     let union = Union::new(&spec.lowers)?;
     raise_fd_limit();
     if spec.foreground {
