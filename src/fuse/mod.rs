@@ -250,7 +250,7 @@ impl fuser::Filesystem for StrataFs {
                 continue;
             }
             // The kernel counts one reference per entry it accepts, like a lookup.
-            let node = match self.core.lookup(ino.0, &entry.name) {
+            let node = match self.core.lookup_listed(ino.0, entry) {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::warn!(name = ?entry.name, error = %e, "entry vanished during readdirplus");

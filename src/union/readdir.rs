@@ -11,7 +11,7 @@ use std::sync::Arc;
 use rustix::fs::FileType;
 
 use super::Union;
-use super::attr::Kind;
+use super::attr::{Attr, Kind};
 use super::error::{Error, Result};
 use super::inode::{Node, NodeBody};
 use crate::layer;
@@ -21,6 +21,20 @@ pub struct DirEntry {
     pub name: OsString,
     pub ino: u64,
     pub kind: Kind,
+    /// For a non-directory: which of the directory's layers holds it, and its
+    /// attributes, so that readdirplus needs no second lookup.
+    leaf: Option<(usize, Attr)>,
+}
+
+impl DirEntry {
+    fn dot(name: &str, ino: u64) -> Self {
+        DirEntry {
+            name: name.into(),
+            ino,
+            kind: Kind::Dir,
+            leaf: None,
+        }
+    }
 }
 
 impl Union {
@@ -35,6 +49,26 @@ impl Union {
         self.dirs.get(fh)
     }
 
+    /// The node of a listed entry, counting one kernel reference, as
+    /// [`Union::lookup`] would give it; a non-directory needs no layer access.
+    pub fn lookup_listed(&self, parent: u64, entry: &DirEntry) -> Result<Arc<Node>> {
+        if let Some(node) = self.nodes.remember_known(entry.ino) {
+            return Ok(node);
+        }
+        let Some((source, attr)) = entry.leaf else {
+            return self.lookup(parent, &entry.name);
+        };
+        let dir_node = self.nodes.get(parent)?;
+        let ld = dir_node.dir_layers()?.get(source).ok_or(Error::NotFound)?;
+        let name = super::lookup::checked_name(&entry.name)?;
+        let body = NodeBody::Leaf {
+            layer: ld.layer,
+            dir: ld.fd.clone(),
+            name,
+        };
+        Ok(self.nodes.remember(Node::new(attr, body)))
+    }
+
     pub fn releasedir(&self, fh: u64) {
         self.dirs.remove(fh);
     }
@@ -43,21 +77,10 @@ impl Union {
         let NodeBody::Dir { layers, parent } = &node.body else {
             return Err(Error::NotDir);
         };
-        let mut entries = vec![
-            DirEntry {
-                name: ".".into(),
-                ino: node.ino(),
-                kind: Kind::Dir,
-            },
-            DirEntry {
-                name: "..".into(),
-                ino: *parent,
-                kind: Kind::Dir,
-            },
-        ];
+        let mut entries = vec![DirEntry::dot(".", node.ino()), DirEntry::dot("..", *parent)];
         // Names already decided by a higher layer: shown, or whited out.
         let mut decided: HashSet<Vec<u8>> = HashSet::new();
-        for ld in layers {
+        for (source, ld) in layers.iter().enumerate() {
             let dir = ld.fd.as_fd();
             // An OCI whiteout hides only lower layers, so apply this layer's
             // whiteouts after reading all of it.
@@ -73,26 +96,34 @@ impl Union {
                 if decided.contains(bytes) {
                     return Ok(());
                 }
-                let kind = match ftype {
-                    FileType::CharacterDevice | FileType::RegularFile | FileType::Unknown => {
-                        let st = layer::stat_at(dir, name)?;
-                        if layer::is_overlay_whiteout(dir, name, &st) {
-                            whiteouts.push(bytes.to_vec());
-                            return Ok(());
-                        }
-                        Kind::from_mode(st.st_mode)
+                let entry = if ftype == FileType::Directory {
+                    DirEntry {
+                        name: OsString::from_vec(bytes.to_vec()),
+                        ino: self.inos.ino(ld.layer, real_ino),
+                        kind: Kind::Dir,
+                        leaf: None,
                     }
-                    other => Kind::from_file_type(other),
-                };
-                let Some(kind) = kind else {
-                    return Ok(());
+                } else {
+                    // Whiteouts hide among char devices and empty files, and
+                    // d_type may be unknown: every non-directory is stat'ed.
+                    let st = layer::stat_at(dir, name)?;
+                    if layer::is_overlay_whiteout(dir, name, &st) {
+                        whiteouts.push(bytes.to_vec());
+                        return Ok(());
+                    }
+                    let ino = self.inos.ino(ld.layer, st.st_ino);
+                    let Some(attr) = Attr::from_stat(ino, &st) else {
+                        return Ok(());
+                    };
+                    DirEntry {
+                        name: OsString::from_vec(bytes.to_vec()),
+                        ino,
+                        kind: attr.kind,
+                        leaf: (attr.kind != Kind::Dir).then_some((source, attr)),
+                    }
                 };
                 decided.insert(bytes.to_vec());
-                entries.push(DirEntry {
-                    name: OsString::from_vec(bytes.to_vec()),
-                    ino: self.inos.ino(ld.layer, real_ino),
-                    kind,
-                });
+                entries.push(entry);
                 Ok(())
             })?;
             decided.extend(whiteouts);
