@@ -1,0 +1,445 @@
+//! RAII guards for a stratafs mount and a kernel overlayfs mount.
+//!
+//! The binary under test is `CARGO_BIN_EXE_stratafs`, or `$STRATAFS_TEST_BIN` when set (used to
+//! run the suite against another implementation of the same CLI, to validate the suite itself).
+
+use std::fs;
+use std::marker::PhantomData;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::env::{is_mounted, mounts_at, run_timeout};
+
+pub fn stratafs_bin() -> PathBuf {
+    match std::env::var_os("STRATAFS_TEST_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_stratafs")),
+    }
+}
+
+/// `stratafs mount --lower L1 ... [--foreground] MNT` as a Command (top layer first).
+pub fn mount_command(lowers: &[PathBuf], mnt: &Path, foreground: bool) -> Command {
+    let mut c = Command::new(stratafs_bin());
+    c.arg("mount");
+    for l in lowers {
+        c.arg("--lower").arg(l);
+    }
+    if foreground {
+        c.arg("--foreground");
+    }
+    c.arg(mnt);
+    c
+}
+
+fn tail(p: &Path, lines: usize) -> String {
+    let s = fs::read(p)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Pids (other than ours) whose argv contains `mnt` as a whole argument.
+pub fn pids_with_arg(mnt: &Path) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let mut out = Vec::new();
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(cmdline) = fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        if cmdline
+            .split(|b| *b == 0)
+            .any(|a| a == mnt.as_os_str().as_bytes())
+            && process_alive(pid)
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Alive = exists and is not a zombie.
+pub fn process_alive(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            let state = s
+                .rsplit_once(')')
+                .map(|(_, r)| r.trim_start().chars().next())
+                .unwrap_or(None);
+            !matches!(state, Some('Z') | Some('X') | None)
+        }
+        Err(_) => false,
+    }
+}
+
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return true;
+        }
+        if start.elapsed() > timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MountMode {
+    /// `--foreground`; the guard owns the daemon process and its log.
+    Foreground,
+    /// Default (forking) mode; the guard finds the daemon by its argv.
+    Background,
+}
+
+/// A live stratafs mount. Drop: `stratafs umount`, then `fusermount3 -u`, then `umount -l`,
+/// then SIGKILL of a daemon still alive. When the test is not already panicking, Drop panics if
+/// `stratafs umount` did not unmount or the daemon did not exit 0 (foreground) / at all
+/// (background) after the unmount.
+pub struct StratafsMount<'a> {
+    pub mnt: PathBuf,
+    pub mode: MountMode,
+    child: Option<Child>,
+    daemon_pids: Vec<i32>,
+    log: PathBuf,
+    done: bool,
+    _stack: PhantomData<&'a ()>,
+}
+
+impl<'a> StratafsMount<'a> {
+    /// Mounts `lowers` (top first) on `mnt` and waits until the mount is live.
+    /// `log` receives the daemon's stdout/stderr (foreground) or the mount command's.
+    pub fn start(
+        lowers: &[PathBuf],
+        mnt: &Path,
+        log: &Path,
+        mode: MountMode,
+    ) -> Result<StratafsMount<'a>, String> {
+        let logf = fs::File::create(log).unwrap();
+        let mut cmd = mount_command(lowers, mnt, mode == MountMode::Foreground);
+        cmd.stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf);
+        match mode {
+            MountMode::Foreground => {
+                let mut child = cmd
+                    .spawn()
+                    .map_err(|e| format!("spawn {}: {e}", stratafs_bin().display()))?;
+                let start = Instant::now();
+                loop {
+                    if is_mounted(mnt) {
+                        break;
+                    }
+                    if let Some(st) = child.try_wait().unwrap() {
+                        return Err(format!(
+                            "stratafs --foreground exited ({st}) before mounting {}; log:\n{}",
+                            mnt.display(),
+                            tail(log, 40)
+                        ));
+                    }
+                    if start.elapsed() > Duration::from_secs(60) {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return Err(format!(
+                            "{} not mounted after 60 s; log:\n{}",
+                            mnt.display(),
+                            tail(log, 40)
+                        ));
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                let pid = child.id() as i32;
+                Ok(StratafsMount {
+                    mnt: mnt.to_path_buf(),
+                    mode,
+                    child: Some(child),
+                    daemon_pids: vec![pid],
+                    log: log.to_path_buf(),
+                    done: false,
+                    _stack: PhantomData,
+                })
+            }
+            MountMode::Background => {
+                let mut child = cmd
+                    .spawn()
+                    .map_err(|e| format!("spawn {}: {e}", stratafs_bin().display()))?;
+                let start = Instant::now();
+                let st = loop {
+                    if let Some(st) = child.try_wait().unwrap() {
+                        break st;
+                    }
+                    if start.elapsed() > Duration::from_secs(60) {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return Err(format!(
+                            "`stratafs mount` did not return within 60 s; log:\n{}",
+                            tail(log, 40)
+                        ));
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                };
+                let mounted = is_mounted(mnt);
+                let daemon_pids = pids_with_arg(mnt);
+                let guard = StratafsMount {
+                    mnt: mnt.to_path_buf(),
+                    mode,
+                    child: None,
+                    daemon_pids,
+                    log: log.to_path_buf(),
+                    done: false,
+                    _stack: PhantomData,
+                };
+                if !st.success() || !mounted {
+                    let msg = format!(
+                        "`stratafs mount` exited {st}, mounted={mounted}; output:\n{}",
+                        tail(log, 40)
+                    );
+                    drop(guard);
+                    return Err(msg);
+                }
+                Ok(guard)
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.mnt
+    }
+
+    pub fn join(&self, rel: impl AsRef<[u8]>) -> PathBuf {
+        let r = super::layer::rel(rel);
+        if r.as_os_str().is_empty() {
+            self.mnt.clone()
+        } else {
+            self.mnt.join(r)
+        }
+    }
+
+    /// The daemon's pid(s) (foreground: the child; background: found by argv).
+    pub fn daemon_pids(&self) -> &[i32] {
+        &self.daemon_pids
+    }
+
+    /// The daemon's log so far.
+    pub fn log_tail(&self) -> String {
+        tail(&self.log, 40)
+    }
+
+    /// Unmounts now with the strict checks of Drop.
+    pub fn unmount(mut self) {
+        let problems = self.teardown();
+        if !problems.is_empty() {
+            panic!("{}", problems.join("\n"));
+        }
+    }
+
+    fn teardown(&mut self) -> Vec<String> {
+        if self.done {
+            return Vec::new();
+        }
+        self.done = true;
+        let mut problems = Vec::new();
+        if is_mounted(&self.mnt) {
+            let out = run_timeout(
+                Command::new(stratafs_bin()).arg("umount").arg(&self.mnt),
+                Duration::from_secs(30),
+            );
+            if is_mounted(&self.mnt) {
+                problems.push(format!(
+                    "`stratafs umount {}` left it mounted: {}",
+                    self.mnt.display(),
+                    out.describe()
+                ));
+                let _ = run_timeout(
+                    Command::new("fusermount3").arg("-u").arg(&self.mnt),
+                    Duration::from_secs(30),
+                );
+            }
+            if is_mounted(&self.mnt) {
+                let _ = run_timeout(
+                    Command::new("umount").arg("-l").arg(&self.mnt),
+                    Duration::from_secs(30),
+                );
+            }
+            if is_mounted(&self.mnt) {
+                problems.push(format!(
+                    "{} is still mounted after umount -l",
+                    self.mnt.display()
+                ));
+            }
+        }
+        match self.child.take() {
+            Some(mut child) => {
+                let start = Instant::now();
+                let status = loop {
+                    if let Some(st) = child.try_wait().unwrap() {
+                        break Some(st);
+                    }
+                    if start.elapsed() > Duration::from_secs(15) {
+                        break None;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                };
+                match status {
+                    Some(st) if st.success() => {}
+                    Some(st) => problems.push(format!(
+                        "daemon exited with {st} after unmount; log:\n{}",
+                        tail(&self.log, 40)
+                    )),
+                    None => {
+                        problems.push(format!(
+                            "daemon still running 15 s after unmount; killed; log:\n{}",
+                            tail(&self.log, 40)
+                        ));
+                        let _ = child.kill();
+                        let _ = child.wait();
+                    }
+                }
+            }
+            None => {
+                for &pid in &self.daemon_pids {
+                    if !wait_until(Duration::from_secs(15), || !process_alive(pid)) {
+                        problems.push(format!(
+                            "background daemon {pid} still running 15 s after unmount; killed"
+                        ));
+                        // SAFETY: plain kill(2) of the daemon this guard started.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                }
+            }
+        }
+        problems
+    }
+}
+
+impl Drop for StratafsMount<'_> {
+    fn drop(&mut self) {
+        let problems = self.teardown();
+        if !problems.is_empty() {
+            if std::thread::panicking() {
+                eprintln!("stratafs teardown problems:\n{}", problems.join("\n"));
+            } else {
+                panic!("{}", problems.join("\n"));
+            }
+        }
+    }
+}
+
+/// Escapes a path for overlayfs' lowerdir= option.
+pub fn overlay_escape(p: &Path) -> String {
+    let s = p.to_str().expect("non-UTF-8 layer path");
+    let mut out = String::new();
+    for c in s.chars() {
+        if matches!(c, ':' | ',' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A kernel overlayfs mount. Drop: umount, fallback umount -l.
+pub struct KernelOverlay<'a> {
+    pub mnt: PathBuf,
+    _stack: PhantomData<&'a ()>,
+}
+
+impl<'a> KernelOverlay<'a> {
+    /// Read-only overlay of `lowers` (top first).
+    pub fn lower_only(lowers: &[PathBuf], mnt: &Path) -> Result<KernelOverlay<'a>, String> {
+        let opts = format!(
+            "lowerdir={}",
+            lowers
+                .iter()
+                .map(|p| overlay_escape(p))
+                .collect::<Vec<_>>()
+                .join(":")
+        );
+        Self::mount(&opts, mnt)
+    }
+
+    /// Writable overlay (upperdir + workdir), as container engines build layers.
+    pub fn with_upper(
+        lower: &Path,
+        upper: &Path,
+        work: &Path,
+        mnt: &Path,
+    ) -> Result<KernelOverlay<'a>, String> {
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={},index=off,metacopy=off,redirect_dir=off",
+            overlay_escape(lower),
+            overlay_escape(upper),
+            overlay_escape(work)
+        );
+        Self::mount(&opts, mnt)
+    }
+
+    fn mount(opts: &str, mnt: &Path) -> Result<KernelOverlay<'a>, String> {
+        let out = run_timeout(
+            Command::new("mount")
+                .args(["-t", "overlay", "overlay", "-o", opts])
+                .arg(mnt),
+            Duration::from_secs(60),
+        );
+        if !out.success() || !is_mounted(mnt) {
+            return Err(format!(
+                "kernel overlay mount on {} failed: {}",
+                mnt.display(),
+                out.describe()
+            ));
+        }
+        Ok(KernelOverlay {
+            mnt: mnt.to_path_buf(),
+            _stack: PhantomData,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.mnt
+    }
+
+    pub fn join(&self, rel: impl AsRef<[u8]>) -> PathBuf {
+        let r = super::layer::rel(rel);
+        if r.as_os_str().is_empty() {
+            self.mnt.clone()
+        } else {
+            self.mnt.join(r)
+        }
+    }
+}
+
+impl Drop for KernelOverlay<'_> {
+    fn drop(&mut self) {
+        if is_mounted(&self.mnt) {
+            let _ = run_timeout(
+                Command::new("umount").arg(&self.mnt),
+                Duration::from_secs(30),
+            );
+        }
+        if is_mounted(&self.mnt) {
+            let _ = run_timeout(
+                Command::new("umount").arg("-l").arg(&self.mnt),
+                Duration::from_secs(30),
+            );
+        }
+        if is_mounted(&self.mnt) {
+            eprintln!(
+                "kernel overlay {} still mounted: {:?}",
+                self.mnt.display(),
+                mounts_at(&self.mnt)
+            );
+        }
+    }
+}

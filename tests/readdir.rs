@@ -1,0 +1,341 @@
+//! Merged readdir: de-duplication, whiteouts, d_type, 100k entries over three layers, and
+//! telldir/seekdir stability.
+
+mod common;
+
+use common::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::Path;
+
+/// Reads a directory with telldir before each readdir: (position, entry) pairs.
+fn read_with_positions(dir: &Path) -> Vec<(i64, RawDirent)> {
+    let mut d = Dir::open(dir).unwrap_or_else(|e| panic!("opendir {}: {e}", dir.display()));
+    let mut out = Vec::new();
+    loop {
+        let pos = d.tell();
+        match d
+            .read()
+            .unwrap_or_else(|e| panic!("readdir {}: {e}", dir.display()))
+        {
+            Some(e) => out.push((pos, e)),
+            None => break,
+        }
+    }
+    out
+}
+
+/// Checks seekdir to every sampled telldir position returns the same entry, that reading from
+/// a seek point yields the same suffix, rewinddir, and two interleaved handles.
+fn check_seekdir(dir: &Path, sample_every: usize) {
+    let all = read_with_positions(dir);
+    assert!(
+        all.len() >= 2,
+        "{} listed only {} entries",
+        dir.display(),
+        all.len()
+    );
+    let names: Vec<&[u8]> = all.iter().map(|(_, e)| e.name.as_slice()).collect();
+    let uniq: BTreeSet<&[u8]> = names.iter().copied().collect();
+    assert_eq!(
+        uniq.len(),
+        names.len(),
+        "duplicate names in a single listing of {}",
+        dir.display()
+    );
+
+    let mut d = Dir::open(dir).unwrap();
+    let mut idx: Vec<usize> = (0..all.len()).step_by(sample_every.max(1)).collect();
+    idx.push(all.len() - 1);
+    idx.push(all.len() / 2);
+    // Out of order on purpose: backwards, then forwards.
+    idx.sort_unstable_by(|a, b| b.cmp(a));
+    let mut forward = idx.clone();
+    forward.reverse();
+    for i in idx.iter().chain(forward.iter()) {
+        let (pos, e) = &all[*i];
+        d.seek(*pos);
+        let got = d.read().unwrap().unwrap_or_else(|| {
+            panic!("seekdir({pos}) then readdir gave end of dir, expected entry #{i}")
+        });
+        assert_eq!(
+            got.name,
+            e.name,
+            "seekdir({pos}) to entry #{i}: got {:?}",
+            got.name.escape_ascii().to_string()
+        );
+        assert_eq!(got.ino, e.ino, "d_ino after seekdir to entry #{i}");
+        assert_eq!(got.dtype, e.dtype, "d_type after seekdir to entry #{i}");
+    }
+    // A suffix read after seeking to the middle equals the original suffix.
+    let mid = all.len() / 2;
+    d.seek(all[mid].0);
+    let rest: Vec<Vec<u8>> = d.read_all().unwrap().into_iter().map(|e| e.name).collect();
+    let expect: Vec<Vec<u8>> = all[mid..].iter().map(|(_, e)| e.name.clone()).collect();
+    assert_eq!(
+        rest.len(),
+        expect.len(),
+        "entries after seekdir to the middle"
+    );
+    assert!(rest == expect, "suffix after seekdir to the middle differs");
+    // Seeking to the position after the last entry gives end of directory.
+    let last_pos = {
+        let mut d2 = Dir::open(dir).unwrap();
+        while d2.read().unwrap().is_some() {}
+        d2.tell()
+    };
+    d.seek(last_pos);
+    assert!(
+        d.read().unwrap().is_none(),
+        "seekdir to the end position should give end of dir"
+    );
+    // rewinddir restarts.
+    d.rewind();
+    let again: Vec<Vec<u8>> = d.read_all().unwrap().into_iter().map(|e| e.name).collect();
+    let first: Vec<Vec<u8>> = all.iter().map(|(_, e)| e.name.clone()).collect();
+    assert!(
+        again == first,
+        "rewinddir listing differs from the first listing"
+    );
+    // Two handles read interleaved do not disturb each other.
+    let mut a = Dir::open(dir).unwrap();
+    let mut b = Dir::open(dir).unwrap();
+    let (mut la, mut lb) = (Vec::new(), Vec::new());
+    loop {
+        let x = a.read().unwrap();
+        let y = b.read().unwrap();
+        let y2 = if y.is_some() { b.read().unwrap() } else { None };
+        let done = x.is_none() && y.is_none();
+        la.extend(x.map(|e| e.name));
+        lb.extend(y.map(|e| e.name));
+        lb.extend(y2.map(|e| e.name));
+        if done {
+            break;
+        }
+    }
+    assert!(
+        la == first && lb == first,
+        "interleaved handles gave different listings"
+    );
+}
+
+/// Merged listing as name → d_type, asserting no duplicates and "." ".." once.
+fn listing(dir: &Path) -> BTreeMap<Vec<u8>, u8> {
+    let list = read_dir_raw(dir).unwrap_or_else(|e| panic!("readdir {}: {e}", dir.display()));
+    let mut out = BTreeMap::new();
+    let mut dups = Vec::new();
+    for e in list {
+        if out.insert(e.name.clone(), e.dtype).is_some() {
+            dups.push(e.name.escape_ascii().to_string());
+        }
+    }
+    assert!(
+        dups.is_empty(),
+        "{}: names listed twice: {:?}",
+        dir.display(),
+        &dups[..dups.len().min(20)]
+    );
+    assert!(
+        out.remove(&b"."[..]).is_some() && out.remove(&b".."[..]).is_some(),
+        "missing . or .."
+    );
+    out
+}
+
+fn compare_listing(expected: &BTreeMap<Vec<u8>, u8>, got: &BTreeMap<Vec<u8>, u8>, what: &str) {
+    let mut problems = Vec::new();
+    for (n, t) in expected {
+        match got.get(n) {
+            None => problems.push(format!("missing {}", n.escape_ascii())),
+            Some(g) if g != t => {
+                problems.push(format!("{}: d_type {g} expected {t}", n.escape_ascii()))
+            }
+            _ => {}
+        }
+    }
+    for n in got.keys() {
+        if !expected.contains_key(n) {
+            problems.push(format!("unexpected {}", n.escape_ascii()));
+        }
+    }
+    assert!(problems.is_empty(), "{}", format_problems(what, &problems));
+}
+
+/// 100k names spread over three layers, with duplicates across layers, whiteouts in two
+/// dialects (OCI, char 0/0) hiding ranges, and a few non-regular types: compared with an independent model and
+/// with the kernel, then telldir/seekdir over it.
+#[test]
+fn readdir_100k_entries_three_layers() {
+    require_root();
+    let env = TestEnv::new("readdir-100k");
+    let t0 = std::time::Instant::now();
+    let base = env.layer("base");
+    let mid = env.layer("mid");
+    let top = env.layer("top");
+    let name = |i: u32| format!("big/f{i:06}");
+    let mut model: BTreeMap<Vec<u8>, u8> = BTreeMap::new();
+    // base: 0..60000 regular files
+    // Plain files are written directly (the builder's per-file mkdir -p/chmod is slow at this
+    // scale); umask 022 gives them mode 0644 like the builder.
+    for l in [&base, &mid, &top] {
+        l.dir("big");
+    }
+    let quick = |l: &Layer, i: u32, content: &str| fs::write(l.path(name(i)), content).unwrap();
+    for i in 0..60_000 {
+        quick(&base, i, "");
+        model.insert(format!("f{i:06}").into_bytes(), libc::DT_REG);
+    }
+    // mid: 40000..80000 (20000 duplicates); every 1000th a dir, every 1000th+1 a symlink;
+    // whiteouts for 0..5000.
+    for i in 40_000..80_000 {
+        let t = match i % 1000 {
+            0 => {
+                mid.dir(name(i));
+                libc::DT_DIR
+            }
+            1 => {
+                mid.symlink(name(i), "target");
+                libc::DT_LNK
+            }
+            _ => {
+                quick(&mid, i, "m");
+                libc::DT_REG
+            }
+        };
+        model.insert(format!("f{i:06}").into_bytes(), t);
+    }
+    // OCI whiteouts at scale (the kernel oracle mounts a converted copy of this layer; its
+    // directory sizes are not visible since "big" in top is the top-most instance).
+    for i in 0..5_000 {
+        mid.whiteout(name(i), Whiteout::Oci);
+        model.remove(format!("f{i:06}").as_bytes());
+    }
+    // top: 70000..100000 (10000 duplicates with mid), whiteouts for 45000..50000 (mid and base),
+    // a fifo replacing one name.
+    for i in 70_000..100_000 {
+        quick(&top, i, "t");
+        model.insert(format!("f{i:06}").into_bytes(), libc::DT_REG);
+    }
+    for i in 45_000..50_000 {
+        top.whiteout(name(i), Whiteout::CharDev);
+        model.remove(format!("f{i:06}").as_bytes());
+    }
+    top.fifo("big/f050000");
+    model.insert(b"f050000".to_vec(), libc::DT_FIFO);
+    assert_eq!(model.len(), 90_000);
+
+    eprintln!("layers built: {:?}", t0.elapsed());
+    let stack = env.stack(&[&top, &mid, &base]);
+    eprintln!("integrity snapshots: {:?}", t0.elapsed());
+    let k = stack.kernel();
+    eprintln!("kernel mounted: {:?}", t0.elapsed());
+    let m = stack.stratafs();
+    let got = listing(&m.join("big"));
+    eprintln!("stratafs listing: {:?}", t0.elapsed());
+    compare_listing(&model, &got, "stratafs listing vs model");
+    let kern = listing(&k.join("big"));
+    compare_listing(&kern, &got, "stratafs listing vs kernel");
+    // d_ino == st_ino on a sample.
+    for (i, e) in read_dir_raw(&m.join("big")).unwrap().iter().enumerate() {
+        if i % 997 == 0 && e.name != b"." && e.name != b".." {
+            let md = std::fs::symlink_metadata(
+                m.join("big")
+                    .join(std::ffi::OsStr::new(std::str::from_utf8(&e.name).unwrap())),
+            )
+            .unwrap();
+            assert_eq!(
+                std::os::unix::fs::MetadataExt::ino(&md),
+                e.ino,
+                "d_ino vs st_ino of {}",
+                e.name.escape_ascii()
+            );
+        }
+    }
+    check_seekdir(&m.join("big"), 1000);
+    eprintln!("seekdir checks: {:?}", t0.elapsed());
+    drop(m);
+    drop(k);
+    // Full tree comparison (lstat of every entry, probes of every layer name).
+    stack.assert_matches_kernel();
+    eprintln!("full comparison: {:?}", t0.elapsed());
+}
+
+/// telldir/seekdir on a merged directory of a few thousand entries (several getdents calls),
+/// and on small and empty merged directories.
+#[test]
+fn telldir_seekdir_merged() {
+    require_root();
+    let env = TestEnv::new("seekdir");
+    let base = env.layer("base");
+    let mid = env.layer("mid");
+    let top = env.layer("top");
+    for i in 0..3000 {
+        let long = format!("d/{}{i:05}", "n".repeat(i % 200));
+        match i % 3 {
+            0 => base.file(&long, ""),
+            1 => mid.file(&long, ""),
+            _ => top.file(&long, ""),
+        };
+        if i % 7 == 0 {
+            base.file(&long, "dup").mode(0o600);
+        }
+        if i % 11 == 0 && i % 3 != 2 {
+            top.whiteout(&long, Whiteout::CharDev);
+        }
+    }
+    base.dir("small");
+    base.file("small/a", "");
+    top.file("small/b", "");
+    base.dir("empty");
+    top.dir("empty");
+    let stack = env.stack(&[&top, &mid, &base]);
+    let m = stack.stratafs();
+    check_seekdir(&m.join("d"), 37);
+    check_seekdir(&m.join("small"), 1);
+    check_seekdir(&m.join("empty"), 1);
+    check_seekdir(m.path(), 1);
+    let k = stack.kernel();
+    compare_listing(
+        &listing(&k.join("d")),
+        &listing(&m.join("d")),
+        "stratafs vs kernel",
+    );
+}
+
+/// d_type of every kind of entry matches lstat and the kernel (whole-tree comparison checks
+/// d_type too; this makes the kinds explicit).
+#[test]
+fn readdir_dtype_every_kind() {
+    require_root();
+    let env = TestEnv::new("dtype");
+    let base = env.layer("base");
+    let top = env.layer("top");
+    base.file("t/file", "");
+    base.dir("t/dir");
+    base.symlink("t/link", "file");
+    base.fifo("t/fifo");
+    base.socket("t/sock");
+    base.chardev("t/chr", 1, 3);
+    base.blockdev("t/blk", 7, 0);
+    base.file("t/replaced_by_dir", "");
+    base.dir("t/replaced_by_file");
+    top.dir("t/replaced_by_dir");
+    top.file("t/replaced_by_file", "");
+    top.symlink("t/replaced_link", "x");
+    let stack = env.stack(&[&top, &base]);
+    let (_k, s) = stack.assert_matches_kernel();
+    let expect = [
+        ("t/file", libc::DT_REG),
+        ("t/dir", libc::DT_DIR),
+        ("t/link", libc::DT_LNK),
+        ("t/fifo", libc::DT_FIFO),
+        ("t/sock", libc::DT_SOCK),
+        ("t/chr", libc::DT_CHR),
+        ("t/blk", libc::DT_BLK),
+        ("t/replaced_by_dir", libc::DT_DIR),
+        ("t/replaced_by_file", libc::DT_REG),
+    ];
+    for (p, t) in expect {
+        assert_eq!(s.entry(p).d_type, Some(t), "d_type of {p}");
+    }
+}
