@@ -8,7 +8,15 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use stratafs::layer::DialectChoice;
 use stratafs::mount::{self, MountSpec};
+use stratafs::union::UpperSpec;
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum WhiteoutArg {
+    Overlay,
+    Oci,
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -30,6 +38,19 @@ enum Command {
         /// A lower layer directory; repeat it, top layer first (like overlayfs' lowerdir=).
         #[arg(long = "lower", value_name = "DIR", required = true)]
         lowers: Vec<PathBuf>,
+        /// The writable layer; without it the mount is read-only.
+        #[arg(long, value_name = "DIR", requires = "work")]
+        upper: Option<PathBuf>,
+        /// Scratch directory on the same filesystem as --upper.
+        #[arg(long, value_name = "DIR", requires = "upper")]
+        work: Option<PathBuf>,
+        /// Whiteout and opaque markers to write: overlay (char 0/0, xattrs;
+        /// falls back to oci where mknod is refused) or oci (.wh. files).
+        #[arg(long, value_enum, default_value_t = WhiteoutArg::Overlay)]
+        whiteout: WhiteoutArg,
+        /// Do not fsync copy-ups before publishing them (faster, not crash-safe).
+        #[arg(long)]
+        volatile: bool,
         /// Stay in the foreground; Ctrl-C or SIGTERM unmounts.
         #[arg(short, long)]
         foreground: bool,
@@ -68,13 +89,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Mount {
             lowers,
+            upper,
+            work,
+            whiteout,
+            volatile,
             foreground,
             threads,
             debug,
             mountpoint,
         } => {
+            let upper = match (upper, work) {
+                (Some(upper), Some(work)) => Some(UpperSpec {
+                    upper,
+                    work,
+                    dialect: match whiteout {
+                        WhiteoutArg::Overlay => DialectChoice::Overlay,
+                        WhiteoutArg::Oci => DialectChoice::Oci,
+                    },
+                    volatile,
+                }),
+                _ => None,
+            };
             let spec = MountSpec {
                 lowers,
+                upper,
                 mountpoint,
                 foreground: foreground || debug,
                 threads,

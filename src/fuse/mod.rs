@@ -18,7 +18,9 @@ use fuser::{
 };
 use tracing::debug_span;
 
-use crate::union::Union;
+use std::os::unix::ffi::OsStrExt;
+
+use crate::union::{Caller, NewEntry, Node, SetAttr, SetTime, Union};
 use convert::{errno, file_attr, file_type, negative_entry};
 
 /// Options of the adapter that are not union semantics.
@@ -47,11 +49,60 @@ impl StrataFs {
         StrataFs { core, cfg }
     }
 
-    fn refuse_write(&self) -> fuser::Errno {
-        match self.core.check_writable() {
-            Ok(()) => fuser::Errno::ENOSYS,
-            Err(e) => errno(&e),
+    /// Replies to an operation that made a new entry.
+    fn reply_new(&self, reply: ReplyEntry, r: crate::union::Result<(Arc<Node>, Option<u64>)>) {
+        match r {
+            Ok((node, fh)) => {
+                if let Some(fh) = fh {
+                    self.core.release(fh);
+                }
+                reply.entry(&self.cfg.ttl, &file_attr(&node.attr()), GENERATION);
+            }
+            Err(e) => reply.error(errno(&e)),
         }
+    }
+}
+
+fn caller(req: &Request, umask: u32) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+        umask,
+    }
+}
+
+fn set_time(t: TimeOrNow) -> SetTime {
+    match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(st) => match st.duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => SetTime::At {
+                sec: d.as_secs() as i64,
+                nsec: d.subsec_nanos(),
+            },
+            Err(e) => {
+                let d = e.duration();
+                let (sec, nsec) = if d.subsec_nanos() == 0 {
+                    (-(d.as_secs() as i64), 0)
+                } else {
+                    (-(d.as_secs() as i64) - 1, 1_000_000_000 - d.subsec_nanos())
+                };
+                SetTime::At { sec, nsec }
+            }
+        },
+    }
+}
+
+/// The kernel's 32-bit `new_encode_dev` form back to a dev_t.
+fn decode_dev(rdev: u32) -> u64 {
+    let major = (rdev & 0xfff00) >> 8;
+    let minor = (rdev & 0xff) | ((rdev >> 12) & 0xfff00);
+    rustix::fs::makedev(major, minor)
+}
+
+fn reply_empty(reply: ReplyEmpty, r: crate::union::Result<()>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(&e)),
     }
 }
 
@@ -66,6 +117,7 @@ impl fuser::Filesystem for StrataFs {
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_POSIX_ACL,
+            InitFlags::FUSE_ATOMIC_O_TRUNC,
         ] {
             if config.add_capabilities(cap).is_err() {
                 tracing::debug!(?cap, "kernel lacks capability");
@@ -77,7 +129,7 @@ impl fuser::Filesystem for StrataFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _s = debug_span!("lookup", parent = parent.0, ?name).entered();
         match self.core.lookup(parent.0, name) {
-            Ok(node) => reply.entry(&self.cfg.ttl, &file_attr(&node.attr), GENERATION),
+            Ok(node) => reply.entry(&self.cfg.ttl, &file_attr(&node.attr()), GENERATION),
             Err(e) if e.errno() == libc::ENOENT => {
                 // Node id 0 is a negative entry the kernel caches for the TTL.
                 reply.entry(&self.cfg.ttl, &negative_entry(), GENERATION);
@@ -258,15 +310,15 @@ impl fuser::Filesystem for StrataFs {
                 }
             };
             let full = reply.add(
-                INodeNo(node.attr.ino),
+                INodeNo(node.ino()),
                 off,
                 &entry.name,
                 &self.cfg.ttl,
-                &file_attr(&node.attr),
+                &file_attr(&node.attr()),
                 GENERATION,
             );
             if full {
-                self.core.forget(node.attr.ino, 1);
+                self.core.forget(node.ino(), 1);
                 break;
             }
         }
@@ -314,14 +366,14 @@ impl fuser::Filesystem for StrataFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
-        _size: Option<u64>,
-        _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
@@ -329,56 +381,87 @@ impl fuser::Filesystem for StrataFs {
         reply: ReplyAttr,
     ) {
         let _s = debug_span!("setattr", ino = ino.0).entered();
-        reply.error(self.refuse_write());
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(set_time),
+            mtime: mtime.map(set_time),
+            fh: fh.map(|f| f.0),
+        };
+        match self.core.setattr(ino.0, set) {
+            Ok(attr) => reply.attr(&self.cfg.ttl, &file_attr(&attr)),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn mknod(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        _rdev: u32,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
-        let _s = debug_span!("mknod", parent = parent.0, ?name).entered();
-        reply.error(self.refuse_write());
+        let _s = debug_span!("mknod", parent = parent.0, ?name, mode, rdev).entered();
+        let file_type = rustix::fs::FileType::from_raw_mode(mode);
+        let what = NewEntry::Special {
+            file_type,
+            rdev: decode_dev(rdev),
+        };
+        self.reply_new(
+            reply,
+            self.core
+                .create_entry(parent.0, name, mode, caller(req, umask), what),
+        );
     }
 
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        mode: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
-        let _s = debug_span!("mkdir", parent = parent.0, ?name).entered();
-        reply.error(self.refuse_write());
+        let _s = debug_span!("mkdir", parent = parent.0, ?name, mode).entered();
+        let r = self
+            .core
+            .create_entry(parent.0, name, mode, caller(req, umask), NewEntry::Dir);
+        self.reply_new(reply, r);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _s = debug_span!("unlink", parent = parent.0, ?name).entered();
-        reply.error(self.refuse_write());
+        reply_empty(reply, self.core.unlink(parent.0, name));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _s = debug_span!("rmdir", parent = parent.0, ?name).entered();
-        reply.error(self.refuse_write());
+        reply_empty(reply, self.core.rmdir(parent.0, name));
     }
 
     fn symlink(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         link_name: &OsStr,
-        _target: &Path,
+        target: &Path,
         reply: ReplyEntry,
     ) {
         let _s = debug_span!("symlink", parent = parent.0, ?link_name).entered();
-        reply.error(self.refuse_write());
+        let Ok(target) = std::ffi::CString::new(target.as_os_str().as_bytes()) else {
+            return reply.error(fuser::Errno::EINVAL);
+        };
+        let what = NewEntry::Symlink { target: &target };
+        let r = self
+            .core
+            .create_entry(parent.0, link_name, 0o777, caller(req, 0), what);
+        self.reply_new(reply, r);
     }
 
     fn rename(
@@ -386,25 +469,38 @@ impl fuser::Filesystem for StrataFs {
         _req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        _flags: RenameFlags,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let _s = debug_span!("rename", parent = parent.0, ?name).entered();
-        reply.error(self.refuse_write());
+        let _s = debug_span!(
+            "rename",
+            parent = parent.0,
+            ?name,
+            newparent = newparent.0,
+            ?newname
+        )
+        .entered();
+        let r = self
+            .core
+            .rename(parent.0, name, newparent.0, newname, flags.bits());
+        reply_empty(reply, r);
     }
 
     fn link(
         &self,
         _req: &Request,
         ino: INodeNo,
-        _newparent: INodeNo,
-        _newname: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let _s = debug_span!("link", ino = ino.0).entered();
-        reply.error(self.refuse_write());
+        let _s = debug_span!("link", ino = ino.0, newparent = newparent.0, ?newname).entered();
+        match self.core.link(ino.0, newparent.0, newname) {
+            Ok(node) => reply.entry(&self.cfg.ttl, &file_attr(&node.attr()), GENERATION),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn write(
@@ -412,29 +508,49 @@ impl fuser::Filesystem for StrataFs {
         _req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
-        _offset: u64,
-        _data: &[u8],
+        offset: u64,
+        data: &[u8],
         _write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _s = debug_span!("write", fh = fh.0).entered();
-        reply.error(self.refuse_write());
+        let _s = debug_span!("write", fh = fh.0, offset, len = data.len()).entered();
+        match self.core.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        _flags: i32,
+        mode: u32,
+        umask: u32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
-        let _s = debug_span!("create", parent = parent.0, ?name).entered();
-        reply.error(self.refuse_write());
+        let _s = debug_span!("create", parent = parent.0, ?name, mode, flags).entered();
+        let what = NewEntry::File { flags };
+        match self
+            .core
+            .create_entry(parent.0, name, mode, caller(req, umask), what)
+        {
+            Ok((node, Some(fh))) => reply.created(
+                &self.cfg.ttl,
+                &file_attr(&node.attr()),
+                GENERATION,
+                FileHandle(fh),
+                FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Ok((node, None)) => {
+                self.core.forget(node.ino(), 1);
+                reply.error(fuser::Errno::EIO);
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn setxattr(
@@ -442,18 +558,18 @@ impl fuser::Filesystem for StrataFs {
         _req: &Request,
         ino: INodeNo,
         name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
+        value: &[u8],
+        flags: i32,
         _position: u32,
         reply: ReplyEmpty,
     ) {
         let _s = debug_span!("setxattr", ino = ino.0, ?name).entered();
-        reply.error(self.refuse_write());
+        reply_empty(reply, self.core.setxattr(ino.0, name, value, flags));
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _s = debug_span!("removexattr", ino = ino.0, ?name).entered();
-        reply.error(self.refuse_write());
+        reply_empty(reply, self.core.removexattr(ino.0, name));
     }
 
     fn fallocate(
@@ -461,60 +577,69 @@ impl fuser::Filesystem for StrataFs {
         _req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
-        _offset: u64,
-        _length: u64,
-        _mode: i32,
+        offset: u64,
+        length: u64,
+        mode: i32,
         reply: ReplyEmpty,
     ) {
-        let _s = debug_span!("fallocate", fh = fh.0).entered();
-        reply.error(self.refuse_write());
+        let _s = debug_span!("fallocate", fh = fh.0, offset, length, mode).entered();
+        reply_empty(reply, self.core.fallocate(fh.0, offset, length, mode));
     }
 
     fn copy_file_range(
         &self,
         _req: &Request,
         _ino_in: INodeNo,
-        _fh_in: FileHandle,
-        _offset_in: u64,
-        ino_out: INodeNo,
-        _fh_out: FileHandle,
-        _offset_out: u64,
-        _len: u64,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        let _s = debug_span!("copy_file_range", ino_out = ino_out.0).entered();
-        reply.error(self.refuse_write());
+        let _s = debug_span!("copy_file_range", fh_in = fh_in.0, fh_out = fh_out.0, len).entered();
+        match self
+            .core
+            .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
+        {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn fsync(
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
-        _datasync: bool,
+        fh: FileHandle,
+        datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Nothing is ever written, so there is nothing to make durable.
-        reply.ok();
+        let _s = debug_span!("fsync", fh = fh.0, datasync).entered();
+        reply_empty(reply, self.core.fsync(fh.0, datasync));
     }
 
     fn fsyncdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        let _s = debug_span!("fsyncdir", ino = ino.0).entered();
+        reply_empty(reply, self.core.fsyncdir(ino.0));
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         // Permission bits are checked by the kernel (default_permissions);
         // what is left is the read-only nature of the union.
         match self.core.getattr(ino.0) {
-            Ok(_) if mask.contains(AccessFlags::W_OK) => reply.error(self.refuse_write()),
+            Ok(_) if mask.contains(AccessFlags::W_OK) && !self.core.is_writable() => {
+                reply.error(fuser::Errno::EROFS)
+            }
             Ok(_) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }

@@ -14,7 +14,7 @@ use crate::sys::getxattr_at;
 
 /// Prefix of OCI whiteout files; no name with it is ever shown or created.
 pub const OCI_WHITEOUT_PREFIX: &[u8] = b".wh.";
-const OCI_OPAQUE: &CStr = c".wh..wh..opq";
+pub(super) const OCI_OPAQUE: &CStr = c".wh..wh..opq";
 
 const WHITEOUT_XATTRS: [&CStr; 2] = [c"trusted.overlay.whiteout", c"user.overlay.whiteout"];
 const OPAQUE_XATTRS: [&CStr; 3] = [
@@ -59,7 +59,7 @@ pub fn is_overlay_whiteout(dir: BorrowedFd<'_>, name: &CStr, stat: &Stat) -> boo
     }
 }
 
-fn oci_whiteout_name(name: &CStr) -> Option<CString> {
+pub(super) fn oci_whiteout_name(name: &CStr) -> Option<CString> {
     let mut bytes = OCI_WHITEOUT_PREFIX.to_vec();
     bytes.extend_from_slice(name.to_bytes());
     CString::new(bytes).ok()

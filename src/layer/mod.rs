@@ -2,9 +2,12 @@
 //! access is relative to directory fds beneath the layer root; nothing here
 //! knows about other layers.
 
+mod copy;
 mod error;
 mod markers;
+mod upper;
 mod walk;
+mod write_markers;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -12,12 +15,17 @@ use std::sync::Arc;
 
 use rustix::fs::{Mode, OFlags};
 
+pub use copy::{copy_data, copy_mode_times, copy_owner, copy_xattrs};
 pub use error::LayerError;
 pub use markers::{
     Presence, is_marker_name, is_opaque, is_overlay_whiteout, oci_whiteout_target, probe,
     to_cstring,
 };
-pub use walk::{open_file, open_subdir, read_dir, stat_at, stat_self};
+pub use upper::{Dialect, DialectChoice, Upper};
+pub use walk::{
+    open_file, open_path, open_subdir, proc_fd_path, read_dir, remove_tree, reopen, stat_at,
+    stat_self,
+};
 
 /// A read-only layer directory.
 #[derive(Debug)]

@@ -74,3 +74,58 @@ pub fn read_dir(
     }
     Ok(())
 }
+
+/// `/proc/self/fd/N`: reopens or addresses the inode behind an (O_PATH) fd
+/// without knowing any of its names, so hard links, renames and unlinked
+/// files are all reached the same way.
+pub fn proc_fd_path(fd: BorrowedFd<'_>) -> std::ffi::CString {
+    use std::os::fd::AsRawFd;
+    std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
+}
+
+/// Opens an O_PATH handle on `name` in `dir` itself (never a symlink's target).
+pub fn open_path(dir: BorrowedFd<'_>, name: &CStr) -> Result<OwnedFd, LayerError> {
+    rustix::fs::openat2(
+        dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        beneath(),
+    )
+    .map_err(|e| LayerError::Io(e.into()))
+}
+
+/// Opens the inode behind an O_PATH handle with real access `flags`.
+pub fn reopen(opath: BorrowedFd<'_>, flags: OFlags) -> Result<OwnedFd, LayerError> {
+    let path = proc_fd_path(opath);
+    rustix::fs::open(
+        path.as_c_str(),
+        flags | OFlags::CLOEXEC | OFlags::NOCTTY,
+        Mode::empty(),
+    )
+    .map_err(|e| LayerError::Io(e.into()))
+}
+
+/// Removes `name` from `dir`, recursively if it is a directory, without
+/// following symlinks.
+pub fn remove_tree(dir: BorrowedFd<'_>, name: &CStr) -> Result<(), LayerError> {
+    let st = match stat_at(dir, name) {
+        Ok(st) => st,
+        Err(LayerError::Io(e)) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Directory {
+        return rustix::fs::unlinkat(dir, name, AtFlags::empty())
+            .map_err(|e| LayerError::Io(e.into()));
+    }
+    let sub = open_subdir(dir, name)?;
+    let mut children = Vec::new();
+    read_dir(sub.as_fd(), |child, _, _| {
+        children.push(child.to_owned());
+        Ok(())
+    })?;
+    for child in children {
+        remove_tree(sub.as_fd(), &child)?;
+    }
+    rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR).map_err(|e| LayerError::Io(e.into()))
+}

@@ -17,13 +17,15 @@ pub use mountpoint::check_mountpoint;
 pub use unmount::unmount;
 
 use crate::fuse::{AdapterConfig, StrataFs};
-use crate::union::Union;
+use crate::union::{Union, UpperSpec};
 
 /// What to mount and how.
 #[derive(Debug, Clone)]
 pub struct MountSpec {
     /// Lower layers, top first.
     pub lowers: Vec<PathBuf>,
+    /// The writable layer; without it the mount is read-only.
+    pub upper: Option<UpperSpec>,
     pub mountpoint: PathBuf,
     /// Stay attached to the terminal instead of forking once ready.
     pub foreground: bool,
@@ -40,7 +42,7 @@ pub fn run(spec: &MountSpec) -> Result<(), MountError> {
     spec.mountpoint = std::path::absolute(&spec.mountpoint)
         .map_err(|e| MountError::io("resolving the mount point", e))?;
     let spec = &spec;
-    let union = Union::new(&spec.lowers)?;
+    let union = Union::new(&spec.lowers, spec.upper.as_ref())?;
     raise_fd_limit();
     if spec.foreground {
         serve(spec, union, None)
@@ -66,8 +68,10 @@ fn session_config(spec: &MountSpec) -> Config {
         MountOption::Subtype("stratafs".into()),
         MountOption::DefaultPermissions,
         MountOption::NoAtime,
-        MountOption::RO,
     ];
+    if spec.upper.is_none() {
+        options.push(MountOption::RO);
+    }
     if root {
         // A container root file system needs its setuid binaries and devices.
         options.extend([MountOption::Suid, MountOption::Dev]);

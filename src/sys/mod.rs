@@ -7,4 +7,4 @@ mod xattr_at;
 
 pub use fork::{ForkResult, fork};
 pub use signals::{TerminationSignals, block_termination_signals};
-pub use xattr_at::{getxattr_at, listxattr_at};
+pub use xattr_at::{getxattr_at, listxattr_at, setxattr_at};

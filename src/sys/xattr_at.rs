@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 // Same number on every architecture: these syscalls postdate the unified table.
 const SYS_GETXATTRAT: libc::c_long = 464;
 const SYS_LISTXATTRAT: libc::c_long = 465;
+const SYS_SETXATTRAT: libc::c_long = 463;
 
 /// `struct xattr_args` from `include/uapi/linux/xattr.h`.
 #[repr(C)]
@@ -118,4 +119,47 @@ pub fn listxattr_at(dir: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> io::Res
         return rustix::fs::llistxattr_query(path.as_c_str()).map_err(io::Error::from);
     }
     rustix::fs::llistxattr(path.as_c_str(), buf).map_err(io::Error::from)
+}
+
+/// Sets xattr `attr` of `name` beneath `dir` to `value`, not following a
+/// final symlink.
+pub fn setxattr_at(dir: BorrowedFd<'_>, name: &CStr, attr: &CStr, value: &[u8]) -> io::Result<()> {
+    if !AT_CALLS_MISSING.load(Ordering::Relaxed) {
+        let args = XattrArgs {
+            value: value.as_ptr() as u64,
+            size: u32::try_from(value.len())
+                .map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?,
+            flags: 0,
+        };
+        // SAFETY: `name` and `attr` are NUL-terminated; `args.value` points to
+        // `value`, readable for `args.size` bytes during the call; `args` is a
+        // correctly laid out `struct xattr_args` of the size passed.
+        let r = unsafe {
+            libc::syscall(
+                SYS_SETXATTRAT,
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+                attr.as_ptr(),
+                &args as *const XattrArgs,
+                std::mem::size_of::<XattrArgs>(),
+            )
+        };
+        if r >= 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ENOSYS) {
+            return Err(err);
+        }
+        AT_CALLS_MISSING.store(true, Ordering::Relaxed);
+    }
+    let path = proc_path(dir, name)?;
+    rustix::fs::lsetxattr(
+        path.as_c_str(),
+        attr,
+        value,
+        rustix::fs::XattrFlags::empty(),
+    )
+    .map_err(io::Error::from)
 }

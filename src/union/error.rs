@@ -26,6 +26,14 @@ pub enum Error {
     NoAttr,
     #[error("buffer too small")]
     Range,
+    #[error("entry exists")]
+    Exists,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("directory exists in a lower layer; rename across layers is not supported")]
+    CrossDevice,
+    #[error("operation not supported")]
+    NotSupported,
     #[error(transparent)]
     Layer(#[from] LayerError),
     #[error(transparent)]
@@ -45,6 +53,10 @@ impl Error {
             Error::BadHandle(_) => libc::EBADF,
             Error::NoAttr => libc::ENODATA,
             Error::Range => libc::ERANGE,
+            Error::Exists => libc::EEXIST,
+            Error::NotEmpty => libc::ENOTEMPTY,
+            Error::CrossDevice => libc::EXDEV,
+            Error::NotSupported => libc::EOPNOTSUPP,
             Error::Layer(e) => e.errno(),
             Error::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
         }

@@ -1,8 +1,8 @@
-//! Open files, reads, seeks and symlinks of a read-only union.
+//! Open files: reads, writes, seeks, syncs, and symlink targets.
 
 use std::os::fd::{AsFd, OwnedFd};
 
-use rustix::fs::SeekFrom;
+use rustix::fs::{FallocateFlags, OFlags, SeekFrom};
 
 use super::Union;
 use super::attr::Kind;
@@ -10,31 +10,54 @@ use super::error::{Error, Result};
 use super::inode::NodeBody;
 use crate::layer;
 
-/// Whether open(2) flags ask for anything a read-only file cannot give.
+/// An open file: the real fd, in a lower or the upper layer.
+#[derive(Debug)]
+pub struct OpenFile {
+    pub fd: OwnedFd,
+}
+
+/// Whether open(2) flags ask to change the file.
 fn wants_write(flags: i32) -> bool {
     (flags & libc::O_ACCMODE) != libc::O_RDONLY || flags & libc::O_TRUNC != 0
+}
+
+/// The open flags passed on to the real file.
+fn real_flags(flags: i32) -> OFlags {
+    let keep = libc::O_ACCMODE | libc::O_APPEND | libc::O_TRUNC | libc::O_SYNC | libc::O_DSYNC;
+    OFlags::from_bits_retain((flags & keep) as u32)
 }
 
 impl Union {
     pub fn open(&self, ino: u64, flags: i32) -> Result<u64> {
         let node = self.nodes.get(ino)?;
-        if wants_write(flags) {
-            return Err(Error::ReadOnly);
-        }
-        let NodeBody::Leaf { dir, name, .. } = &node.body else {
+        if node.is_dir() {
             return Err(Error::IsDir);
+        }
+        let fd = if wants_write(flags) {
+            self.check_writable()?;
+            // O_TRUNC throws the data away: copy up the rest only.
+            let fd = self.copy_up_leaf(&node, flags & libc::O_TRUNC == 0)?;
+            let fd = layer::reopen(fd.as_fd(), real_flags(flags))?;
+            node.forget_xattrs();
+            fd
+        } else {
+            let state = node.state();
+            match &state.body {
+                NodeBody::Lower { dir, name, .. } => layer::open_file(dir.as_fd(), name)?,
+                NodeBody::Upper { fd } => layer::reopen(fd.as_fd(), real_flags(flags))?,
+                NodeBody::Dir { .. } => return Err(Error::IsDir),
+            }
         };
-        let fd = layer::open_file(dir.as_fd(), name)?;
-        Ok(self.files.insert(fd))
+        Ok(self.files.insert(OpenFile { fd }))
     }
 
     /// Reads up to `size` bytes at `offset`; short only at end of file.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
-        let fd = self.files.get(fh)?;
+        let file = self.files.get(fh)?;
         let mut buf = vec![0u8; size as usize];
         let mut done = 0;
         while done < buf.len() {
-            match rustix::io::pread(fd.as_fd(), &mut buf[done..], offset + done as u64) {
+            match rustix::io::pread(file.fd.as_fd(), &mut buf[done..], offset + done as u64) {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(rustix::io::Errno::INTR) => continue,
@@ -45,13 +68,72 @@ impl Union {
         Ok(buf)
     }
 
+    /// Writes all of `data` at `offset` (at the end for O_APPEND files).
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        let file = self.files.get(fh)?;
+        let mut done = 0;
+        while done < data.len() {
+            match rustix::io::pwrite(file.fd.as_fd(), &data[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) if done > 0 => {
+                    tracing::debug!(error = %e, "short write");
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(u32::try_from(done).unwrap_or(u32::MAX))
+    }
+
     pub fn release(&self, fh: u64) {
         self.files.remove(fh);
     }
 
+    pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
+        let file = self.files.get(fh)?;
+        if datasync {
+            rustix::fs::fdatasync(file.fd.as_fd())?;
+        } else {
+            rustix::fs::fsync(file.fd.as_fd())?;
+        }
+        Ok(())
+    }
+
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<()> {
+        let file = self.files.get(fh)?;
+        let flags = FallocateFlags::from_bits_retain(mode as u32);
+        rustix::fs::fallocate(file.fd.as_fd(), flags, offset, len)?;
+        Ok(())
+    }
+
+    pub fn copy_file_range(
+        &self,
+        fh_in: u64,
+        mut off_in: u64,
+        fh_out: u64,
+        mut off_out: u64,
+        len: u64,
+    ) -> Result<u32> {
+        let src = self.files.get(fh_in)?;
+        let dst = self.files.get(fh_out)?;
+        let len = usize::try_from(len)
+            .unwrap_or(usize::MAX)
+            .min(u32::MAX as usize);
+        let n = rustix::fs::copy_file_range(
+            src.fd.as_fd(),
+            Some(&mut off_in),
+            dst.fd.as_fd(),
+            Some(&mut off_out),
+            len,
+        )?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
     /// lseek for SEEK_DATA / SEEK_HOLE (and the plain whences, for completeness).
     pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
-        let fd = self.files.get(fh)?;
+        let file = self.files.get(fh)?;
         let pos = |o: i64| u64::try_from(o).map_err(|_| Error::Io(einval()));
         let from = match whence {
             libc::SEEK_SET => SeekFrom::Start(pos(offset)?),
@@ -61,25 +143,27 @@ impl Union {
             libc::SEEK_HOLE => SeekFrom::Hole(pos(offset)?),
             _ => return Err(Error::Io(einval())),
         };
-        let at = rustix::fs::seek(fd.as_fd(), from)?;
+        let at = rustix::fs::seek(file.fd.as_fd(), from)?;
         i64::try_from(at).map_err(|_| Error::Io(einval()))
     }
 
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
         let node = self.nodes.get(ino)?;
-        match &node.body {
-            NodeBody::Leaf { dir, name, .. } if node.attr.kind == Kind::Symlink => {
-                let target = rustix::fs::readlinkat(dir.as_fd(), name.as_c_str(), Vec::new())?;
-                Ok(target.into_bytes())
-            }
-            _ => Err(Error::NotSymlink),
+        let state = node.state();
+        if state.attr.kind != Kind::Symlink {
+            return Err(Error::NotSymlink);
         }
+        let target = match &state.body {
+            NodeBody::Lower { dir, name, .. } => {
+                rustix::fs::readlinkat(dir.as_fd(), name.as_c_str(), Vec::new())?
+            }
+            NodeBody::Upper { fd } => rustix::fs::readlinkat(fd.as_fd(), c"", Vec::new())?,
+            NodeBody::Dir { .. } => return Err(Error::NotSymlink),
+        };
+        Ok(target.into_bytes())
     }
 }
 
 fn einval() -> std::io::Error {
     std::io::Error::from_raw_os_error(libc::EINVAL)
 }
-
-/// Keeps the type of open files explicit for the handle table.
-pub type OpenFile = OwnedFd;

@@ -3,17 +3,19 @@
 //! An inode number is derived from the real object it shows — the layer
 //! filesystem and the real inode number — never from a counter. So it is the
 //! same for the life of the mount, after a remount, between readdir and stat,
-//! and for every hard link of one file. The FUSE node id is the same number.
+//! and for every hard link of one file. A copied-up entry keeps the number of
+//! its origin (recorded in a private xattr). The FUSE node id is the same number.
 
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
 use super::attr::Attr;
 use super::error::{Error, Result};
@@ -64,61 +66,101 @@ impl InoMap {
 }
 
 /// A directory of one layer that contributes to a union directory.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct LayerDir {
     pub layer: usize,
     pub fd: Arc<OwnedFd>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum NodeBody {
-    /// A union directory: its layers, top first, cut below the first opaque one.
-    Dir { layers: Vec<LayerDir>, parent: u64 },
-    /// Anything else: it lives in exactly one layer, as `name` in `dir`.
-    Leaf {
+    /// A union directory: its layers, top (upper, if any) first, cut below
+    /// the first opaque one.
+    Dir { layers: Vec<LayerDir> },
+    /// A non-directory that lives in a lower layer, as `name` in `dir`.
+    Lower {
         layer: usize,
         dir: Arc<OwnedFd>,
         name: CString,
     },
+    /// A non-directory in the upper layer, held by an O_PATH fd so that
+    /// renames, hard links and unlinks of its names never lose it.
+    Upper { fd: Arc<OwnedFd> },
+}
+
+/// What may change about a node: where it is, what backs it, its attributes.
+#[derive(Debug, Clone)]
+pub struct NodeState {
+    /// The directory it was last seen in, and its name there (for copy-up).
+    pub parent: Option<Arc<Node>>,
+    pub name: CString,
+    pub body: NodeBody,
+    /// Last known attributes; lower-only entries never change.
+    pub attr: Attr,
 }
 
 #[derive(Debug)]
 pub struct Node {
-    pub attr: Attr,
-    pub body: NodeBody,
+    ino: u64,
+    state: RwLock<NodeState>,
     lookups: AtomicU64,
-    /// Filtered xattr name list, read once: lower layers never change.
-    pub xattr_names: OnceLock<Vec<u8>>,
+    /// Filtered xattr name list, cached until the node changes.
+    pub xattr_names: Mutex<Option<Vec<u8>>>,
+    /// Serialises copy-up of this node; never held while waiting for another node's.
+    pub copy_up: Mutex<()>,
 }
 
 impl Node {
-    pub fn new(attr: Attr, body: NodeBody) -> Self {
+    pub fn new(state: NodeState) -> Self {
         Node {
-            attr,
-            body,
+            ino: state.attr.ino,
+            state: RwLock::new(state),
             lookups: AtomicU64::new(0),
-            xattr_names: OnceLock::new(),
+            xattr_names: Mutex::new(None),
+            copy_up: Mutex::new(()),
         }
     }
 
     pub fn ino(&self) -> u64 {
-        self.attr.ino
+        self.ino
     }
 
-    /// The real entry that carries this node's metadata: a directory fd and a
-    /// name in it (`.` for a directory itself).
-    pub fn location(&self) -> (BorrowedFd<'_>, &std::ffi::CStr) {
-        match &self.body {
-            NodeBody::Dir { layers, .. } => (layers[0].fd.as_fd(), c"."),
-            NodeBody::Leaf { dir, name, .. } => (dir.as_fd(), name.as_c_str()),
+    pub fn state(&self) -> RwLockReadGuard<'_, NodeState> {
+        self.state.read()
+    }
+
+    pub fn update(&self, f: impl FnOnce(&mut NodeState)) {
+        f(&mut self.state.write());
+    }
+
+    pub fn attr(&self) -> Attr {
+        self.state.read().attr
+    }
+
+    pub fn parent(&self) -> Option<Arc<Node>> {
+        self.state.read().parent.clone()
+    }
+
+    pub fn is_dir(&self) -> bool {
+        matches!(self.state.read().body, NodeBody::Dir { .. })
+    }
+
+    pub fn dir_layers(&self) -> Result<Vec<LayerDir>> {
+        match &self.state.read().body {
+            NodeBody::Dir { layers } => Ok(layers.clone()),
+            _ => Err(Error::NotDir),
         }
     }
 
-    pub fn dir_layers(&self) -> Result<&[LayerDir]> {
-        match &self.body {
-            NodeBody::Dir { layers, .. } => Ok(layers),
-            NodeBody::Leaf { .. } => Err(Error::NotDir),
-        }
+    /// Records the path by which the kernel last reached this node.
+    pub fn relocate(&self, parent: Arc<Node>, name: CString) {
+        let mut st = self.state.write();
+        st.parent = Some(parent);
+        st.name = name;
+    }
+
+    pub fn forget_xattrs(&self) {
+        *self.xattr_names.lock() = None;
     }
 }
 

@@ -2,15 +2,15 @@
 //! search; a directory collects the same-named directories below it until an
 //! opaque one.
 
-use std::ffi::{CString, OsStr};
-use std::os::fd::AsFd;
+use std::ffi::{CStr, CString, OsStr};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use super::Union;
 use super::attr::{Attr, Kind};
 use super::error::{Error, Result};
-use super::inode::{LayerDir, Node, NodeBody};
+use super::inode::{LayerDir, Node, NodeBody, NodeState};
 use crate::layer::{self, Presence};
 
 /// Validates a single name coming from the kernel.
@@ -34,74 +34,128 @@ pub(crate) fn attr_of(ino: u64, st: &rustix::fs::Stat) -> Result<Attr> {
     Attr::from_stat(ino, st).ok_or_else(|| Error::Io(std::io::Error::from_raw_os_error(libc::EIO)))
 }
 
+/// The top-most real entry for a name in a union directory.
+pub(crate) struct Top<'a> {
+    pub index: usize,
+    pub ld: &'a LayerDir,
+    pub stat: rustix::fs::Stat,
+}
+
 impl Union {
+    /// The union inode number of a real entry: a copied-up upper entry keeps
+    /// the number of its origin.
+    pub(crate) fn entry_ino(
+        &self,
+        layer: usize,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+        real_ino: u64,
+    ) -> u64 {
+        if self.is_upper(layer)
+            && let Some(origin) = self.read_origin(dir, name)
+        {
+            return origin;
+        }
+        self.inos.ino(layer, real_ino)
+    }
+
+    /// Finds the top-most entry for `name` among `layers`; `None` if absent
+    /// or whited out.
+    pub(crate) fn find_top<'a>(
+        &self,
+        layers: &'a [LayerDir],
+        name: &CStr,
+    ) -> Result<Option<Top<'a>>> {
+        for (index, ld) in layers.iter().enumerate() {
+            match layer::probe(ld.fd.as_fd(), name)? {
+                Presence::Absent => continue,
+                Presence::Whiteout => return Ok(None),
+                Presence::Entry(stat) => return Ok(Some(Top { index, ld, stat })),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether a lower layer below `parent`'s upper directory shows `name`,
+    /// i.e. whether removing it from upper needs a whiteout.
+    pub(crate) fn lower_has(&self, parent: &Node, name: &CStr) -> Result<bool> {
+        let layers = parent.dir_layers()?;
+        let start = usize::from(layers.first().is_some_and(|ld| self.is_upper(ld.layer)));
+        Ok(self.find_top(&layers[start..], name)?.is_some())
+    }
+
     /// Looks `name` up in directory `parent` and counts one kernel reference
     /// to the result.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Arc<Node>> {
         let name = checked_name(name)?;
         let parent = self.nodes.get(parent)?;
+        self.lookup_in(&parent, name)
+    }
+
+    pub(crate) fn lookup_in(&self, parent: &Arc<Node>, name: CString) -> Result<Arc<Node>> {
         let layers = parent.dir_layers()?;
-        let mut below = layers.iter();
-
-        let (top, stat) = loop {
-            let Some(ld) = below.next() else {
-                return Err(Error::NotFound);
-            };
-            match layer::probe(ld.fd.as_fd(), &name)? {
-                Presence::Absent => continue,
-                Presence::Whiteout => return Err(Error::NotFound),
-                Presence::Entry(stat) => break (ld, stat),
-            }
+        let Some(top) = self.find_top(&layers, &name)? else {
+            return Err(Error::NotFound);
         };
-
-        let ino = self.inos.ino(top.layer, stat.st_ino);
+        let ino = self.entry_ino(top.ld.layer, top.ld.fd.as_fd(), &name, top.stat.st_ino);
         if let Some(node) = self.nodes.remember_known(ino) {
+            node.relocate(parent.clone(), name);
+            self.refresh_attr(&node)?;
             return Ok(node);
         }
-        let mut attr = attr_of(ino, &stat)?;
-        if attr.kind != Kind::Dir {
-            let body = NodeBody::Leaf {
-                layer: top.layer,
-                dir: top.fd.clone(),
-                name,
-            };
-            return Ok(self.nodes.remember(Node::new(attr, body)));
-        }
-
-        let fd = Arc::new(layer::open_subdir(top.fd.as_fd(), &name)?);
-        let mut opaque = layer::is_opaque(fd.as_fd())?;
-        let mut dirs = vec![LayerDir {
-            layer: top.layer,
-            fd,
-        }];
-        for ld in below {
-            if opaque {
-                break;
+        let mut attr = attr_of(ino, &top.stat)?;
+        let body = if attr.kind != Kind::Dir {
+            if self.is_upper(top.ld.layer) {
+                NodeBody::Upper {
+                    fd: Arc::new(layer::open_path(top.ld.fd.as_fd(), &name)?),
+                }
+            } else {
+                NodeBody::Lower {
+                    layer: top.ld.layer,
+                    dir: top.ld.fd.clone(),
+                    name: name.clone(),
+                }
             }
-            match layer::probe(ld.fd.as_fd(), &name)? {
+        } else {
+            let dirs = self.collect_dirs(&layers[top.index..], &name)?;
+            // Like overlayfs: the link count of a directory merged from several
+            // layers is not meaningful, so report 1 ("unknown", as find expects).
+            if dirs.len() > 1 {
+                attr.nlink = 1;
+            }
+            NodeBody::Dir { layers: dirs }
+        };
+        Ok(self.nodes.remember(Node::new(NodeState {
+            parent: Some(parent.clone()),
+            name,
+            body,
+            attr,
+        })))
+    }
+
+    /// The layer directories of union directory `name`, starting at the
+    /// top-most layer in `layers` (which must hold a directory there).
+    fn collect_dirs(&self, layers: &[LayerDir], name: &CStr) -> Result<Vec<LayerDir>> {
+        let mut dirs = Vec::new();
+        for ld in layers {
+            match layer::probe(ld.fd.as_fd(), name)? {
                 Presence::Absent => continue,
                 Presence::Whiteout => break,
                 Presence::Entry(st) if Kind::from_mode(st.st_mode) == Some(Kind::Dir) => {
-                    let fd = Arc::new(layer::open_subdir(ld.fd.as_fd(), &name)?);
-                    opaque = layer::is_opaque(fd.as_fd())?;
+                    let fd = Arc::new(layer::open_subdir(ld.fd.as_fd(), name)?);
+                    let opaque = layer::is_opaque(fd.as_fd())?;
                     dirs.push(LayerDir {
                         layer: ld.layer,
                         fd,
                     });
+                    if opaque {
+                        break;
+                    }
                 }
                 Presence::Entry(_) => break,
             }
         }
-        // Like overlayfs: the link count of a directory merged from several
-        // layers is not meaningful, so report 1 ("unknown", as find expects).
-        if dirs.len() > 1 {
-            attr.nlink = 1;
-        }
-        let body = NodeBody::Dir {
-            layers: dirs,
-            parent: parent.ino(),
-        };
-        Ok(self.nodes.remember(Node::new(attr, body)))
+        Ok(dirs)
     }
 
     /// Drops `n` kernel references to `ino`.
@@ -110,6 +164,27 @@ impl Union {
     }
 
     pub fn getattr(&self, ino: u64) -> Result<Attr> {
-        Ok(self.nodes.get(ino)?.attr)
+        let node = self.nodes.get(ino)?;
+        self.refresh_attr(&node)
+    }
+
+    /// Current attributes: re-read for anything in the upper layer.
+    pub(crate) fn refresh_attr(&self, node: &Node) -> Result<Attr> {
+        let (st, merged) = {
+            let state = node.state();
+            match &state.body {
+                NodeBody::Upper { fd } => (layer::stat_self(fd.as_fd())?, false),
+                NodeBody::Dir { layers } if self.is_upper(layers[0].layer) => {
+                    (layer::stat_self(layers[0].fd.as_fd())?, layers.len() > 1)
+                }
+                _ => return Ok(state.attr),
+            }
+        };
+        let mut attr = attr_of(node.ino(), &st)?;
+        if merged {
+            attr.nlink = 1;
+        }
+        node.update(|s| s.attr = attr);
+        Ok(attr)
     }
 }

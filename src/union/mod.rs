@@ -2,26 +2,43 @@
 //! never FUSE types; the FUSE adapter calls it and turns its errors into errnos.
 
 mod attr;
+mod copy_up;
+mod create;
 mod error;
 mod file;
 mod handles;
 mod inode;
 mod lookup;
 mod readdir;
+mod remove;
+mod rename;
+mod setattr;
 mod xattr;
 
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 
 pub use attr::{Attr, Kind, Time};
+pub use create::{Caller, NewEntry};
 pub use error::{Error, Result};
 pub use inode::{Node, ROOT_INO};
 pub use readdir::DirEntry;
+pub use setattr::{SetAttr, SetTime};
 pub use xattr::is_private_xattr;
 
-use crate::layer::{self, Layer, LayerError};
+use crate::layer::{self, DialectChoice, Layer, LayerError, Upper};
 use handles::HandleTable;
-use inode::{InoMap, LayerDir, NodeBody, NodeTable};
+use inode::{InoMap, LayerDir, NodeBody, NodeState, NodeTable};
+
+/// The writable layer of a union: upper and work directories and how to write.
+#[derive(Debug, Clone)]
+pub struct UpperSpec {
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    pub dialect: DialectChoice,
+    /// Skip fsync before publishing copy-ups (faster; not crash-safe).
+    pub volatile: bool,
+}
 
 /// Filesystem statistics as statfs reports them.
 #[derive(Debug, Clone, Copy)]
@@ -36,10 +53,12 @@ pub struct StatFs {
     pub frsize: u32,
 }
 
-/// A read-only union of lower layers.
+/// A union of lower layers, with an optional writable upper layer.
 #[derive(Debug)]
 pub struct Union {
+    /// All layers, top first: the upper (if any) is layer 0.
     layers: Vec<Layer>,
+    upper: Option<Upper>,
     inos: InoMap,
     nodes: NodeTable,
     files: HandleTable<file::OpenFile>,
@@ -47,18 +66,30 @@ pub struct Union {
 }
 
 impl Union {
-    /// Opens the lower layers, top first.
-    pub fn new(lowers: &[PathBuf]) -> std::result::Result<Self, LayerError> {
+    /// Opens the lower layers (top first) and the writable layer, if any.
+    pub fn new(
+        lowers: &[PathBuf],
+        upper: Option<&UpperSpec>,
+    ) -> std::result::Result<Self, LayerError> {
         if lowers.is_empty() {
             return Err(LayerError::Io(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 "at least one lower layer is needed",
             )));
         }
-        let layers = lowers
-            .iter()
-            .map(|p| Layer::open(p))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let mut layers = Vec::with_capacity(lowers.len() + 1);
+        let upper = match upper {
+            Some(spec) => {
+                let layer = Layer::open(&spec.upper)?;
+                let up = Upper::open(&layer, &spec.work, spec.dialect, spec.volatile)?;
+                layers.push(layer);
+                Some(up)
+            }
+            None => None,
+        };
+        for p in lowers {
+            layers.push(Layer::open(p)?);
+        }
         let inos = InoMap::new(&layers);
         let nodes = NodeTable::default();
         let top = layer::stat_self(layers[0].root().as_fd())?;
@@ -75,15 +106,17 @@ impl Union {
                 fd: l.root().clone(),
             })
             .collect();
-        nodes.insert_root(Node::new(
-            attr,
-            NodeBody::Dir {
+        nodes.insert_root(Node::new(NodeState {
+            parent: None,
+            name: c"".to_owned(),
+            body: NodeBody::Dir {
                 layers: root_layers,
-                parent: ROOT_INO,
             },
-        ));
+            attr,
+        }));
         Ok(Union {
             layers,
+            upper,
             inos,
             nodes,
             files: HandleTable::default(),
@@ -91,9 +124,28 @@ impl Union {
         })
     }
 
-    /// Every mutation is refused until the union has a writable layer.
+    /// Mutations need a writable layer.
     pub fn check_writable(&self) -> Result<()> {
-        Err(Error::ReadOnly)
+        match self.upper {
+            Some(_) => Ok(()),
+            None => Err(Error::ReadOnly),
+        }
+    }
+
+    pub fn is_writable(&self) -> bool {
+        self.upper.is_some()
+    }
+
+    /// fsync of a union directory's upper directory, if it has one.
+    pub fn fsyncdir(&self, ino: u64) -> Result<()> {
+        let node = self.nodes.get(ino)?;
+        let layers = node.dir_layers()?;
+        if let (Some(upper), Some(ld)) = (&self.upper, layers.first())
+            && self.is_upper(ld.layer)
+        {
+            upper.sync_dir(ld.fd.as_fd())?;
+        }
+        Ok(())
     }
 
     pub fn layers(&self) -> &[Layer] {

@@ -13,7 +13,7 @@ use rustix::fs::FileType;
 use super::Union;
 use super::attr::{Attr, Kind};
 use super::error::{Error, Result};
-use super::inode::{Node, NodeBody};
+use super::inode::{Node, NodeBody, NodeState};
 use crate::layer;
 
 #[derive(Debug, Clone)]
@@ -52,32 +52,46 @@ impl Union {
     /// The node of a listed entry, counting one kernel reference, as
     /// [`Union::lookup`] would give it; a non-directory needs no layer access.
     pub fn lookup_listed(&self, parent: u64, entry: &DirEntry) -> Result<Arc<Node>> {
+        let dir_node = self.nodes.get(parent)?;
+        let name = super::lookup::checked_name(&entry.name)?;
         if let Some(node) = self.nodes.remember_known(entry.ino) {
+            node.relocate(dir_node, name);
+            self.refresh_attr(&node)?;
             return Ok(node);
         }
-        let Some((source, attr)) = entry.leaf else {
-            return self.lookup(parent, &entry.name);
+        // With a writable layer the listing may be older than the tree.
+        let Some((source, attr)) = entry.leaf.filter(|_| self.upper.is_none()) else {
+            return self.lookup_in(&dir_node, name);
         };
-        let dir_node = self.nodes.get(parent)?;
-        let ld = dir_node.dir_layers()?.get(source).ok_or(Error::NotFound)?;
-        let name = super::lookup::checked_name(&entry.name)?;
-        let body = NodeBody::Leaf {
-            layer: ld.layer,
-            dir: ld.fd.clone(),
+        let layers = dir_node.dir_layers()?;
+        let ld = layers.get(source).ok_or(Error::NotFound)?;
+        let body = if self.is_upper(ld.layer) {
+            NodeBody::Upper {
+                fd: Arc::new(layer::open_path(ld.fd.as_fd(), &name)?),
+            }
+        } else {
+            NodeBody::Lower {
+                layer: ld.layer,
+                dir: ld.fd.clone(),
+                name: name.clone(),
+            }
+        };
+        Ok(self.nodes.remember(Node::new(NodeState {
+            parent: Some(dir_node),
             name,
-        };
-        Ok(self.nodes.remember(Node::new(attr, body)))
+            body,
+            attr,
+        })))
     }
 
     pub fn releasedir(&self, fh: u64) {
         self.dirs.remove(fh);
     }
 
-    fn list(&self, node: &Node) -> Result<Vec<DirEntry>> {
-        let NodeBody::Dir { layers, parent } = &node.body else {
-            return Err(Error::NotDir);
-        };
-        let mut entries = vec![DirEntry::dot(".", node.ino()), DirEntry::dot("..", *parent)];
+    pub(crate) fn list(&self, node: &Node) -> Result<Vec<DirEntry>> {
+        let layers = node.dir_layers()?;
+        let parent = node.parent().map_or(super::ROOT_INO, |p| p.ino());
+        let mut entries = vec![DirEntry::dot(".", node.ino()), DirEntry::dot("..", parent)];
         // Names already decided by a higher layer: shown, or whited out.
         let mut decided: HashSet<Vec<u8>> = HashSet::new();
         for (source, ld) in layers.iter().enumerate() {
@@ -99,7 +113,7 @@ impl Union {
                 let entry = if ftype == FileType::Directory {
                     DirEntry {
                         name: OsString::from_vec(bytes.to_vec()),
-                        ino: self.inos.ino(ld.layer, real_ino),
+                        ino: self.entry_ino(ld.layer, dir, name, real_ino),
                         kind: Kind::Dir,
                         leaf: None,
                     }
@@ -111,7 +125,7 @@ impl Union {
                         whiteouts.push(bytes.to_vec());
                         return Ok(());
                     }
-                    let ino = self.inos.ino(ld.layer, st.st_ino);
+                    let ino = self.entry_ino(ld.layer, dir, name, st.st_ino);
                     let Some(attr) = Attr::from_stat(ino, &st) else {
                         return Ok(());
                     };

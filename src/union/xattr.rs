@@ -1,12 +1,15 @@
-//! Extended attributes as seen through the mount: everything the layer entry
+//! Extended attributes as seen through the mount: everything the real entry
 //! has, minus overlay markers and stratafs' private metadata.
 
-use std::ffi::{CString, OsStr};
+use std::ffi::{CStr, CString, OsStr};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
 
 use super::Union;
 use super::error::{Error, Result};
-use crate::sys;
+use super::inode::{Node, NodeBody};
+use crate::{layer, sys};
 
 const PRIVATE_PREFIXES: [&[u8]; 5] = [
     b"trusted.overlay.",
@@ -56,16 +59,72 @@ fn no_data(e: Error) -> Error {
     }
 }
 
+/// Where a node's xattrs are read from.
+enum Target {
+    /// `name` beneath directory `dir` (`.` for the directory itself).
+    At(Arc<OwnedFd>, CString),
+    /// The inode behind an upper O_PATH fd.
+    Inode(Arc<OwnedFd>),
+}
+
+fn target(node: &Node) -> Target {
+    match &node.state().body {
+        NodeBody::Dir { layers } => Target::At(layers[0].fd.clone(), c".".to_owned()),
+        NodeBody::Lower { dir, name, .. } => Target::At(dir.clone(), name.clone()),
+        NodeBody::Upper { fd } => Target::Inode(fd.clone()),
+    }
+}
+
+fn rustix_io(r: rustix::io::Result<usize>) -> std::io::Result<usize> {
+    r.map_err(std::io::Error::from)
+}
+
+impl Target {
+    fn list(&self) -> Result<Vec<u8>> {
+        match self {
+            Target::At(dir, name) => read_sized(|buf| sys::listxattr_at(dir.as_fd(), name, buf)),
+            Target::Inode(fd) => {
+                let path = layer::proc_fd_path(fd.as_fd());
+                read_sized(|buf| {
+                    if buf.is_empty() {
+                        rustix_io(rustix::fs::listxattr_query(path.as_c_str()))
+                    } else {
+                        rustix_io(rustix::fs::listxattr(path.as_c_str(), buf))
+                    }
+                })
+            }
+        }
+    }
+
+    fn get(&self, attr: &CStr) -> Result<Vec<u8>> {
+        match self {
+            Target::At(dir, name) => {
+                read_sized(|buf| sys::getxattr_at(dir.as_fd(), name, attr, buf))
+            }
+            Target::Inode(fd) => {
+                let path = layer::proc_fd_path(fd.as_fd());
+                read_sized(|buf| {
+                    if buf.is_empty() {
+                        rustix_io(rustix::fs::getxattr_query(path.as_c_str(), attr))
+                    } else {
+                        rustix_io(rustix::fs::getxattr(path.as_c_str(), attr, buf))
+                    }
+                })
+            }
+        }
+    }
+}
+
 impl Union {
     /// The NUL-separated list of visible xattr names.
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
         let node = self.nodes.get(ino)?;
-        if let Some(list) = node.xattr_names.get() {
+        if let Some(list) = node.xattr_names.lock().as_ref() {
             return Ok(list.clone());
         }
-        let (dir, name) = node.location();
-        let raw = read_sized(|buf| sys::listxattr_at(dir, name, buf))?;
-        Ok(node.xattr_names.get_or_init(|| filter_list(&raw)).clone())
+        let list = filter_list(&target(&node).list()?);
+        *node.xattr_names.lock() = Some(list.clone());
+        Ok(list)
     }
 
     pub fn getxattr(&self, ino: u64, attr: &OsStr) -> Result<Vec<u8>> {
@@ -80,8 +139,42 @@ impl Union {
             return Err(Error::NoAttr);
         }
         let node = self.nodes.get(ino)?;
-        let (dir, name) = node.location();
         let attr = CString::new(attr).map_err(|_| Error::NoAttr)?;
-        read_sized(|buf| sys::getxattr_at(dir, name, &attr, buf)).map_err(no_data)
+        target(&node).get(&attr).map_err(no_data)
+    }
+
+    pub fn setxattr(&self, ino: u64, attr: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        self.check_writable()?;
+        let attr = self.settable_name(attr)?;
+        let node = self.nodes.get(ino)?;
+        let fd = self.copy_up_any(&node)?;
+        let path = layer::proc_fd_path(fd.as_fd());
+        let flags = rustix::fs::XattrFlags::from_bits_retain(flags as u32);
+        let result = rustix::fs::setxattr(path.as_c_str(), attr.as_c_str(), value, flags);
+        node.forget_xattrs();
+        result.map_err(Error::from)
+    }
+
+    pub fn removexattr(&self, ino: u64, attr: &OsStr) -> Result<()> {
+        self.check_writable()?;
+        let attr = self.settable_name(attr)?;
+        let node = self.nodes.get(ino)?;
+        // Nothing to remove is answered without copying anything up.
+        let names = self.listxattr(ino)?;
+        if !names.split(|b| *b == 0).any(|n| n == attr.as_bytes()) {
+            return Err(Error::NoAttr);
+        }
+        let fd = self.copy_up_any(&node)?;
+        let path = layer::proc_fd_path(fd.as_fd());
+        let result = rustix::fs::removexattr(path.as_c_str(), attr.as_c_str());
+        node.forget_xattrs();
+        result.map_err(|e| no_data(Error::from(e)))
+    }
+
+    fn settable_name(&self, attr: &OsStr) -> Result<CString> {
+        if is_private_xattr(attr.as_bytes()) {
+            return Err(Error::NotSupported);
+        }
+        CString::new(attr.as_bytes()).map_err(|_| Error::InvalidName)
     }
 }

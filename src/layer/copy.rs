@@ -1,0 +1,138 @@
+//! Copying an entry's data and metadata, for copy-up.
+
+use std::ffi::CStr;
+use std::os::fd::BorrowedFd;
+
+use rustix::fs::{AtFlags, SeekFrom, Timestamps};
+
+use super::LayerError;
+use crate::sys::{getxattr_at, listxattr_at};
+
+fn io(e: rustix::io::Errno) -> LayerError {
+    LayerError::Io(e.into())
+}
+
+/// Copies `len` bytes of `src` into the empty file `dst`: a reflink when the
+/// filesystem can, else only the data extents (holes stay holes).
+pub fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, len: u64) -> Result<(), LayerError> {
+    if len == 0 {
+        return Ok(());
+    }
+    if rustix::fs::ioctl_ficlone(dst, src).is_ok() {
+        return Ok(());
+    }
+    let mut pos = 0u64;
+    while pos < len {
+        let data = match rustix::fs::seek(src, SeekFrom::Data(pos)) {
+            Ok(d) => d,
+            Err(rustix::io::Errno::NXIO) => break,
+            // No SEEK_DATA support: treat the whole rest as data.
+            Err(rustix::io::Errno::INVAL) => pos,
+            Err(e) => return Err(io(e)),
+        };
+        let hole = match rustix::fs::seek(src, SeekFrom::Hole(data)) {
+            Ok(h) => h.min(len),
+            Err(_) => len,
+        };
+        let mut off_in = data;
+        let mut off_out = data;
+        while off_in < hole {
+            let chunk = usize::try_from(hole - off_in)
+                .unwrap_or(usize::MAX)
+                .min(1 << 30);
+            let n =
+                rustix::fs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), chunk)
+                    .map_err(io)?;
+            if n == 0 {
+                break;
+            }
+        }
+        pos = hole;
+    }
+    // A trailing hole has no extent to copy; the size says where the file ends.
+    rustix::fs::ftruncate(dst, len).map_err(io)
+}
+
+/// Copies the xattrs of `name` in `dir` that `keep` accepts onto the inode
+/// at `dst_path` (a `/proc/self/fd/N` path, followed).
+pub fn copy_xattrs(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    dst_path: &CStr,
+    keep: impl Fn(&[u8]) -> bool,
+) -> Result<(), LayerError> {
+    let size = match listxattr_at(dir, name, &mut []) {
+        Ok(s) => s,
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut list = vec![0u8; size];
+    let n = listxattr_at(dir, name, &mut list)?;
+    list.truncate(n);
+    for attr in list.split(|b| *b == 0).filter(|a| !a.is_empty()) {
+        if !keep(attr) {
+            continue;
+        }
+        let Ok(attr) = std::ffi::CString::new(attr) else {
+            continue;
+        };
+        let size = getxattr_at(dir, name, &attr, &mut [])?;
+        let mut value = vec![0u8; size];
+        let n = getxattr_at(dir, name, &attr, &mut value)?;
+        value.truncate(n);
+        rustix::fs::setxattr(
+            dst_path,
+            attr.as_c_str(),
+            &value,
+            rustix::fs::XattrFlags::empty(),
+        )
+        .map_err(io)?;
+    }
+    Ok(())
+}
+
+/// Sets the owner of `name` in `dir` (never following a symlink). Comes
+/// first: chown clears setuid bits and file capabilities.
+pub fn copy_owner(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    st: &rustix::fs::Stat,
+) -> Result<(), LayerError> {
+    rustix::fs::chownat(
+        dir,
+        name,
+        Some(rustix::fs::Uid::from_raw(st.st_uid)),
+        Some(rustix::fs::Gid::from_raw(st.st_gid)),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(io)
+}
+
+/// Sets mode (with setuid bits) and times of `name` in `dir`, last.
+pub fn copy_mode_times(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    st: &rustix::fs::Stat,
+) -> Result<(), LayerError> {
+    let is_link = rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Symlink;
+    if !is_link {
+        rustix::fs::chmodat(
+            dir,
+            name,
+            rustix::fs::Mode::from_raw_mode(st.st_mode & 0o7777),
+            AtFlags::empty(),
+        )
+        .map_err(io)?;
+    }
+    let times = Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: st.st_atime,
+            tv_nsec: st.st_atime_nsec as _,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: st.st_mtime,
+            tv_nsec: st.st_mtime_nsec as _,
+        },
+    };
+    rustix::fs::utimensat(dir, name, &times, AtFlags::SYMLINK_NOFOLLOW).map_err(io)
+}

@@ -1,0 +1,208 @@
+//! The writable layer: the upper directory, its workdir, and the marker
+//! dialect this mount writes.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags};
+
+use super::{Layer, LayerError, remove_tree};
+
+/// Whiteout and opaque markers this mount writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// char device 0/0 whiteouts; opaque via `<ns>.overlay.opaque=y`.
+    Overlay { trusted: bool },
+    /// `.wh.NAME` whiteouts and `.wh..wh..opq` opaque markers.
+    Oci,
+}
+
+/// What the user asked for; `Auto` picks overlay when mknod 0/0 works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DialectChoice {
+    #[default]
+    Overlay,
+    Oci,
+}
+
+const LOCK_NAME: &CStr = c".stratafs.lock";
+
+/// The upper layer's companions: workdir fd (held locked for the life of
+/// the mount), the dialect and the private xattr namespace.
+#[derive(Debug)]
+pub struct Upper {
+    work: OwnedFd,
+    _lock: OwnedFd,
+    dialect: Dialect,
+    /// `trusted.stratafs.` when trusted xattrs can be written, else `user.stratafs.`.
+    private_ns: &'static str,
+    volatile: bool,
+    counter: AtomicU64,
+}
+
+fn io(e: rustix::io::Errno) -> LayerError {
+    LayerError::Io(e.into())
+}
+
+fn tagged(path: &Path, msg: impl Into<String>) -> LayerError {
+    LayerError::open(path, std::io::Error::other(msg.into()))
+}
+
+impl Upper {
+    /// Opens the workdir beside `upper`: same filesystem, not in use by
+    /// another live mount, cleaned of anything a crash left behind.
+    pub fn open(
+        upper: &Layer,
+        work_path: &Path,
+        choice: DialectChoice,
+        volatile: bool,
+    ) -> Result<Upper, LayerError> {
+        let work = Layer::open(work_path)?;
+        if work.dev() != upper.dev() {
+            return Err(tagged(
+                work_path,
+                format!(
+                    "workdir must be on the same filesystem as the upper dir {}",
+                    upper.path().display()
+                ),
+            ));
+        }
+        let ust = super::stat_self(upper.root().as_fd())?;
+        let wst = super::stat_self(work.root().as_fd())?;
+        if ust.st_ino == wst.st_ino {
+            return Err(tagged(
+                work_path,
+                "workdir and upper dir must be different directories",
+            ));
+        }
+        let work_fd = rustix::fs::openat(
+            work.root().as_fd(),
+            c".",
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io)?;
+        let lock = rustix::fs::openat(
+            &work_fd,
+            LOCK_NAME,
+            OFlags::CREATE | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| LayerError::open(work_path, e.into()))?;
+        if rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive).is_err() {
+            return Err(tagged(
+                work_path,
+                "workdir is in use by another live stratafs mount",
+            ));
+        }
+        clean_workdir(work_fd.as_fd())?;
+        let dialect = match choice {
+            DialectChoice::Oci => Dialect::Oci,
+            DialectChoice::Overlay if can_mknod_whiteout(work_fd.as_fd()) => Dialect::Overlay {
+                trusted: can_set_trusted(work_fd.as_fd()),
+            },
+            DialectChoice::Overlay => {
+                tracing::warn!("mknod 0/0 refused in the workdir: writing OCI whiteouts instead");
+                Dialect::Oci
+            }
+        };
+        let private_ns = if can_set_trusted(work_fd.as_fd()) {
+            "trusted.stratafs."
+        } else {
+            "user.stratafs."
+        };
+        Ok(Upper {
+            work: work_fd,
+            _lock: lock,
+            dialect,
+            private_ns,
+            volatile,
+            counter: AtomicU64::new(0),
+        })
+    }
+
+    pub fn work(&self) -> BorrowedFd<'_> {
+        self.work.as_fd()
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    pub fn volatile(&self) -> bool {
+        self.volatile
+    }
+
+    /// The full name of private xattr `key` (e.g. `origin`) in this mount's namespace.
+    pub fn private_xattr(&self, key: &str) -> CString {
+        CString::new(format!("{}{key}", self.private_ns)).unwrap_or_default()
+    }
+
+    /// A fresh name for a scratch entry in the workdir.
+    pub fn temp_name(&self) -> CString {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        CString::new(format!("#{}.{n}", std::process::id())).unwrap_or_default()
+    }
+
+    /// fsync, unless the mount is volatile.
+    pub fn sync(&self, fd: BorrowedFd<'_>) -> Result<(), LayerError> {
+        if self.volatile {
+            return Ok(());
+        }
+        rustix::fs::fsync(fd).map_err(io)
+    }
+
+    /// fsync of a directory given as an O_PATH handle.
+    pub fn sync_dir(&self, dir: BorrowedFd<'_>) -> Result<(), LayerError> {
+        if self.volatile {
+            return Ok(());
+        }
+        let fd = rustix::fs::openat(
+            dir,
+            c".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io)?;
+        rustix::fs::fsync(&fd).map_err(io)
+    }
+
+    /// Removes a scratch entry (file or tree) from the workdir.
+    pub fn discard(&self, name: &CStr) {
+        if let Err(e) = remove_tree(self.work(), name) {
+            tracing::warn!(error = %e, ?name, "cannot remove workdir scratch entry");
+        }
+    }
+}
+
+fn clean_workdir(work: BorrowedFd<'_>) -> Result<(), LayerError> {
+    let mut names = Vec::new();
+    super::read_dir(work, |name, _, _| {
+        if name != LOCK_NAME {
+            names.push(name.to_owned());
+        }
+        Ok(())
+    })?;
+    for name in names {
+        remove_tree(work, &name)?;
+    }
+    Ok(())
+}
+
+fn can_mknod_whiteout(work: BorrowedFd<'_>) -> bool {
+    let probe = c"#whiteout-probe";
+    let ok = rustix::fs::mknodat(work, probe, FileType::CharacterDevice, Mode::empty(), 0).is_ok();
+    let _ = rustix::fs::unlinkat(work, probe, AtFlags::empty());
+    ok
+}
+
+fn can_set_trusted(work: BorrowedFd<'_>) -> bool {
+    let path = super::proc_fd_path(work);
+    let name = c"trusted.stratafs.probe";
+    let ok =
+        rustix::fs::setxattr(path.as_c_str(), name, b"1", rustix::fs::XattrFlags::empty()).is_ok();
+    let _ = rustix::fs::removexattr(path.as_c_str(), name);
+    ok
+}

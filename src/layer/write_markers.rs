@@ -1,0 +1,166 @@
+//! Writing whiteouts and opaque markers into the upper layer, in the
+//! mount's one dialect, so that each fact has exactly one marker.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::BorrowedFd;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
+
+use super::markers::{OCI_OPAQUE, oci_whiteout_name};
+use super::upper::{Dialect, Upper};
+use super::{LayerError, remove_tree};
+
+fn io(e: rustix::io::Errno) -> LayerError {
+    LayerError::Io(e.into())
+}
+
+fn create_empty(dir: BorrowedFd<'_>, name: &CStr) -> Result<(), LayerError> {
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::CREATE | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .map(drop)
+    .map_err(io)
+}
+
+fn oci_name(name: &CStr) -> Result<CString, LayerError> {
+    oci_whiteout_name(name)
+        .ok_or_else(|| LayerError::Io(std::io::Error::from_raw_os_error(libc::ENAMETOOLONG)))
+}
+
+impl Upper {
+    /// Hides `name` (absent from upper `dir`) in the layers below.
+    pub fn write_whiteout(&self, dir: BorrowedFd<'_>, name: &CStr) -> Result<(), LayerError> {
+        match self.dialect() {
+            Dialect::Overlay { .. } => {
+                rustix::fs::mknodat(dir, name, FileType::CharacterDevice, Mode::empty(), 0)
+                    .map_err(io)?
+            }
+            Dialect::Oci => create_empty(dir, &oci_name(name)?)?,
+        }
+        self.sync_dir(dir)
+    }
+
+    /// Replaces the upper entry `name` in `dir` by a whiteout, atomically in
+    /// the overlay dialect; the old entry (a whole tree for a directory) is
+    /// removed from the workdir afterwards.
+    pub fn replace_with_whiteout(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+        is_dir: bool,
+    ) -> Result<(), LayerError> {
+        match self.dialect() {
+            Dialect::Overlay { .. } => {
+                let tmp = self.temp_name();
+                rustix::fs::mknodat(
+                    self.work(),
+                    &tmp,
+                    FileType::CharacterDevice,
+                    Mode::empty(),
+                    0,
+                )
+                .map_err(io)?;
+                let flags = if is_dir {
+                    RenameFlags::EXCHANGE
+                } else {
+                    RenameFlags::empty()
+                };
+                if let Err(e) = rustix::fs::renameat_with(self.work(), &tmp, dir, name, flags) {
+                    self.discard(&tmp);
+                    return Err(io(e));
+                }
+                if is_dir {
+                    // The old directory now sits in the workdir under `tmp`.
+                    self.discard(&tmp);
+                }
+            }
+            Dialect::Oci => {
+                // The whiteout first: an entry beats an OCI whiteout in its own
+                // layer, so the name stays visible until the entry goes.
+                create_empty(dir, &oci_name(name)?)?;
+                self.remove_entry(dir, name, is_dir)?;
+            }
+        }
+        self.sync_dir(dir)
+    }
+
+    /// Removes an upper entry; a directory (which may still hold markers) is
+    /// first moved into the workdir so that it vanishes at once.
+    pub fn remove_entry(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+        is_dir: bool,
+    ) -> Result<(), LayerError> {
+        if !is_dir {
+            rustix::fs::unlinkat(dir, name, AtFlags::empty()).map_err(io)?;
+            return self.sync_dir(dir);
+        }
+        let tmp = self.temp_name();
+        rustix::fs::renameat_with(dir, name, self.work(), &tmp, RenameFlags::NOREPLACE)
+            .map_err(io)?;
+        self.discard(&tmp);
+        self.sync_dir(dir)
+    }
+
+    /// Removes the OCI whiteout of `name` from `dir`, if there is one (an
+    /// upper dir may hold markers of another dialect from an earlier mount).
+    pub fn drop_oci_whiteout(&self, dir: BorrowedFd<'_>, name: &CStr) -> Result<(), LayerError> {
+        let wh = oci_name(name)?;
+        match rustix::fs::unlinkat(dir, &wh, AtFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    /// Marks the (not yet published) directory `dir` opaque.
+    pub fn set_opaque(&self, dir: BorrowedFd<'_>) -> Result<(), LayerError> {
+        match self.dialect() {
+            Dialect::Overlay { trusted } => {
+                let attr = if trusted {
+                    c"trusted.overlay.opaque"
+                } else {
+                    c"user.overlay.opaque"
+                };
+                let path = super::proc_fd_path(dir);
+                rustix::fs::setxattr(path.as_c_str(), attr, b"y", rustix::fs::XattrFlags::empty())
+                    .map_err(io)
+            }
+            Dialect::Oci => create_empty(dir, OCI_OPAQUE),
+        }
+    }
+
+    /// Moves the workdir entry `tmp` to `name` in `dir`. With `over_whiteout`
+    /// (overlay dialect) the whiteout there is replaced atomically; otherwise
+    /// the name must be free.
+    pub fn publish(
+        &self,
+        tmp: &CStr,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+        over_whiteout: bool,
+        is_dir: bool,
+    ) -> Result<(), LayerError> {
+        let result = if over_whiteout && is_dir {
+            // rename(2) cannot put a directory over a device: swap, then drop
+            // the whiteout that landed in the workdir.
+            rustix::fs::renameat_with(self.work(), tmp, dir, name, RenameFlags::EXCHANGE)
+        } else if over_whiteout {
+            rustix::fs::renameat_with(self.work(), tmp, dir, name, RenameFlags::empty())
+        } else {
+            rustix::fs::renameat_with(self.work(), tmp, dir, name, RenameFlags::NOREPLACE)
+        };
+        if let Err(e) = result {
+            self.discard(tmp);
+            return Err(io(e));
+        }
+        if over_whiteout && is_dir {
+            let _ = remove_tree(self.work(), tmp);
+        }
+        self.drop_oci_whiteout(dir, name)?;
+        self.sync_dir(dir)
+    }
+}

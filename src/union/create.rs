@@ -1,0 +1,235 @@
+//! Creating entries: files, directories, symlinks, device nodes, hard links.
+//! New entries go straight into the upper directory; one that replaces a
+//! whiteout is built in the workdir and swapped in, so the name never shows
+//! the lower entry again, and a directory made there is opaque.
+
+use std::ffi::{CStr, OsStr};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Uid};
+
+use super::Union;
+use super::attr::Kind;
+use super::error::{Error, Result};
+use super::inode::{LayerDir, Node, NodeBody, NodeState};
+use super::lookup::{attr_of, checked_name};
+use crate::layer::{self, Presence};
+
+/// Who asks: created entries belong to the caller, not the daemon.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub umask: u32,
+}
+
+/// What to create.
+#[derive(Debug, Clone, Copy)]
+pub enum NewEntry<'a> {
+    /// A regular file, opened with these open(2) flags.
+    File {
+        flags: i32,
+    },
+    Dir,
+    Symlink {
+        target: &'a CStr,
+    },
+    /// A fifo, socket or device node (or an empty regular file via mknod).
+    Special {
+        file_type: FileType,
+        rdev: u64,
+    },
+}
+
+impl Union {
+    /// Creates `name` in directory `parent`. Returns its node (with one
+    /// kernel reference) and, for a file, the open fd.
+    pub fn create_entry(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        perm: u32,
+        caller: Caller,
+        what: NewEntry<'_>,
+    ) -> Result<(Arc<Node>, Option<u64>)> {
+        self.check_writable()?;
+        let upper = self.upper()?;
+        let name = checked_name(name)?;
+        let parent = self.nodes.get(parent)?;
+        if self.find_top(&parent.dir_layers()?, &name)?.is_some() {
+            return Err(Error::Exists);
+        }
+        let dir = self.upper_dir(&parent)?;
+        let over_whiteout = matches!(layer::probe(dir.as_fd(), &name)?, Presence::Whiteout);
+        let pattr = self.refresh_attr(&parent)?;
+        let setgid_parent = pattr.perm as u32 & libc::S_ISGID != 0;
+        let gid = if setgid_parent { pattr.gid } else { caller.gid };
+        let mut mode = perm & !caller.umask & 0o7777;
+        if setgid_parent && matches!(what, NewEntry::Dir) {
+            mode |= libc::S_ISGID;
+        }
+
+        let (at, at_name) = if over_whiteout {
+            (upper.work(), upper.temp_name())
+        } else {
+            (dir.as_fd(), name.clone())
+        };
+        let file = make(at, &at_name, mode, what)?;
+        let own = rustix::fs::chownat(
+            at,
+            &at_name,
+            Some(Uid::from_raw(caller.uid)),
+            Some(Gid::from_raw(gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .and_then(|()| match what {
+            // chown clears setuid/setgid bits: set the mode again.
+            NewEntry::Symlink { .. } => Ok(()),
+            _ => rustix::fs::chmodat(at, &at_name, Mode::from_raw_mode(mode), AtFlags::empty()),
+        });
+        if let Err(e) = own {
+            let _ = layer::remove_tree(at, &at_name);
+            return Err(e.into());
+        }
+        if over_whiteout {
+            if matches!(what, NewEntry::Dir) {
+                let made = layer::open_subdir(at, &at_name)?;
+                upper.set_opaque(made.as_fd())?;
+            }
+            let replaces = layer::stat_at(dir.as_fd(), &name).is_ok();
+            upper.publish(
+                &at_name,
+                dir.as_fd(),
+                &name,
+                replaces,
+                matches!(what, NewEntry::Dir),
+            )?;
+        } else {
+            upper.sync_dir(dir.as_fd())?;
+        }
+
+        let node = self.new_upper_node(&parent, dir.as_fd(), name)?;
+        let fh = file.map(|fd| self.files.insert(super::file::OpenFile { fd }));
+        Ok((node, fh))
+    }
+
+    /// A node for an entry just made in upper directory `dir`.
+    fn new_upper_node(
+        &self,
+        parent: &Arc<Node>,
+        dir: BorrowedFd<'_>,
+        name: std::ffi::CString,
+    ) -> Result<Arc<Node>> {
+        let st = layer::stat_at(dir, &name)?;
+        let ino = self.entry_ino(0, dir, &name, st.st_ino);
+        let attr = attr_of(ino, &st)?;
+        let body = if attr.kind == Kind::Dir {
+            NodeBody::Dir {
+                layers: vec![LayerDir {
+                    layer: 0,
+                    fd: Arc::new(layer::open_subdir(dir, &name)?),
+                }],
+            }
+        } else {
+            NodeBody::Upper {
+                fd: Arc::new(layer::open_path(dir, &name)?),
+            }
+        };
+        parent.forget_xattrs();
+        Ok(self.nodes.remember(Node::new(NodeState {
+            parent: Some(parent.clone()),
+            name,
+            body,
+            attr,
+        })))
+    }
+
+    /// link(2): a new name for `ino` in `newparent`. The source is copied up
+    /// first; the link is made between upper entries.
+    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Arc<Node>> {
+        self.check_writable()?;
+        let upper = self.upper()?;
+        let name = checked_name(newname)?;
+        let parent = self.nodes.get(newparent)?;
+        if self.find_top(&parent.dir_layers()?, &name)?.is_some() {
+            return Err(Error::Exists);
+        }
+        let node = self.nodes.get(ino)?;
+        if node.is_dir() {
+            return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EPERM)));
+        }
+        let src = self.copy_up_leaf(&node, true)?;
+        let dir = self.upper_dir(&parent)?;
+        let over_whiteout = matches!(layer::probe(dir.as_fd(), &name)?, Presence::Whiteout);
+        let src_path = layer::proc_fd_path(src.as_fd());
+        if over_whiteout {
+            let tmp = upper.temp_name();
+            rustix::fs::linkat(
+                rustix::fs::CWD,
+                src_path.as_c_str(),
+                upper.work(),
+                &tmp,
+                AtFlags::SYMLINK_FOLLOW,
+            )?;
+            let replaces = layer::stat_at(dir.as_fd(), &name).is_ok();
+            upper.publish(&tmp, dir.as_fd(), &name, replaces, false)?;
+        } else {
+            rustix::fs::linkat(
+                rustix::fs::CWD,
+                src_path.as_c_str(),
+                dir.as_fd(),
+                &name,
+                AtFlags::SYMLINK_FOLLOW,
+            )?;
+            upper.sync_dir(dir.as_fd())?;
+        }
+        parent.forget_xattrs();
+        let node = self.nodes.remember_known(node.ino()).unwrap_or(node);
+        self.refresh_attr(&node)?;
+        Ok(node)
+    }
+}
+
+/// Makes the entry itself; returns the open fd of a new regular file.
+fn make(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    mode: u32,
+    what: NewEntry<'_>,
+) -> Result<Option<OwnedFd>> {
+    let m = Mode::from_raw_mode(mode);
+    match what {
+        NewEntry::File { flags } => {
+            let extra = OFlags::from_bits_retain((flags & libc::O_APPEND) as u32);
+            let fd = rustix::fs::openat(
+                dir,
+                name,
+                OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC | extra,
+                m,
+            )?;
+            Ok(Some(fd))
+        }
+        NewEntry::Dir => {
+            rustix::fs::mkdirat(dir, name, m)?;
+            Ok(None)
+        }
+        NewEntry::Symlink { target } => {
+            rustix::fs::symlinkat(target, dir, name)?;
+            Ok(None)
+        }
+        NewEntry::Special { file_type, rdev } => {
+            if file_type == FileType::RegularFile {
+                rustix::fs::openat(
+                    dir,
+                    name,
+                    OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
+                    m,
+                )?;
+            } else {
+                rustix::fs::mknodat(dir, name, file_type, m, rdev)?;
+            }
+            Ok(None)
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! unlink and rmdir. Removing an entry that a lower layer also has writes a
+//! whiteout and copies nothing up; an upper-only entry is simply removed.
+
+use std::ffi::OsStr;
+use std::os::fd::AsFd;
+
+use super::Union;
+use super::error::{Error, Result};
+use super::inode::NodeBody;
+use super::lookup::checked_name;
+
+impl Union {
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
+        self.remove(parent, name, false)
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
+        self.remove(parent, name, true)
+    }
+
+    fn remove(&self, parent: u64, name: &OsStr, want_dir: bool) -> Result<()> {
+        self.check_writable()?;
+        let upper = self.upper()?;
+        let name = checked_name(name)?;
+        let parent = self.nodes.get(parent)?;
+        let node = self.lookup_in(&parent, name.clone())?;
+        let result = (|| {
+            let is_dir = node.is_dir();
+            match (want_dir, is_dir) {
+                (true, false) => return Err(Error::NotDir),
+                (false, true) => return Err(Error::IsDir),
+                _ => {}
+            }
+            if is_dir && self.list(&node)?.len() > 2 {
+                return Err(Error::NotEmpty);
+            }
+            let in_upper = match &node.state().body {
+                NodeBody::Upper { .. } => true,
+                NodeBody::Lower { .. } => false,
+                NodeBody::Dir { layers } => self.is_upper(layers[0].layer),
+            };
+            let lower_has = self.lower_has(&parent, &name)?;
+            let dir = self.upper_dir(&parent)?;
+            match (in_upper, lower_has) {
+                (true, true) => upper.replace_with_whiteout(dir.as_fd(), &name, is_dir)?,
+                (true, false) => upper.remove_entry(dir.as_fd(), &name, is_dir)?,
+                (false, _) => upper.write_whiteout(dir.as_fd(), &name)?,
+            }
+            parent.forget_xattrs();
+            Ok(())
+        })();
+        self.nodes.forget(node.ino(), 1);
+        result
+    }
+}

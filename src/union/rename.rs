@@ -1,0 +1,245 @@
+//! rename(2) with RENAME_NOREPLACE and RENAME_EXCHANGE. Both ends are put in
+//! the upper layer (copy-up) and renamed there; the old name gets a whiteout
+//! when a lower layer still has it. A directory that exists in a lower layer
+//! answers EXDEV, as overlayfs does with redirect_dir=off.
+
+use std::ffi::{CStr, OsStr};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+
+use rustix::fs::RenameFlags;
+
+use super::Union;
+use super::error::{Error, Result};
+use super::inode::{Node, NodeBody};
+use super::lookup::checked_name;
+use crate::layer::{self, Dialect, Upper};
+
+impl Union {
+    /// Whether `node` is a directory that some lower layer contributes to.
+    fn has_lower_dir(&self, node: &Node) -> bool {
+        match &node.state().body {
+            NodeBody::Dir { layers } => layers.iter().any(|ld| !self.is_upper(ld.layer)),
+            _ => false,
+        }
+    }
+
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
+        self.check_writable()?;
+        let flags = RenameFlags::from_bits(flags).ok_or(Error::InvalidName)?;
+        if flags.contains(RenameFlags::WHITEOUT)
+            || flags.contains(RenameFlags::EXCHANGE | RenameFlags::NOREPLACE)
+        {
+            return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EINVAL)));
+        }
+        let name = checked_name(name)?;
+        let newname = checked_name(newname)?;
+        let parent = self.nodes.get(parent)?;
+        let newparent = self.nodes.get(newparent)?;
+        let src = self.lookup_in(&parent, name.clone())?;
+        let dst = match self.lookup_in(&newparent, newname.clone()) {
+            Ok(n) => Some(n),
+            Err(Error::NotFound) => None,
+            Err(e) => {
+                self.nodes.forget(src.ino(), 1);
+                return Err(e);
+            }
+        };
+        let result = self.rename_nodes(
+            &parent,
+            &name,
+            &src,
+            &newparent,
+            &newname,
+            dst.as_ref(),
+            flags,
+        );
+        self.nodes.forget(src.ino(), 1);
+        if let Some(d) = &dst {
+            self.nodes.forget(d.ino(), 1);
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rename_nodes(
+        &self,
+        parent: &Arc<Node>,
+        name: &CStr,
+        src: &Arc<Node>,
+        newparent: &Arc<Node>,
+        newname: &CStr,
+        dst: Option<&Arc<Node>>,
+        flags: RenameFlags,
+    ) -> Result<()> {
+        let upper = self.upper()?;
+        let exchange = flags.contains(RenameFlags::EXCHANGE);
+        match dst {
+            Some(_) if flags.contains(RenameFlags::NOREPLACE) => return Err(Error::Exists),
+            None if exchange => return Err(Error::NotFound),
+            // Two names of one file: rename(2) does nothing.
+            Some(d) if Arc::ptr_eq(d, src) && !exchange => return Ok(()),
+            _ => {}
+        }
+        let src_dir = src.is_dir();
+        if self.has_lower_dir(src) {
+            return Err(Error::CrossDevice);
+        }
+        if let Some(d) = dst {
+            let dst_dir = d.is_dir();
+            if exchange {
+                if self.has_lower_dir(d) {
+                    return Err(Error::CrossDevice);
+                }
+            } else if dst_dir && !src_dir {
+                return Err(Error::IsDir);
+            } else if !dst_dir && src_dir {
+                return Err(Error::NotDir);
+            } else if dst_dir && self.list(d)?.len() > 2 {
+                return Err(Error::NotEmpty);
+            }
+        }
+        if src_dir && self.is_ancestor(src, newparent) {
+            return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EINVAL)));
+        }
+
+        let from = self.upper_dir(parent)?;
+        let to = self.upper_dir(newparent)?;
+        if !src_dir {
+            self.copy_up_leaf(src, true)?;
+        }
+        if let Some(d) = dst.filter(|_| exchange)
+            && !d.is_dir()
+        {
+            self.copy_up_leaf(d, true)?;
+        }
+        let src_lower_has = self.lower_has(parent, name)?;
+        let dst_lower_has = self.lower_has(newparent, newname)?;
+        // A directory landing where a lower layer has the name must hide it.
+        if src_dir && dst_lower_has {
+            self.make_opaque(upper, src)?;
+        }
+        if exchange {
+            if let Some(d) = dst.filter(|d| d.is_dir() && src_lower_has) {
+                self.make_opaque(upper, d)?;
+            }
+            rustix::fs::renameat_with(
+                from.as_fd(),
+                name,
+                to.as_fd(),
+                newname,
+                RenameFlags::EXCHANGE,
+            )?;
+        } else {
+            let dst_upper_dir = dst.is_some_and(|d| {
+                matches!(&d.state().body, NodeBody::Dir { layers } if self.is_upper(layers[0].layer))
+            });
+            if dst_upper_dir {
+                // The target directory may hold markers: swap, then dispose of it
+                // at the old name.
+                rustix::fs::renameat_with(
+                    from.as_fd(),
+                    name,
+                    to.as_fd(),
+                    newname,
+                    RenameFlags::EXCHANGE,
+                )?;
+                if src_lower_has {
+                    upper.replace_with_whiteout(from.as_fd(), name, true)?;
+                } else {
+                    upper.remove_entry(from.as_fd(), name, true)?;
+                }
+            } else {
+                move_leaving_whiteout(
+                    upper,
+                    from.as_fd(),
+                    name,
+                    to.as_fd(),
+                    newname,
+                    src_lower_has,
+                )?;
+            }
+            upper.drop_oci_whiteout(to.as_fd(), newname)?;
+        }
+        upper.sync_dir(from.as_fd())?;
+        upper.sync_dir(to.as_fd())?;
+        src.relocate(newparent.clone(), newname.to_owned());
+        if let Some(d) = dst.filter(|_| exchange) {
+            d.relocate(parent.clone(), name.to_owned());
+        }
+        parent.forget_xattrs();
+        newparent.forget_xattrs();
+        Ok(())
+    }
+
+    /// Marks upper-only directory `node` opaque and forgets its lower layers.
+    fn make_opaque(&self, upper: &Upper, node: &Node) -> Result<()> {
+        let fd = match &node.state().body {
+            NodeBody::Dir { layers } => layers[0].fd.clone(),
+            _ => return Ok(()),
+        };
+        if !layer::is_opaque(fd.as_fd())? {
+            upper.set_opaque(fd.as_fd())?;
+        }
+        node.update(|s| {
+            if let NodeBody::Dir { layers } = &mut s.body {
+                layers.truncate(1);
+            }
+        });
+        Ok(())
+    }
+
+    /// Whether `dir` is `node` or lies below it.
+    fn is_ancestor(&self, node: &Arc<Node>, dir: &Arc<Node>) -> bool {
+        let mut cur = Some(dir.clone());
+        while let Some(n) = cur {
+            if Arc::ptr_eq(&n, node) {
+                return true;
+            }
+            cur = n.parent();
+        }
+        false
+    }
+}
+
+/// Moves an upper entry, leaving a whiteout at the old name when a lower
+/// layer has it: atomically with RENAME_WHITEOUT in the overlay dialect.
+fn move_leaving_whiteout(
+    upper: &Upper,
+    from: BorrowedFd<'_>,
+    name: &CStr,
+    to: BorrowedFd<'_>,
+    newname: &CStr,
+    whiteout: bool,
+) -> Result<()> {
+    if !whiteout {
+        rustix::fs::renameat_with(from, name, to, newname, RenameFlags::empty())?;
+        return Ok(());
+    }
+    match upper.dialect() {
+        Dialect::Overlay { .. } => {
+            match rustix::fs::renameat_with(from, name, to, newname, RenameFlags::WHITEOUT) {
+                Ok(()) => Ok(()),
+                Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::PERM) => {
+                    rustix::fs::renameat_with(from, name, to, newname, RenameFlags::empty())?;
+                    upper.write_whiteout(from, name)?;
+                    Ok(())
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        Dialect::Oci => {
+            // The OCI whiteout first: the entry still wins in its own layer.
+            upper.write_whiteout(from, name)?;
+            rustix::fs::renameat_with(from, name, to, newname, RenameFlags::empty())?;
+            Ok(())
+        }
+    }
+}

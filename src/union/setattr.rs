@@ -1,0 +1,109 @@
+//! chmod, chown, truncate and utimes. The entry is copied up first (data is
+//! skipped when truncating to zero), then changed in the upper layer.
+
+use std::os::fd::AsFd;
+
+use rustix::fs::{AtFlags, Gid, Mode, OFlags, Timespec, Timestamps, Uid};
+
+use super::Union;
+use super::attr::{Attr, Kind};
+use super::error::Result;
+use crate::layer;
+
+/// A time to set: a value, or the current time.
+#[derive(Debug, Clone, Copy)]
+pub enum SetTime {
+    Now,
+    At { sec: i64, nsec: u32 },
+}
+
+/// The changes one setattr asks for; `None` leaves a field alone.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+    /// An open handle, when the change comes through one (ftruncate).
+    pub fh: Option<u64>,
+}
+
+fn timespec(t: Option<SetTime>) -> Timespec {
+    match t {
+        None => Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
+        Some(SetTime::Now) => Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_NOW,
+        },
+        Some(SetTime::At { sec, nsec }) => Timespec {
+            tv_sec: sec,
+            tv_nsec: nsec.into(),
+        },
+    }
+}
+
+impl Union {
+    pub fn setattr(&self, ino: u64, set: SetAttr) -> Result<Attr> {
+        self.check_writable()?;
+        let node = self.nodes.get(ino)?;
+        let fd = if node.is_dir() {
+            self.upper_dir(&node)?
+        } else {
+            self.copy_up_leaf(&node, set.size != Some(0))?
+        };
+        let path = layer::proc_fd_path(fd.as_fd());
+        let is_link = node.attr().kind == Kind::Symlink;
+
+        if set.uid.is_some() || set.gid.is_some() {
+            rustix::fs::chownat(
+                fd.as_fd(),
+                c"",
+                set.uid.map(Uid::from_raw),
+                set.gid.map(Gid::from_raw),
+                AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+            )?;
+        }
+        if let Some(mode) = set.mode.filter(|_| !is_link) {
+            rustix::fs::chmodat(
+                rustix::fs::CWD,
+                path.as_c_str(),
+                Mode::from_raw_mode(mode & 0o7777),
+                AtFlags::empty(),
+            )?;
+        }
+        if let Some(size) = set.size {
+            match set.fh.and_then(|fh| self.files.get(fh).ok()) {
+                Some(file) if rustix::fs::ftruncate(file.fd.as_fd(), size).is_ok() => {}
+                _ => {
+                    let w = layer::reopen(fd.as_fd(), OFlags::WRONLY)?;
+                    rustix::fs::ftruncate(w.as_fd(), size)?;
+                }
+            }
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            let times = Timestamps {
+                last_access: timespec(set.atime),
+                last_modification: timespec(set.mtime),
+            };
+            if is_link {
+                let state = node.state();
+                let parent = state.parent.clone();
+                let name = state.name.clone();
+                drop(state);
+                if let Some(parent) = parent {
+                    let dir = self.upper_dir(&parent)?;
+                    rustix::fs::utimensat(dir.as_fd(), &name, &times, AtFlags::SYMLINK_NOFOLLOW)?;
+                }
+            } else {
+                rustix::fs::utimensat(rustix::fs::CWD, path.as_c_str(), &times, AtFlags::empty())?;
+            }
+        }
+        node.forget_xattrs();
+        self.refresh_attr(&node)
+    }
+}
