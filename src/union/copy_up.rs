@@ -132,13 +132,17 @@ impl Union {
 
     /// The upper O_PATH fd of non-directory `node`, copied up if it is still
     /// in a lower layer; `with_data` false leaves the copy empty (O_TRUNC).
+    /// A node whose name was removed while it stayed open is copied into the
+    /// workdir and unlinked there: it lives on through its fds only.
     pub(crate) fn copy_up_leaf(&self, node: &Arc<Node>, with_data: bool) -> Result<Arc<OwnedFd>> {
         let upper = self.upper()?;
         if let NodeBody::Upper { fd } = &node.state().body {
             return Ok(fd.clone());
         }
-        let parent = node.parent().ok_or(Error::NotFound)?;
-        let parent_fd = self.upper_dir(&parent)?;
+        let parent_fd = match node.parent() {
+            Some(parent) => Some(self.upper_dir(&parent)?),
+            None => None,
+        };
         let _guard = node.copy_up.lock();
         let (name, dir, lname) = {
             let state = node.state();
@@ -153,7 +157,8 @@ impl Union {
         let st = layer::stat_at(dir.as_fd(), &lname)?;
         let tmp = self.scratch(upper);
         let work = upper.work();
-        let made = match FileType::from_raw_mode(st.st_mode) {
+        let mut data_fd = None;
+        match FileType::from_raw_mode(st.st_mode) {
             FileType::RegularFile => {
                 let dst = rustix::fs::openat(
                     work,
@@ -165,13 +170,11 @@ impl Union {
                     let src = layer::open_file(dir.as_fd(), &lname)?;
                     layer::copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64)?;
                 }
-                upper.sync(dst.as_fd())?;
-                layer::open_path(work, &tmp.name)?
+                data_fd = Some(dst);
             }
             FileType::Symlink => {
                 let target = rustix::fs::readlinkat(dir.as_fd(), lname.as_c_str(), Vec::new())?;
                 rustix::fs::symlinkat(target.as_c_str(), work, &tmp.name)?;
-                layer::open_path(work, &tmp.name)?
             }
             ft => {
                 rustix::fs::mknodat(
@@ -181,9 +184,9 @@ impl Union {
                     Mode::from_raw_mode(st.st_mode & 0o7777),
                     st.st_rdev,
                 )?;
-                layer::open_path(work, &tmp.name)?
             }
-        };
+        }
+        let made = layer::open_path(work, &tmp.name)?;
         self.finish_copy(
             upper,
             made.as_fd(),
@@ -193,10 +196,20 @@ impl Union {
             &st,
             node.ino(),
         )?;
+        // Data and metadata reach the disk before the name makes them visible.
+        if let Some(dst) = &data_fd {
+            upper.sync(dst.as_fd())?;
+        }
         let mut tmp = tmp;
-        tmp.armed = false;
-        upper.publish(&tmp.name, parent_fd.as_fd(), &name, false, false)?;
-        let fd = Arc::new(layer::open_path(parent_fd.as_fd(), &name)?);
+        let fd = match parent_fd {
+            Some(parent_fd) => {
+                tmp.armed = false;
+                upper.publish(&tmp.name, parent_fd.as_fd(), &name, false, false)?;
+                Arc::new(layer::open_path(parent_fd.as_fd(), &name)?)
+            }
+            // The scratch name goes with `tmp`; the inode stays through `made`.
+            None => Arc::new(made),
+        };
         node.update(|s| s.body = NodeBody::Upper { fd: fd.clone() });
         Ok(fd)
     }

@@ -47,6 +47,9 @@ impl Union {
                 (false, _) => upper.write_whiteout(dir.as_fd(), &name)?,
             }
             parent.forget_xattrs();
+            // Still open somewhere, perhaps: any later change is copied up as
+            // an orphan, never back under the removed name.
+            node.update(|s| s.parent = None);
             Ok(())
         })();
         self.nodes.forget(node.ino(), 1);

@@ -171,8 +171,11 @@ impl Union {
         upper.sync_dir(from.as_fd())?;
         upper.sync_dir(to.as_fd())?;
         src.relocate(newparent.clone(), newname.to_owned());
-        if let Some(d) = dst.filter(|_| exchange) {
-            d.relocate(parent.clone(), name.to_owned());
+        match dst {
+            Some(d) if exchange => d.relocate(parent.clone(), name.to_owned()),
+            // Replaced: it lives on only through open fds.
+            Some(d) => d.update(|s| s.parent = None),
+            None => {}
         }
         parent.forget_xattrs();
         newparent.forget_xattrs();
