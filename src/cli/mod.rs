@@ -54,7 +54,7 @@ enum Command {
         /// Stay in the foreground; Ctrl-C or SIGTERM unmounts.
         #[arg(short, long)]
         foreground: bool,
-        /// Number of FUSE request loops (default: one per CPU, at least 2).
+        /// Number of FUSE request loops (default: two per CPU, at least 4).
         #[arg(long, default_value_t = 0, value_name = "N")]
         threads: usize,
         /// Log every request (same as RUST_LOG=stratafs=debug); implies --foreground.

@@ -29,7 +29,7 @@ pub struct MountSpec {
     pub mountpoint: PathBuf,
     /// Stay attached to the terminal instead of forking once ready.
     pub foreground: bool,
-    /// FUSE event loops; 0 picks one per CPU (at least two).
+    /// FUSE event loops; 0 picks two per CPU (at least four).
     pub threads: usize,
 }
 
@@ -55,10 +55,12 @@ fn threads(spec: &MountSpec) -> usize {
     if spec.threads > 0 {
         return spec.threads;
     }
+    // A long copy-up occupies its request loop: keep spares so that it never
+    // stalls requests for other files.
     std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .max(2)
+        .map(|n| n.get() * 2)
+        .unwrap_or(4)
+        .max(4)
 }
 
 fn session_config(spec: &MountSpec) -> Config {

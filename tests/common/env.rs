@@ -266,11 +266,17 @@ impl TestEnv {
 
     /// Mounts a fresh tmpfs at `root/<rel>` (unmounted when the env is dropped).
     pub fn mount_tmpfs(&self, rel: &str) -> PathBuf {
+        self.mount_tmpfs_opts(rel, "mode=0755")
+    }
+
+    /// Mounts a fresh tmpfs with the given options (e.g. `mode=0755,size=2M`) at `root/<rel>`
+    /// (unmounted when the env is dropped).
+    pub fn mount_tmpfs_opts(&self, rel: &str, opts: &str) -> PathBuf {
         let p = self.root.join(rel);
         fs::create_dir_all(&p).unwrap();
         run_ok(
             Command::new("mount")
-                .args(["-t", "tmpfs", "-o", "mode=0755", "tmpfs"])
+                .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
                 .arg(&p),
             Duration::from_secs(10),
         );

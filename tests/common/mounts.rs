@@ -21,10 +21,69 @@ pub fn stratafs_bin() -> PathBuf {
 
 /// `stratafs mount --lower L1 ... [--foreground] MNT` as a Command (top layer first).
 pub fn mount_command(lowers: &[PathBuf], mnt: &Path, foreground: bool) -> Command {
+    mount_command_with(lowers, None, mnt, foreground)
+}
+
+/// Whiteout dialect written into the upper layer (`--whiteout`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpperDialect {
+    /// char 0/0 whiteouts, `trusted.overlay.opaque=y` (the default).
+    Overlay,
+    /// `.wh.NAME`, `.wh..wh..opq`.
+    Oci,
+}
+
+/// The writable part of a mount: `--upper UPPER --work WORK [--whiteout D] [--volatile]`.
+#[derive(Clone, Debug)]
+pub struct UpperSpec {
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    /// None: no `--whiteout` option (the default dialect, overlay).
+    pub whiteout: Option<UpperDialect>,
+    pub volatile: bool,
+}
+
+impl UpperSpec {
+    pub fn new(upper: &Path, work: &Path) -> UpperSpec {
+        UpperSpec {
+            upper: upper.to_path_buf(),
+            work: work.to_path_buf(),
+            whiteout: None,
+            volatile: false,
+        }
+    }
+
+    pub fn dialect(&self) -> UpperDialect {
+        self.whiteout.unwrap_or(UpperDialect::Overlay)
+    }
+}
+
+/// `stratafs mount --lower L1 ... [--upper U --work W ...] [--foreground] MNT`.
+pub fn mount_command_with(
+    lowers: &[PathBuf],
+    upper: Option<&UpperSpec>,
+    mnt: &Path,
+    foreground: bool,
+) -> Command {
     let mut c = Command::new(stratafs_bin());
     c.arg("mount");
     for l in lowers {
         c.arg("--lower").arg(l);
+    }
+    if let Some(u) = upper {
+        c.arg("--upper").arg(&u.upper).arg("--work").arg(&u.work);
+        match u.whiteout {
+            Some(UpperDialect::Overlay) => {
+                c.args(["--whiteout", "overlay"]);
+            }
+            Some(UpperDialect::Oci) => {
+                c.args(["--whiteout", "oci"]);
+            }
+            None => {}
+        }
+        if u.volatile {
+            c.arg("--volatile");
+        }
     }
     if foreground {
         c.arg("--foreground");
@@ -127,8 +186,19 @@ impl<'a> StratafsMount<'a> {
         log: &Path,
         mode: MountMode,
     ) -> Result<StratafsMount<'a>, String> {
+        Self::start_with(lowers, None, mnt, log, mode)
+    }
+
+    /// Like [`StratafsMount::start`], with an optional writable upper layer.
+    pub fn start_with(
+        lowers: &[PathBuf],
+        upper: Option<&UpperSpec>,
+        mnt: &Path,
+        log: &Path,
+        mode: MountMode,
+    ) -> Result<StratafsMount<'a>, String> {
         let logf = fs::File::create(log).unwrap();
-        let mut cmd = mount_command(lowers, mnt, mode == MountMode::Foreground);
+        let mut cmd = mount_command_with(lowers, upper, mnt, mode == MountMode::Foreground);
         cmd.stdin(Stdio::null())
             .stdout(logf.try_clone().unwrap())
             .stderr(logf);
@@ -243,6 +313,50 @@ impl<'a> StratafsMount<'a> {
         if !problems.is_empty() {
             panic!("{}", problems.join("\n"));
         }
+    }
+
+    /// Unmounts now with the checks of Drop, returning the problems instead of panicking.
+    pub fn finish(mut self) -> Vec<String> {
+        self.teardown()
+    }
+
+    /// `kill -9` of the daemon (a simulated crash), then cleanup of the dead mount
+    /// (`fusermount3 -uz`, else `umount -l`). Returns problems with the cleanup (a mount left
+    /// behind, a daemon that did not die).
+    pub fn kill9(mut self) -> Vec<String> {
+        self.done = true;
+        let mut problems = Vec::new();
+        for &pid in &self.daemon_pids {
+            // SAFETY: plain kill(2) of the daemon this guard started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+        for &pid in &self.daemon_pids {
+            if !wait_until(Duration::from_secs(15), || !process_alive(pid)) {
+                problems.push(format!("daemon {pid} still alive 15 s after SIGKILL"));
+            }
+        }
+        if is_mounted(&self.mnt) {
+            let _ = run_timeout(
+                Command::new("fusermount3").arg("-uz").arg(&self.mnt),
+                Duration::from_secs(30),
+            );
+        }
+        if is_mounted(&self.mnt) {
+            let _ = run_timeout(
+                Command::new("umount").arg("-l").arg(&self.mnt),
+                Duration::from_secs(30),
+            );
+        }
+        if is_mounted(&self.mnt) {
+            problems.push(format!(
+                "{} still mounted after kill -9 and umount -l",
+                self.mnt.display()
+            ));
+        }
+        problems
     }
 
     fn teardown(&mut self) -> Vec<String> {
@@ -366,6 +480,28 @@ impl<'a> KernelOverlay<'a> {
                 .map(|p| overlay_escape(p))
                 .collect::<Vec<_>>()
                 .join(":")
+        );
+        Self::mount(&opts, mnt)
+    }
+
+    /// Writable overlay of `lowers` (top first), the oracle of the write tests:
+    /// `redirect_dir=off,metacopy=off,index=off` so that renaming a lower or merged directory
+    /// gives EXDEV and a copy-up copies data, as stratafs does.
+    pub fn writable(
+        lowers: &[PathBuf],
+        upper: &Path,
+        work: &Path,
+        mnt: &Path,
+    ) -> Result<KernelOverlay<'a>, String> {
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off",
+            lowers
+                .iter()
+                .map(|p| overlay_escape(p))
+                .collect::<Vec<_>>()
+                .join(":"),
+            overlay_escape(upper),
+            overlay_escape(work)
         );
         Self::mount(&opts, mnt)
     }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use super::convert::{convert_for_kernel, needs_conversion};
 use super::env::TestEnv;
 use super::layer::Layer;
-use super::mounts::{KernelOverlay, MountMode, StratafsMount};
+use super::mounts::{KernelOverlay, MountMode, StratafsMount, UpperSpec};
 use super::snapshot::{
     Mode, Snapshot, format_problems, is_hidden_xattr, join_rel, mount_invariants, probe, rel_path,
     show_path, snapshot_diff,
@@ -25,6 +25,8 @@ pub struct Stack<'e> {
     pub lowers: Vec<PathBuf>,
     before: Vec<Snapshot>,
     kernel_lowers: RefCell<Option<Vec<PathBuf>>>,
+    /// Set once [`Stack::check_layers`] has reported; Drop then does not check again.
+    checked: std::cell::Cell<bool>,
 }
 
 impl TestEnv {
@@ -39,6 +41,7 @@ impl TestEnv {
             lowers,
             before,
             kernel_lowers: RefCell::new(None),
+            checked: std::cell::Cell::new(false),
         }
     }
 }
@@ -66,6 +69,60 @@ impl<'e> Stack<'e> {
             mnt.file_name().unwrap().to_string_lossy()
         ));
         StratafsMount::start(&self.lowers, &mnt, &log, mode)
+    }
+
+    /// Mounts stratafs with a writable upper layer (foreground mode, owned by the guard).
+    pub fn stratafs_rw(&self, upper: &UpperSpec) -> StratafsMount<'_> {
+        self.try_stratafs_rw(upper, MountMode::Foreground)
+            .unwrap_or_else(|e| panic!("stratafs mount (writable) failed: {e}"))
+    }
+
+    pub fn try_stratafs_rw(
+        &self,
+        upper: &UpperSpec,
+        mode: MountMode,
+    ) -> Result<StratafsMount<'_>, String> {
+        let mnt = self.env.fresh_dir("mnt/s");
+        let log = self.env.root.join(format!(
+            "{}.log",
+            mnt.file_name().unwrap().to_string_lossy()
+        ));
+        StratafsMount::start_with(&self.lowers, Some(upper), &mnt, &log, mode)
+    }
+
+    /// Fresh copies of every layer for the kernel, never the originals (identical copies where
+    /// the layer uses only markers the kernel reads, converted copies otherwise).
+    pub fn kernel_copies(&self) -> Vec<PathBuf> {
+        self.lowers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let dst = self.env.fresh_dir(&format!("kcopy/{i}-")).join("tree");
+                convert_for_kernel(l, &dst);
+                dst
+            })
+            .collect()
+    }
+
+    /// Re-snapshots the layers now and returns the differences from when the stack was made
+    /// (empty: bit-identical). When it reports problems (the caller's to report), Drop does
+    /// not check again; otherwise Drop still checks at the end.
+    pub fn check_layers(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (before, layer) in self.before.iter().zip(&self.lowers) {
+            let after = Snapshot::take(layer);
+            let d = snapshot_diff(before, &after, Mode::Raw, "before", "after");
+            if !d.is_empty() {
+                problems.push(format_problems(
+                    &format!("lower layer {} was modified", layer.display()),
+                    &d,
+                ));
+            }
+        }
+        if !problems.is_empty() {
+            self.checked.set(true);
+        }
+        problems
     }
 
     /// The layers the kernel mounts: converted copies where a layer uses markers the kernel
@@ -282,6 +339,9 @@ impl<'e> Stack<'e> {
 
 impl Drop for Stack<'_> {
     fn drop(&mut self) {
+        if self.checked.get() {
+            return;
+        }
         let mut problems = Vec::new();
         for (before, layer) in self.before.iter().zip(&self.lowers) {
             let after = Snapshot::take(layer);
