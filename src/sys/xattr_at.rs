@@ -32,6 +32,24 @@ fn proc_path(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<CString> {
     CString::new(p).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
+/// Runs one of the `*xattrat` syscalls unless the kernel is known to lack
+/// them; `None` means "use the /proc fallback".
+fn try_at_call(call: impl FnOnce() -> libc::c_long) -> Option<io::Result<usize>> {
+    if AT_CALLS_MISSING.load(Ordering::Relaxed) {
+        return None;
+    }
+    let r = call();
+    if r >= 0 {
+        return Some(Ok(r as usize));
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::ENOSYS) {
+        AT_CALLS_MISSING.store(true, Ordering::Relaxed);
+        return None;
+    }
+    Some(Err(err))
+}
+
 fn buf_len(buf: &[u8]) -> u32 {
     u32::try_from(buf.len()).unwrap_or(u32::MAX)
 }
@@ -44,38 +62,31 @@ pub fn getxattr_at(
     attr: &CStr,
     buf: &mut [u8],
 ) -> io::Result<usize> {
-    if !AT_CALLS_MISSING.load(Ordering::Relaxed) {
-        let mut args = XattrArgs {
-            value: if buf.is_empty() {
-                0
-            } else {
-                buf.as_mut_ptr() as u64
-            },
-            size: buf_len(buf),
-            flags: 0,
-        };
-        // SAFETY: `name` and `attr` are NUL-terminated; `args.value` points to
-        // `buf`, which is writable for `args.size` bytes and outlives the call;
-        // `args` is a correctly laid out `struct xattr_args` of the size passed.
-        let r = unsafe {
-            libc::syscall(
-                SYS_GETXATTRAT,
-                dir.as_raw_fd(),
-                name.as_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
-                attr.as_ptr(),
-                &mut args as *mut XattrArgs,
-                std::mem::size_of::<XattrArgs>(),
-            )
-        };
-        if r >= 0 {
-            return Ok(r as usize);
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::ENOSYS) {
-            return Err(err);
-        }
-        AT_CALLS_MISSING.store(true, Ordering::Relaxed);
+    let mut args = XattrArgs {
+        value: if buf.is_empty() {
+            0
+        } else {
+            buf.as_mut_ptr() as u64
+        },
+        size: buf_len(buf),
+        flags: 0,
+    };
+    // SAFETY: `name` and `attr` are NUL-terminated; `args.value` points to
+    // `buf`, which is writable for `args.size` bytes and outlives the call;
+    // `args` is a correctly laid out `struct xattr_args` of the size passed.
+    let at = try_at_call(|| unsafe {
+        libc::syscall(
+            SYS_GETXATTRAT,
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            attr.as_ptr(),
+            &mut args as *mut XattrArgs,
+            std::mem::size_of::<XattrArgs>(),
+        )
+    });
+    if let Some(result) = at {
+        return result;
     }
     let path = proc_path(dir, name)?;
     if buf.is_empty() {
@@ -87,32 +98,25 @@ pub fn getxattr_at(
 /// Lists xattr names of `name` beneath `dir` into `buf` (NUL-separated); with
 /// an empty `buf` returns the list's size.
 pub fn listxattr_at(dir: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
-    if !AT_CALLS_MISSING.load(Ordering::Relaxed) {
-        let ptr = if buf.is_empty() {
-            std::ptr::null_mut()
-        } else {
-            buf.as_mut_ptr()
-        };
-        // SAFETY: `name` is NUL-terminated; `ptr` is null (size query) or
-        // points to `buf`, writable for `buf.len()` bytes for the whole call.
-        let r = unsafe {
-            libc::syscall(
-                SYS_LISTXATTRAT,
-                dir.as_raw_fd(),
-                name.as_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
-                ptr,
-                buf.len(),
-            )
-        };
-        if r >= 0 {
-            return Ok(r as usize);
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::ENOSYS) {
-            return Err(err);
-        }
-        AT_CALLS_MISSING.store(true, Ordering::Relaxed);
+    let ptr = if buf.is_empty() {
+        std::ptr::null_mut()
+    } else {
+        buf.as_mut_ptr()
+    };
+    // SAFETY: `name` is NUL-terminated; `ptr` is null (size query) or
+    // points to `buf`, writable for `buf.len()` bytes for the whole call.
+    let at = try_at_call(|| unsafe {
+        libc::syscall(
+            SYS_LISTXATTRAT,
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            ptr,
+            buf.len(),
+        )
+    });
+    if let Some(result) = at {
+        return result;
     }
     let path = proc_path(dir, name)?;
     if buf.is_empty() {
@@ -124,35 +128,27 @@ pub fn listxattr_at(dir: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> io::Res
 /// Sets xattr `attr` of `name` beneath `dir` to `value`, not following a
 /// final symlink.
 pub fn setxattr_at(dir: BorrowedFd<'_>, name: &CStr, attr: &CStr, value: &[u8]) -> io::Result<()> {
-    if !AT_CALLS_MISSING.load(Ordering::Relaxed) {
-        let args = XattrArgs {
-            value: value.as_ptr() as u64,
-            size: u32::try_from(value.len())
-                .map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?,
-            flags: 0,
-        };
-        // SAFETY: `name` and `attr` are NUL-terminated; `args.value` points to
-        // `value`, readable for `args.size` bytes during the call; `args` is a
-        // correctly laid out `struct xattr_args` of the size passed.
-        let r = unsafe {
-            libc::syscall(
-                SYS_SETXATTRAT,
-                dir.as_raw_fd(),
-                name.as_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
-                attr.as_ptr(),
-                &args as *const XattrArgs,
-                std::mem::size_of::<XattrArgs>(),
-            )
-        };
-        if r >= 0 {
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::ENOSYS) {
-            return Err(err);
-        }
-        AT_CALLS_MISSING.store(true, Ordering::Relaxed);
+    let args = XattrArgs {
+        value: value.as_ptr() as u64,
+        size: u32::try_from(value.len()).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?,
+        flags: 0,
+    };
+    // SAFETY: `name` and `attr` are NUL-terminated; `args.value` points to
+    // `value`, readable for `args.size` bytes during the call; `args` is a
+    // correctly laid out `struct xattr_args` of the size passed.
+    let at = try_at_call(|| unsafe {
+        libc::syscall(
+            SYS_SETXATTRAT,
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            attr.as_ptr(),
+            &args as *const XattrArgs,
+            std::mem::size_of::<XattrArgs>(),
+        )
+    });
+    if let Some(result) = at {
+        return result.map(drop);
     }
     let path = proc_path(dir, name)?;
     rustix::fs::lsetxattr(
