@@ -6,8 +6,14 @@
 # Runs scripts/setup.sh, builds the release binary, creates a sample stack in a
 # temporary directory, prints each layer (markers visible), mounts the stack
 # with `stratafs mount`, shows the merged view (markers hidden, overrides
-# visible), checks what it should contain, shows that writes fail with EROFS,
-# unmounts and cleans up (also on error or Ctrl-C).
+# visible), checks what it should contain, shows that writes fail with EROFS and
+# unmounts. Then the writable part: mounts the same stack with --upper/--work,
+# changes things as a container would (copy-up, whiteouts, opaque directory,
+# rename), shows the upper and work directories on disk, checks that the lower
+# layers are unchanged and inode numbers survive copy-up, unmounts, and mounts
+# the upper directory read-only on top of the stack, with stratafs and (as root)
+# kernel overlayfs, to show that the result persists and both agree. Cleans up
+# every mount and the temporary directory on exit, error or Ctrl-C.
 #
 # Layers (top first, the order `stratafs mount --lower` takes them):
 #   top   OCI dialect:     `.wh.NAME` whiteout, `.wh..wh..opq` opaque marker
@@ -41,19 +47,32 @@ fail() { failed=$((failed + 1)); printf '  %sFAIL%s %s\n' "$R" "$N" "$*"; }
 
 WORK=""
 MNT=""
+# Every mount point the demo mounts on (stratafs or kernel overlay), added
+# before the mount command runs; cleanup unmounts them in reverse order.
+MOUNTS=()
+# is_mounted DIR: from the mount table, so that a FUSE mount whose daemon died
+# (stat fails with ENOTCONN, `mountpoint` says no) still counts.
+is_mounted() { findmnt -rn --mountpoint "$1" >/dev/null 2>&1; }
 cleanup() {
-    local rc=$?
+    local rc=$? i dir busy=""
     trap - EXIT INT TERM
     cd /
-    if [[ -n "$MNT" ]] && mountpoint -q "$MNT" 2>/dev/null; then
-        note "cleanup: $MNT is still mounted; unmounting"
-        "$BIN" umount "$MNT" 2>/dev/null ||
-            fusermount3 -u "$MNT" 2>/dev/null ||
-            umount -l "$MNT" 2>/dev/null || true
-    fi
+    for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do
+        dir="${MOUNTS[i]}"
+        if is_mounted "$dir"; then
+            note "cleanup: $dir is still mounted; unmounting"
+            "$BIN" umount "$dir" 2>/dev/null ||
+                fusermount3 -u "$dir" 2>/dev/null ||
+                umount "$dir" 2>/dev/null ||
+                umount -l "$dir" 2>/dev/null || true
+            if is_mounted "$dir"; then
+                busy+=" $dir"
+            fi
+        fi
+    done
     if [[ -n "$WORK" && -d "$WORK" ]]; then
-        if [[ -n "$MNT" ]] && mountpoint -q "$MNT" 2>/dev/null; then
-            note "cleanup: could not unmount $MNT; leaving $WORK in place"
+        if [[ -n "$busy" ]]; then
+            note "cleanup: could not unmount$busy; leaving $WORK in place"
         else
             rm -rf --one-file-system "$WORK"
         fi
@@ -77,6 +96,7 @@ MID="$WORK/mid"
 TOP="$WORK/top"
 MNT="$WORK/merged"
 mkdir -p "$BASE" "$MID" "$TOP" "$MNT"
+MOUNTS+=("$MNT")
 
 # put FILE CONTENT [MODE]: create a file (and its parents) with that content.
 put() {
@@ -195,6 +215,14 @@ show_layer() {
             fi
             ;;
         esac
+        # Copied up by a writable mount: the private origin xattr (stratafs
+        # reports it as st_ino, so the inode number survives the copy-up).
+        for attr in trusted.stratafs.origin user.stratafs.origin; do
+            v="$(xattr "$attr" "$p")"
+            if [[ -n "$v" ]]; then
+                what="${what:+$what; }<- copied up ($attr=$v)"
+            fi
+        done
         if [[ -n "$what" ]]; then
             printf '  %s  %-48s %s\n' "$kind" "$rel" "$what"
         else
@@ -215,14 +243,16 @@ section "4. Mounting the merged view"
 # ---------------------------------------------------------------------------
 cd "$WORK"
 run "$BIN" mount --lower top --lower mid --lower base merged
-for _ in $(seq 50); do
-    mountpoint -q "$MNT" && break
-    sleep 0.1
-done
-if ! mountpoint -q "$MNT"; then
-    echo "demo: $MNT is not a mount point after 'stratafs mount' returned" >&2
+# wait_mounted DIR: the mount command has returned; make sure DIR is mounted.
+wait_mounted() {
+    for _ in $(seq 50); do
+        mountpoint -q "$1" && return 0
+        sleep 0.1
+    done
+    echo "demo: $1 is not a mount point after the mount command returned" >&2
     exit 1
-fi
+}
+wait_mounted "$MNT"
 run findmnt "$MNT"
 
 # ---------------------------------------------------------------------------
@@ -242,16 +272,19 @@ cd "$WORK"
 # ---------------------------------------------------------------------------
 section "6. Checks"
 # ---------------------------------------------------------------------------
+# The expect_* helpers look at $VIEW: the read-only mount here, the writable
+# container view in section 13.
+VIEW="$MNT"
 expect_content() { # PATH EXPECTED-FIRST-LINE WHY
     local got
-    if got="$(head -n1 "$MNT/$1" 2>&1)" && [[ "$got" == "$2" ]]; then
+    if got="$(head -n1 "$VIEW/$1" 2>&1)" && [[ "$got" == "$2" ]]; then
         pass "$1: $3"
     else
         fail "$1: $3 (got: $got)"
     fi
 }
 expect_absent() { # PATH WHY
-    if [[ -e "$MNT/$1" || -L "$MNT/$1" ]]; then
+    if [[ -e "$VIEW/$1" || -L "$VIEW/$1" ]]; then
         fail "$1 should not exist: $2"
     else
         pass "$1 is absent: $2"
@@ -259,7 +292,7 @@ expect_absent() { # PATH WHY
 }
 expect_listing() { # DIR "NAMES..." WHY
     local got
-    got="$(cd "$MNT/$1" && find . -mindepth 1 -maxdepth 1 -printf '%f\n' | sort | tr '\n' ' ')"
+    got="$(cd "$VIEW/$1" && find . -mindepth 1 -maxdepth 1 -printf '%f\n' | sort | tr '\n' ' ')"
     if [[ "${got% }" == "$2" ]]; then
         pass "$1/ contains exactly: $2 ($3)"
     else
@@ -283,24 +316,28 @@ if [[ "$(readlink "$MNT/lib")" == usr/lib && -f "$MNT/lib/libdemo.so.1" ]]; then
 else
     fail "lib -> usr/lib symlink does not resolve inside the mount"
 fi
-markers="$(cd "$MNT" && find . -name '.wh.*' | tr '\n' ' ')"
-if [[ -z "$markers" ]]; then
-    pass "no .wh.* marker is visible anywhere in the merged view"
-else
-    fail "markers visible in the merged view: $markers"
-fi
-chardevs="$(cd "$MNT" && find . -type c | tr '\n' ' ')"
-if [[ -z "$chardevs" ]]; then
-    pass "no char-device whiteout is visible in the merged view"
-else
-    fail "char devices visible in the merged view: $chardevs"
-fi
-overlay_xattrs="$(getfattr -R -h -d -m '^(trusted|user)\.(overlay|fuseoverlayfs|stratafs)\.' --absolute-names "$MNT" 2>/dev/null | grep -c '=' || true)"
-if [[ "$overlay_xattrs" == 0 ]]; then
-    pass "no overlay/stratafs xattr is visible in the merged view"
-else
-    fail "$overlay_xattrs overlay xattr(s) visible in the merged view"
-fi
+expect_no_markers() { # no whiteout/opaque marker or private xattr shows in $VIEW
+    local markers chardevs overlay_xattrs
+    markers="$(cd "$VIEW" && find . -name '.wh.*' | tr '\n' ' ')"
+    if [[ -z "$markers" ]]; then
+        pass "no .wh.* marker is visible anywhere in the merged view"
+    else
+        fail "markers visible in the merged view: $markers"
+    fi
+    chardevs="$(cd "$VIEW" && find . -type c | tr '\n' ' ')"
+    if [[ -z "$chardevs" ]]; then
+        pass "no char-device whiteout is visible in the merged view"
+    else
+        fail "char devices visible in the merged view: $chardevs"
+    fi
+    overlay_xattrs="$(getfattr -R -h -d -m '^(trusted|user)\.(overlay|fuseoverlayfs|stratafs)\.' --absolute-names "$VIEW" 2>/dev/null | grep -c '=' || true)"
+    if [[ "$overlay_xattrs" == 0 ]]; then
+        pass "no overlay/stratafs xattr is visible in the merged view"
+    else
+        fail "$overlay_xattrs overlay xattr(s) visible in the merged view"
+    fi
+}
+expect_no_markers
 
 # ---------------------------------------------------------------------------
 section "7. The merged view is read-only"
@@ -338,6 +375,289 @@ if mountpoint -q "$MNT"; then
     fail "$MNT is still mounted after 'stratafs umount'"
 else
     pass "$MNT is no longer a mount point"
+fi
+
+# ===========================================================================
+# The writable part: the same stack with an upper layer, as a container runs.
+# ===========================================================================
+UPPER="$WORK/upper"        # --upper: receives every change
+WORKDIR="$WORK/work"       # --work: stratafs' scratch space, same filesystem as UPPER
+CMNT="$WORK/container"     # the container's writable view
+ROVIEW="$WORK/view"        # UPPER read-only on top of the stack, by stratafs
+KTOP="$WORK/top-kernel"    # top converted to the overlay dialect, for the kernel
+KVIEW="$WORK/view-kernel"  # the same stack as ROVIEW, by kernel overlayfs
+mkdir -p "$UPPER" "$WORKDIR" "$CMNT" "$ROVIEW" "$KVIEW"
+MOUNTS+=("$CMNT" "$ROVIEW" "$KVIEW")
+
+# fingerprint DIR: one hash over every entry (path, type, mode, owner, size,
+# mtime, ctime, symlink target), every file's content and every xattr.
+fingerprint() {
+    (
+        cd "$1"
+        find . -printf '%p %y %m %U:%G %s %T@ %C@ %l\n' | sort
+        find . -type f -exec sha256sum {} + | sort -k2
+        getfattr -R -h -d -m - . 2>/dev/null || true
+    ) | sha256sum | cut -c1-16
+}
+
+# listing DIR: what a reader of DIR sees: path, type, mode, size and symlink
+# target of every entry, then a checksum of every file's content. Directory
+# sizes are left out: they are whatever the layer's filesystem says (tmpfs
+# counts entries), not part of the merge.
+listing() {
+    (
+        cd "$1"
+        find . \( -type d -printf '%p %y %m\n' \) -o \
+            \( -type l -printf '%p %y %m %s -> %l\n' \) -o \
+            -printf '%p %y %m %s\n' | sort
+        find . -type f -exec sha256sum {} + | sort -k2
+    )
+}
+
+# ---------------------------------------------------------------------------
+section "9. A writable container view"
+# ---------------------------------------------------------------------------
+note "The same three layers, plus an upper layer: every change goes to upper/;"
+note "work/ is scratch space on the same filesystem. The layers are never written."
+declare -A before
+for layer in top mid base; do
+    before[$layer]="$(fingerprint "$WORK/$layer")"
+    printf '  fingerprint of %-5s %s\n' "$layer/" "${before[$layer]}"
+done
+echo
+cd "$WORK"
+run "$BIN" mount --lower top --lower mid --lower base --upper upper --work work container
+wait_mounted "$CMNT"
+run findmnt "$CMNT"
+
+# ---------------------------------------------------------------------------
+section "10. The container changes things"
+# ---------------------------------------------------------------------------
+# in_container COMMAND-LINE: print it and run it in the writable view; a
+# failure counts as a failed check.
+in_container() {
+    printf '%s$ %s%s\n' "$B" "$1" "$N"
+    if ! (cd "$CMNT" && bash -c "$1"); then
+        fail "'$1' failed in the writable view"
+    fi
+}
+ino_of() { stat -c %i "$CMNT/$1" 2>/dev/null || echo '?'; }
+# Inode numbers before the copy-ups below.
+ino_passwd="$(ino_of etc/passwd)"
+ino_hello="$(ino_of usr/bin/hello)"
+ino_config="$(ino_of app/config.toml)"
+cd "$CMNT"
+note "# append to a base-layer file: copied up to upper/ first"
+in_container "echo 'app:x:1000:1000:demo app:/app:/bin/sh' >>etc/passwd"
+note "# chmod a mid-layer file: copied up, then its mode changed"
+in_container "chmod 0750 usr/bin/hello"
+note "# delete a file that top and base have: a whiteout"
+in_container "rm etc/hostname"
+note "# delete a directory merged from base and mid: one whiteout for the directory"
+in_container "rm -rf var/cache"
+note "# delete a directory merged from all three layers, then create it again: opaque"
+in_container "rm -rf usr/share/doc"
+in_container "mkdir usr/share/doc && echo 'written by the container' >usr/share/doc/NOTES"
+note "# a new directory and file: only in upper/"
+in_container "mkdir -p srv/www && echo '<h1>hello from the container</h1>' >srv/www/index.html"
+note "# rename a top-layer file: copied up under the new name, a whiteout at the old one"
+in_container "mv app/config.toml app/settings.toml"
+
+# ---------------------------------------------------------------------------
+section "11. The merged view after the changes"
+# ---------------------------------------------------------------------------
+# (|| true: a failure here shows in the output and in the checks below)
+run ls -la etc usr/bin usr/share/doc var app srv/www || true
+echo
+run_sh "find . -printf '%M  %p\\n' | sort -k2" || true
+echo
+run cat etc/passwd || true
+cd "$WORK"
+
+# ---------------------------------------------------------------------------
+section "12. upper/ and work/ on disk"
+# ---------------------------------------------------------------------------
+printf '%s--- upper/ ---%s\n' "$B" "$N"
+show_layer "$UPPER"
+echo
+run_sh "getfattr -R -h -d -m 'overlay|stratafs' upper" || true
+printf '%s--- work/ ---%s\n' "$B" "$N"
+run ls -la work
+
+# ---------------------------------------------------------------------------
+section "13. Checks (writable view)"
+# ---------------------------------------------------------------------------
+VIEW="$CMNT"
+expect_content etc/passwd 'root:x:0:0:root:/root:/bin/sh' "copy-up kept the base content"
+if [[ "$(tail -n1 "$CMNT/etc/passwd" 2>&1)" == 'app:x:1000:1000:demo app:/app:/bin/sh' ]]; then
+    pass "etc/passwd: the appended line is there"
+else
+    fail "etc/passwd: the appended line is missing"
+fi
+if [[ "$(stat -c %a "$CMNT/usr/bin/hello" 2>&1)" == 750 ]] &&
+    [[ "$(head -n1 "$CMNT/usr/bin/hello")" == '#!/bin/sh' ]]; then
+    pass "usr/bin/hello: mode 750 after chmod, content kept"
+else
+    fail "usr/bin/hello: expected mode 750 and the mid content, got $(stat -c %a "$CMNT/usr/bin/hello" 2>&1)"
+fi
+expect_absent etc/hostname "deleted by the container"
+expect_absent var/cache "rm -rf by the container"
+expect_listing var "log" "var/cache deleted"
+expect_listing usr/share/doc "NOTES" "recreated directory is opaque: the layers' docs stay hidden"
+expect_content srv/www/index.html '<h1>hello from the container</h1>' "created by the container"
+expect_absent app/config.toml "renamed away"
+expect_content app/settings.toml '# added by the top layer' "renamed, content kept"
+expect_no_markers
+for f in "etc/passwd $ino_passwd appended" "usr/bin/hello $ino_hello chmod" "app/settings.toml $ino_config renamed from app/config.toml"; do
+    read -r path ino why <<<"$f"
+    now="$(ino_of "$path")"
+    if [[ "$now" == "$ino" && "$ino" != '?' ]]; then
+        pass "$path ($why): st_ino $now is the one before the copy-up"
+    else
+        fail "$path ($why): st_ino $now, before the copy-up it was $ino"
+    fi
+done
+origin="$(xattr trusted.stratafs.origin "$UPPER/etc/passwd")$(xattr user.stratafs.origin "$UPPER/etc/passwd")"
+if [[ "$origin" == "$ino_passwd" ]]; then
+    pass "upper/etc/passwd records the number it had in base/ as its origin ($origin)"
+else
+    fail "upper/etc/passwd: origin xattr '$origin', expected $ino_passwd"
+fi
+
+# is_whiteout REL: UPPER has a whiteout at REL (char 0/0, or OCI .wh.NAME).
+is_whiteout() {
+    local p="$UPPER/$1"
+    { [[ -c "$p" ]] && [[ "$(stat -c '%t:%T' "$p")" == 0:0 ]]; } ||
+        [[ -f "$(dirname "$p")/.wh.$(basename "$p")" ]]
+}
+# is_opaque REL: UPPER's directory REL is opaque (xattr, or OCI .wh..wh..opq).
+is_opaque() {
+    local p="$UPPER/$1"
+    [[ "$(xattr trusted.overlay.opaque "$p")" == y || "$(xattr user.overlay.opaque "$p")" == y ||
+        -f "$p/.wh..wh..opq" ]]
+}
+for w in etc/hostname var/cache app/config.toml; do
+    if is_whiteout "$w"; then
+        pass "upper/ has a whiteout for $w"
+    else
+        fail "upper/ has no whiteout for $w"
+    fi
+done
+if is_opaque usr/share/doc; then
+    pass "upper/usr/share/doc is marked opaque"
+else
+    fail "upper/usr/share/doc is not marked opaque"
+fi
+# upper/ holds exactly what changed: reading copies nothing up. The names are
+# normalised so that both whiteout dialects give the same list.
+upper_names="$(cd "$UPPER" && find . -mindepth 1 -printf '%P\n' |
+    grep -v '\.wh\.\.wh\.\.opq$' | sed 's/\.wh\.//' | sort | tr '\n' ' ')"
+expected_upper='app app/config.toml app/settings.toml etc etc/hostname etc/passwd srv srv/www srv/www/index.html usr usr/bin usr/bin/hello usr/share usr/share/doc usr/share/doc/NOTES var var/cache'
+if [[ "${upper_names% }" == "$expected_upper" ]]; then
+    pass "upper/ holds exactly the changed entries, their parents and the markers"
+else
+    fail "upper/ should hold '$expected_upper', holds '${upper_names% }'"
+fi
+expect_work_clean() { # WHEN
+    local got
+    got="$(cd "$WORKDIR" && find . -mindepth 1 -printf '%P ' )"
+    if [[ "${got% }" == .stratafs.lock ]]; then
+        pass "work/ holds only .stratafs.lock ($1)"
+    else
+        fail "work/ should hold only .stratafs.lock ($1), holds '${got% }'"
+    fi
+}
+expect_work_clean "after the changes"
+container_listing="$(listing "$CMNT")"
+container_entries="$(find "$CMNT" | wc -l)"
+
+# ---------------------------------------------------------------------------
+section "14. Unmounting the writable view; the layers are unchanged"
+# ---------------------------------------------------------------------------
+run "$BIN" umount container
+if is_mounted "$CMNT"; then
+    fail "$CMNT is still mounted after 'stratafs umount'"
+else
+    pass "$CMNT is no longer a mount point"
+fi
+expect_work_clean "after unmount"
+for layer in top mid base; do
+    after="$(fingerprint "$WORK/$layer")"
+    if [[ "$after" == "${before[$layer]}" ]]; then
+        pass "$layer/ unchanged: fingerprint $after before and after"
+    else
+        fail "$layer/ was modified: fingerprint ${before[$layer]} before, $after after"
+    fi
+done
+if [[ "$(cat "$BASE/etc/passwd")" == 'root:x:0:0:root:/root:/bin/sh' &&
+    "$(stat -c %a "$MID/usr/bin/hello")" == 755 &&
+    -f "$TOP/app/config.toml" && -f "$TOP/etc/hostname" &&
+    -f "$BASE/usr/share/doc/base-files/README" && -d "$BASE/var/cache/apt" ]]; then
+    pass "layers on disk: passwd, hello's mode, config.toml, hostname, docs and caches as built"
+else
+    fail "a lower layer's file was changed on disk"
+fi
+
+# ---------------------------------------------------------------------------
+section "15. The result persists: upper/ as a read-only layer"
+# ---------------------------------------------------------------------------
+note "upper/ is an ordinary layer now: mount it read-only on top of the same stack."
+run "$BIN" mount --lower upper --lower top --lower mid --lower base view
+wait_mounted "$ROVIEW"
+run cat view/etc/passwd
+run ls -la view/usr/share/doc view/app
+echo
+note "listing = find . -printf '%p %y %m %s' (no size for directories) | sort, plus sha256sum of every file"
+printf '%s$ diff <(listing container, before unmount) <(listing view)%s\n' "$B" "$N"
+if diff -u --label container --label view <(printf '%s\n' "$container_listing") <(listing "$ROVIEW"); then
+    pass "view/ shows exactly what the container saw ($container_entries entries, same contents)"
+else
+    fail "view/ differs from what the container saw (diff above)"
+fi
+kernel_done=0
+if ((EUID == 0)); then
+    echo
+    note "Kernel overlayfs reads no OCI markers (.wh.NAME, .wh..wh..opq), so it gets"
+    note "top-kernel/: a copy of top/ converted to the overlay dialect (char 0/0 whiteout,"
+    note "trusted.overlay.opaque=y). upper/ and mid/ are in the overlay dialect already."
+    cp -a "$TOP" "$KTOP"
+    while IFS= read -r -d '' m; do
+        d="${m%/*}"
+        n="${m##*/}"
+        rm "$m"
+        if [[ "$n" == .wh..wh..opq ]]; then
+            setfattr -n trusted.overlay.opaque -v y "$d"
+        else
+            mknod "$d/${n#.wh.}" c 0 0
+        fi
+    done < <(find "$KTOP" -name '.wh.*' -print0)
+    printf '%s--- top-kernel/ ---%s\n' "$B" "$N"
+    show_layer "$KTOP"
+    echo
+    if run mount -t overlay overlay -o lowerdir=upper:top-kernel:mid:base view-kernel; then
+        run findmnt "$KVIEW"
+        printf '%s$ diff <(listing view) <(listing view-kernel)%s\n' "$B" "$N"
+        if diff -u --label view --label view-kernel <(listing "$ROVIEW") <(listing "$KVIEW"); then
+            pass "stratafs and kernel overlayfs show the same tree and contents"
+        else
+            fail "stratafs (view/) and kernel overlayfs (view-kernel/) differ (diff above)"
+        fi
+        kernel_done=1
+    else
+        note "kernel overlayfs could not mount here; comparison skipped"
+    fi
+else
+    note "Not root: the comparison with kernel overlayfs (needs mount -t overlay) is skipped."
+fi
+echo
+run "$BIN" umount view
+if ((kernel_done)); then
+    run umount view-kernel
+fi
+if is_mounted "$ROVIEW" || is_mounted "$KVIEW"; then
+    fail "view/ or view-kernel/ is still mounted"
+else
+    pass "view/ and view-kernel/ are unmounted"
 fi
 
 section "Result"
