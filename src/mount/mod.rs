@@ -97,16 +97,23 @@ fn user_allow_other() -> bool {
         .unwrap_or(false)
 }
 
-/// Directory nodes hold one fd per contributing layer; use what the hard limit allows.
+/// Directory nodes hold one fd per contributing layer and upper entries one
+/// each, for as long as the kernel holds them: allow as many as the system
+/// does (root may raise the hard limit to fs.nr_open), else the hard limit.
 fn raise_fd_limit() {
-    let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
-    if let Some(max) = lim.maximum {
-        let want = rustix::process::Rlimit {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let lim = getrlimit(Resource::Nofile);
+    let system_max = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    for max in [system_max, lim.maximum].into_iter().flatten() {
+        let want = Rlimit {
             current: Some(max),
             maximum: Some(max),
         };
-        if let Err(e) = rustix::process::setrlimit(rustix::process::Resource::Nofile, want) {
-            tracing::debug!(error = %e, "cannot raise the open file limit");
+        match setrlimit(Resource::Nofile, want) {
+            Ok(()) => return,
+            Err(e) => tracing::debug!(error = %e, max, "cannot raise the open file limit"),
         }
     }
 }
