@@ -124,7 +124,11 @@ pub fn copy_mode_times(
         )
         .map_err(io)?;
     }
-    let times = Timestamps {
+    rustix::fs::utimensat(dir, name, &times_of(st), AtFlags::SYMLINK_NOFOLLOW).map_err(io)
+}
+
+fn times_of(st: &rustix::fs::Stat) -> Timestamps {
+    Timestamps {
         last_access: rustix::fs::Timespec {
             tv_sec: st.st_atime,
             tv_nsec: st.st_atime_nsec as _,
@@ -133,6 +137,13 @@ pub fn copy_mode_times(
             tv_sec: st.st_mtime,
             tv_nsec: st.st_mtime_nsec as _,
         },
-    };
-    rustix::fs::utimensat(dir, name, &times, AtFlags::SYMLINK_NOFOLLOW).map_err(io)
+    }
+}
+
+/// Puts back the atime and mtime of the directory behind O_PATH fd `dir`:
+/// a copy-up landing in it is no change a user made.
+pub fn restore_dir_times(dir: BorrowedFd<'_>, st: &rustix::fs::Stat) -> Result<(), LayerError> {
+    let path = super::proc_fd_path(dir);
+    rustix::fs::utimensat(rustix::fs::CWD, path.as_c_str(), &times_of(st), AtFlags::empty())
+        .map_err(io)
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use rustix::fs::{Mode, OFlags};
 
-pub use copy::{copy_data, copy_mode_times, copy_owner, copy_xattrs};
+pub use copy::{copy_data, copy_mode_times, copy_owner, copy_xattrs, restore_dir_times};
 pub use error::LayerError;
 pub use markers::{
     Presence, is_marker_name, is_opaque, is_overlay_whiteout, oci_whiteout_target, probe,

@@ -103,8 +103,13 @@ impl Union {
         upper.sync_dir(made.as_fd())?;
         let mut tmp = tmp;
         tmp.armed = false;
+        let parent_st = layer::stat_self(parent_fd.as_fd())?;
         upper.publish(&tmp.name, parent_fd.as_fd(), &name, false, true)?;
         let fd = Arc::new(layer::open_subdir(parent_fd.as_fd(), &name)?);
+        // Moving a directory rewrites its `..`; neither it nor its parent changed
+        // for the user.
+        layer::restore_dir_times(fd.as_fd(), &st)?;
+        layer::restore_dir_times(parent_fd.as_fd(), &parent_st)?;
         node.update(|s| {
             if let NodeBody::Dir { layers } = &mut s.body {
                 layers.insert(
@@ -204,7 +209,9 @@ impl Union {
         let fd = match parent_fd {
             Some(parent_fd) => {
                 tmp.armed = false;
+                let parent_st = layer::stat_self(parent_fd.as_fd())?;
                 upper.publish(&tmp.name, parent_fd.as_fd(), &name, false, false)?;
+                layer::restore_dir_times(parent_fd.as_fd(), &parent_st)?;
                 Arc::new(layer::open_path(parent_fd.as_fd(), &name)?)
             }
             // The scratch name goes with `tmp`; the inode stays through `made`.
