@@ -34,23 +34,71 @@ pub fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, len: u64) -> Result<(
             Ok(h) => h.min(len),
             Err(_) => len,
         };
-        let mut off_in = data;
-        let mut off_out = data;
-        while off_in < hole {
-            let chunk = usize::try_from(hole - off_in)
-                .unwrap_or(usize::MAX)
-                .min(1 << 30);
-            let n =
-                rustix::fs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), chunk)
-                    .map_err(io)?;
-            if n == 0 {
-                break;
-            }
-        }
+        copy_range(src, dst, data, hole)?;
         pos = hole;
     }
     // A trailing hole has no extent to copy; the size says where the file ends.
     rustix::fs::ftruncate(dst, len).map_err(io)
+}
+
+/// Copies bytes `start..end` of `src` to the same offsets of `dst`: in the
+/// kernel with copy_file_range, else (across filesystems) through a buffer.
+fn copy_range(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    start: u64,
+    end: u64,
+) -> Result<(), LayerError> {
+    let mut off_in = start;
+    let mut off_out = start;
+    while off_in < end {
+        let chunk = usize::try_from(end - off_in)
+            .unwrap_or(usize::MAX)
+            .min(1 << 30);
+        match rustix::fs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), chunk) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(
+                rustix::io::Errno::XDEV
+                | rustix::io::Errno::INVAL
+                | rustix::io::Errno::OPNOTSUPP
+                | rustix::io::Errno::NOSYS,
+            ) => return copy_buffered(src, dst, off_in, end),
+            Err(e) => return Err(io(e)),
+        }
+    }
+    Ok(())
+}
+
+fn copy_buffered(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    start: u64,
+    end: u64,
+) -> Result<(), LayerError> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = start;
+    while pos < end {
+        let want = usize::try_from(end - pos)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let n = match rustix::io::pread(src, &mut buf[..want], pos) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(io(e)),
+        };
+        let mut done = 0;
+        while done < n {
+            match rustix::io::pwrite(dst, &buf[done..n], pos + done as u64) {
+                Ok(w) => done += w,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(io(e)),
+            }
+        }
+        pos += n as u64;
+    }
+    Ok(())
 }
 
 /// Copies the xattrs of `name` in `dir` that `keep` accepts onto the inode
@@ -144,6 +192,11 @@ fn times_of(st: &rustix::fs::Stat) -> Timestamps {
 /// a copy-up landing in it is no change a user made.
 pub fn restore_dir_times(dir: BorrowedFd<'_>, st: &rustix::fs::Stat) -> Result<(), LayerError> {
     let path = super::proc_fd_path(dir);
-    rustix::fs::utimensat(rustix::fs::CWD, path.as_c_str(), &times_of(st), AtFlags::empty())
-        .map_err(io)
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        path.as_c_str(),
+        &times_of(st),
+        AtFlags::empty(),
+    )
+    .map_err(io)
 }

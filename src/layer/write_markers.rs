@@ -129,7 +129,12 @@ impl Upper {
                 rustix::fs::setxattr(path.as_c_str(), attr, b"y", rustix::fs::XattrFlags::empty())
                     .map_err(io)
             }
-            Dialect::Oci => create_empty(dir, OCI_OPAQUE),
+            Dialect::Oci => {
+                // A marker file, unlike an xattr, would bump the directory's mtime.
+                let st = super::stat_self(dir)?;
+                create_empty(dir, OCI_OPAQUE)?;
+                super::restore_dir_times(dir, &st)
+            }
         }
     }
 

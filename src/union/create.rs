@@ -110,7 +110,7 @@ impl Union {
         }
 
         let node = self.new_upper_node(&parent, dir.as_fd(), name)?;
-        let fh = file.map(|fd| self.files.insert(super::file::OpenFile { fd }));
+        let fh = file.map(|fd| self.files.insert(super::file::OpenFile::new(fd)));
         Ok((node, fh))
     }
 

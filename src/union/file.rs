@@ -1,19 +1,57 @@
 //! Open files: reads, writes, seeks, syncs, and symlink targets.
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
 
 use rustix::fs::{FallocateFlags, OFlags, SeekFrom};
 
 use super::Union;
 use super::attr::Kind;
 use super::error::{Error, Result};
-use super::inode::NodeBody;
+use super::inode::{Node, NodeBody};
 use crate::layer;
 
 /// An open file: the real fd, in a lower or the upper layer.
 #[derive(Debug)]
 pub struct OpenFile {
-    pub fd: OwnedFd,
+    fd: RwLock<Arc<OwnedFd>>,
+    /// For a read-only open of a lower file: its node, followed into the upper
+    /// layer once copied up. The kernel keeps one page cache per inode, so
+    /// reads through the old lower fd would fill it with stale data.
+    follow: Mutex<Option<Arc<Node>>>,
+}
+
+impl OpenFile {
+    pub fn new(fd: OwnedFd) -> Self {
+        OpenFile {
+            fd: RwLock::new(Arc::new(fd)),
+            follow: Mutex::new(None),
+        }
+    }
+
+    fn following(fd: OwnedFd, node: Arc<Node>) -> Self {
+        OpenFile {
+            fd: RwLock::new(Arc::new(fd)),
+            follow: Mutex::new(Some(node)),
+        }
+    }
+
+    /// The fd to use now.
+    pub fn fd(&self) -> Result<Arc<OwnedFd>> {
+        let mut follow = self.follow.lock();
+        let upper = match follow.as_ref().map(|n| n.state().body.clone()) {
+            Some(NodeBody::Upper { fd }) => Some(fd),
+            _ => None,
+        };
+        if let Some(fd) = upper {
+            *self.fd.write() = Arc::new(layer::reopen(fd.as_fd(), OFlags::RDONLY)?);
+            *follow = None;
+        }
+        drop(follow);
+        Ok(self.fd.read().clone())
+    }
 }
 
 /// Whether open(2) flags ask to change the file.
@@ -33,22 +71,29 @@ impl Union {
         if node.is_dir() {
             return Err(Error::IsDir);
         }
-        let fd = if wants_write(flags) {
+        let file = if wants_write(flags) {
             self.check_writable()?;
             // O_TRUNC throws the data away: copy up the rest only.
             let fd = self.copy_up_leaf(&node, flags & libc::O_TRUNC == 0)?;
             let fd = layer::reopen(fd.as_fd(), real_flags(flags))?;
             node.forget_xattrs();
-            fd
+            OpenFile::new(fd)
         } else {
-            let state = node.state();
-            match &state.body {
-                NodeBody::Lower { dir, name, .. } => layer::open_file(dir.as_fd(), name)?,
-                NodeBody::Upper { fd } => layer::reopen(fd.as_fd(), real_flags(flags))?,
+            let body = node.state().body.clone();
+            match body {
+                NodeBody::Lower { dir, name, .. } if self.is_writable() => {
+                    OpenFile::following(layer::open_file(dir.as_fd(), &name)?, node.clone())
+                }
+                NodeBody::Lower { dir, name, .. } => {
+                    OpenFile::new(layer::open_file(dir.as_fd(), &name)?)
+                }
+                NodeBody::Upper { fd } => {
+                    OpenFile::new(layer::reopen(fd.as_fd(), real_flags(flags))?)
+                }
                 NodeBody::Dir { .. } => return Err(Error::IsDir),
             }
         };
-        Ok(self.files.insert(OpenFile { fd }))
+        Ok(self.files.insert(file))
     }
 
     /// Reads up to `size` bytes at `offset`; short only at end of file.
@@ -57,7 +102,7 @@ impl Union {
         let mut buf = vec![0u8; size as usize];
         let mut done = 0;
         while done < buf.len() {
-            match rustix::io::pread(file.fd.as_fd(), &mut buf[done..], offset + done as u64) {
+            match rustix::io::pread(file.fd()?.as_fd(), &mut buf[done..], offset + done as u64) {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(rustix::io::Errno::INTR) => continue,
@@ -73,7 +118,7 @@ impl Union {
         let file = self.files.get(fh)?;
         let mut done = 0;
         while done < data.len() {
-            match rustix::io::pwrite(file.fd.as_fd(), &data[done..], offset + done as u64) {
+            match rustix::io::pwrite(file.fd()?.as_fd(), &data[done..], offset + done as u64) {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(rustix::io::Errno::INTR) => continue,
@@ -94,9 +139,9 @@ impl Union {
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
         let file = self.files.get(fh)?;
         if datasync {
-            rustix::fs::fdatasync(file.fd.as_fd())?;
+            rustix::fs::fdatasync(file.fd()?.as_fd())?;
         } else {
-            rustix::fs::fsync(file.fd.as_fd())?;
+            rustix::fs::fsync(file.fd()?.as_fd())?;
         }
         Ok(())
     }
@@ -104,7 +149,7 @@ impl Union {
     pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<()> {
         let file = self.files.get(fh)?;
         let flags = FallocateFlags::from_bits_retain(mode as u32);
-        rustix::fs::fallocate(file.fd.as_fd(), flags, offset, len)?;
+        rustix::fs::fallocate(file.fd()?.as_fd(), flags, offset, len)?;
         Ok(())
     }
 
@@ -122,9 +167,9 @@ impl Union {
             .unwrap_or(usize::MAX)
             .min(u32::MAX as usize);
         let n = rustix::fs::copy_file_range(
-            src.fd.as_fd(),
+            src.fd()?.as_fd(),
             Some(&mut off_in),
-            dst.fd.as_fd(),
+            dst.fd()?.as_fd(),
             Some(&mut off_out),
             len,
         )?;
@@ -143,7 +188,7 @@ impl Union {
             libc::SEEK_HOLE => SeekFrom::Hole(pos(offset)?),
             _ => return Err(Error::Io(einval())),
         };
-        let at = rustix::fs::seek(file.fd.as_fd(), from)?;
+        let at = rustix::fs::seek(file.fd()?.as_fd(), from)?;
         i64::try_from(at).map_err(|_| Error::Io(einval()))
     }
 

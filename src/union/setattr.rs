@@ -77,8 +77,8 @@ impl Union {
             )?;
         }
         if let Some(size) = set.size {
-            match set.fh.and_then(|fh| self.files.get(fh).ok()) {
-                Some(file) if rustix::fs::ftruncate(file.fd.as_fd(), size).is_ok() => {}
+            match set.fh.and_then(|fh| self.files.get(fh).ok()?.fd().ok()) {
+                Some(fd) if rustix::fs::ftruncate(fd.as_fd(), size).is_ok() => {}
                 _ => {
                     let w = layer::reopen(fd.as_fd(), OFlags::WRONLY)?;
                     rustix::fs::ftruncate(w.as_fd(), size)?;
