@@ -10,17 +10,22 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod convert;
+pub mod differential;
 pub mod env;
 pub mod layer;
 pub mod mounts;
+pub mod ops;
 pub mod oracle;
+pub mod rw;
 pub mod snapshot;
 pub mod sys;
 
 pub use env::*;
 pub use layer::*;
 pub use mounts::*;
+pub use ops::*;
 pub use oracle::*;
+pub use rw::*;
 pub use snapshot::*;
 pub use sys::*;
 

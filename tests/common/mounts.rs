@@ -366,10 +366,23 @@ impl<'a> StratafsMount<'a> {
         self.done = true;
         let mut problems = Vec::new();
         if is_mounted(&self.mnt) {
-            let out = run_timeout(
+            let mut out = run_timeout(
                 Command::new(stratafs_bin()).arg("umount").arg(&self.mnt),
                 Duration::from_secs(30),
             );
+            // Under `cargo test` (tests as threads of one process) another thread's fork can
+            // briefly hold fds into this mount until its child execs: retry a busy unmount a
+            // few times. A mount that stays busy is still reported.
+            for _ in 0..5 {
+                if !is_mounted(&self.mnt) || !out.stderr_str().contains("busy") {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+                out = run_timeout(
+                    Command::new(stratafs_bin()).arg("umount").arg(&self.mnt),
+                    Duration::from_secs(30),
+                );
+            }
             if is_mounted(&self.mnt) {
                 problems.push(format!(
                     "`stratafs umount {}` left it mounted: {}",
