@@ -141,7 +141,27 @@ impl Union {
             let dst_upper_dir = dst.is_some_and(|d| {
                 matches!(&d.state().body, NodeBody::Dir { layers } if self.is_upper(layers[0].layer))
             });
-            if dst_upper_dir {
+            // rename(2) cannot put a directory over the overlay dialect's
+            // whiteout device: swap them, and keep the whiteout at the old name
+            // only if a lower layer has that name.
+            let over_whiteout_dev = src_dir
+                && dst.is_none()
+                && layer::stat_at(to.as_fd(), newname).is_ok_and(|st| {
+                    rustix::fs::FileType::from_raw_mode(st.st_mode)
+                        == rustix::fs::FileType::CharacterDevice
+                });
+            if over_whiteout_dev {
+                rustix::fs::renameat_with(
+                    from.as_fd(),
+                    name,
+                    to.as_fd(),
+                    newname,
+                    RenameFlags::EXCHANGE,
+                )?;
+                if !src_lower_has {
+                    rustix::fs::unlinkat(from.as_fd(), name, rustix::fs::AtFlags::empty())?;
+                }
+            } else if dst_upper_dir {
                 // The target directory may hold markers: swap, then dispose of it
                 // at the old name.
                 rustix::fs::renameat_with(

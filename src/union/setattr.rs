@@ -90,18 +90,14 @@ impl Union {
                 last_access: timespec(set.atime),
                 last_modification: timespec(set.mtime),
             };
-            if is_link {
-                let state = node.state();
-                let parent = state.parent.clone();
-                let name = state.name.clone();
-                drop(state);
-                if let Some(parent) = parent {
-                    let dir = self.upper_dir(&parent)?;
-                    rustix::fs::utimensat(dir.as_fd(), &name, &times, AtFlags::SYMLINK_NOFOLLOW)?;
-                }
-            } else {
-                rustix::fs::utimensat(rustix::fs::CWD, path.as_c_str(), &times, AtFlags::empty())?;
-            }
+            // Through the O_PATH fd itself: right for symlinks and for every
+            // hard link, whichever names remain.
+            rustix::fs::utimensat(
+                fd.as_fd(),
+                c"",
+                &times,
+                AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+            )?;
         }
         node.forget_xattrs();
         self.refresh_attr(&node)
