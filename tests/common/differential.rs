@@ -21,8 +21,8 @@
 //! - reads through an fd opened read-only before the file's copy-up (the kernel keeps reading
 //!   the lower file; stratafs may show the new data): random scripts open read-only only with
 //!   O_TRUNC (which copies up at open on both);
-//! - hard links inside a lower layer (stratafs keeps them across copy-up, the kernel with
-//!   index=off breaks them): the differential layers have none;
+//! - hard links inside a lower layer (keeping them across copy-up is a planned stratafs
+//!   extension, the kernel with index=off breaks them): the differential layers have none;
 //! - st_ino/st_dev values, directory nlink, atime, ctime, st_blocks, statfs.
 
 use std::fmt::Write as _;
