@@ -305,7 +305,7 @@ impl fuser::Filesystem for StrataFs {
             let node = match self.core.lookup_listed(ino.0, entry) {
                 Ok(n) => n,
                 Err(e) => {
-                    tracing::warn!(name = ?entry.name, error = %e, "entry vanished during readdirplus");
+                    tracing::debug!(name = ?entry.name, error = %e, "entry vanished during readdirplus");
                     continue;
                 }
             };

@@ -144,11 +144,14 @@ impl Union {
         if let NodeBody::Upper { fd } = &node.state().body {
             return Ok(fd.clone());
         }
+        // The lock comes first: an unlink of this name holds it while it
+        // decides, so the parent read below is current. Lock order is always
+        // child before parent (upper_dir takes the parent's).
+        let _guard = node.copy_up.lock();
         let parent_fd = match node.parent() {
             Some(parent) => Some(self.upper_dir(&parent)?),
             None => None,
         };
-        let _guard = node.copy_up.lock();
         let (name, dir, lname) = {
             let state = node.state();
             match &state.body {

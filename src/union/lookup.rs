@@ -100,7 +100,10 @@ impl Union {
         let ino = self.entry_ino(top.ld.layer, top.ld.fd.as_fd(), &name, top.stat.st_ino);
         if let Some(node) = self.nodes.remember_known(ino) {
             node.relocate(parent.clone(), name);
-            self.refresh_attr(&node)?;
+            if let Err(e) = self.refresh_attr(&node) {
+                self.nodes.forget(ino, 1);
+                return Err(e);
+            }
             return Ok(node);
         }
         let mut attr = attr_of(ino, &top.stat)?;

@@ -54,15 +54,15 @@ impl Union {
     pub fn lookup_listed(&self, parent: u64, entry: &DirEntry) -> Result<Arc<Node>> {
         let dir_node = self.nodes.get(parent)?;
         let name = super::lookup::checked_name(&entry.name)?;
-        if let Some(node) = self.nodes.remember_known(entry.ino) {
-            node.relocate(dir_node, name);
-            self.refresh_attr(&node)?;
-            return Ok(node);
-        }
-        // With a writable layer the listing may be older than the tree.
+        // With a writable layer the listing may be older than the tree: the
+        // name may now be another file. Only a fresh lookup is safe.
         let Some((source, attr)) = entry.leaf.filter(|_| self.upper.is_none()) else {
             return self.lookup_in(&dir_node, name);
         };
+        if let Some(node) = self.nodes.remember_known(entry.ino) {
+            node.relocate(dir_node, name);
+            return Ok(node);
+        }
         let layers = dir_node.dir_layers()?;
         let ld = layers.get(source).ok_or(Error::NotFound)?;
         let body = if self.is_upper(ld.layer) {

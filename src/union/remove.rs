@@ -34,6 +34,9 @@ impl Union {
             if is_dir && self.list(&node)?.len() > 2 {
                 return Err(Error::NotEmpty);
             }
+            // Decide and write under the node's copy-up lock, so that a copy-up
+            // racing in through an open-for-write cannot publish in between.
+            let _guard = node.copy_up.lock();
             let in_upper = match &node.state().body {
                 NodeBody::Upper { .. } => true,
                 NodeBody::Lower { .. } => false,
