@@ -1148,3 +1148,58 @@ fn a_long_copy_up_does_not_stall_other_requests() {
     );
     m.unmount();
 }
+
+fn drop_kernel_caches() {
+    fs::write("/proc/sys/vm/drop_caches", "3").expect("drop caches");
+}
+
+/// Hard links of a lower file that the mount has seen stay one file through copy-up: a write
+/// through one name shows through the other, also after the kernel drops its caches and after
+/// a remount; removing one name never loses what is written through another.
+#[test]
+fn lower_hard_links_seen_by_the_mount_survive_copy_up() {
+    require_root();
+    let env = TestEnv::new("ws-hardlinks");
+    let base = env.layer("base");
+    base.file("a", "orig\n");
+    base.hardlink("a", "b");
+    base.file("c", "one\n");
+    base.hardlink("c", "sub/d");
+    let stack = env.stack(&[&base]);
+    let (upper, work) = rw_dirs(&env, "rw");
+    {
+        let m = stack.stratafs_rw(&UpperSpec::new(&upper, &work));
+        // Both names known to the mount, then one removed: writes through the other stay.
+        let ino_a = fs::symlink_metadata(m.join("a")).unwrap().ino();
+        assert_eq!(fs::symlink_metadata(m.join("b")).unwrap().ino(), ino_a);
+        fs::remove_file(m.join("a")).unwrap();
+        fs::OpenOptions::new()
+            .append(true)
+            .open(m.join("b"))
+            .unwrap()
+            .write_all(b"x\n")
+            .unwrap();
+        drop_kernel_caches();
+        assert_eq!(fs::read_to_string(m.join("b")).unwrap(), "orig\nx\n");
+        assert!(fs::symlink_metadata(m.join("a")).is_err());
+
+        // A write through one name of a pair in different directories.
+        let ino_c = fs::symlink_metadata(m.join("c")).unwrap().ino();
+        assert_eq!(fs::symlink_metadata(m.join("sub/d")).unwrap().ino(), ino_c);
+        fs::write(m.join("c"), "new\n").unwrap();
+        drop_kernel_caches();
+        assert_eq!(fs::read_to_string(m.join("c")).unwrap(), "new\n");
+        assert_eq!(fs::read_to_string(m.join("sub/d")).unwrap(), "new\n");
+        assert_eq!(fs::symlink_metadata(m.join("sub/d")).unwrap().nlink(), 2);
+        m.unmount();
+    }
+    let m = stack.stratafs_rw(&UpperSpec::new(&upper, &work));
+    assert_eq!(fs::read_to_string(m.join("b")).unwrap(), "orig\nx\n");
+    assert_eq!(fs::read_to_string(m.join("c")).unwrap(), "new\n");
+    assert_eq!(fs::read_to_string(m.join("sub/d")).unwrap(), "new\n");
+    assert_eq!(
+        fs::symlink_metadata(m.join("c")).unwrap().ino(),
+        fs::symlink_metadata(m.join("sub/d")).unwrap().ino()
+    );
+    m.unmount();
+}

@@ -221,7 +221,32 @@ impl Union {
             None => Arc::new(made),
         };
         node.update(|s| s.body = NodeBody::Upper { fd: fd.clone() });
+        self.link_other_names(upper, node, &fd);
         Ok(fd)
+    }
+
+    /// Gives the copy the node's other names seen in this mount (hard links
+    /// of the lower file), so that every name shows the one copy, now and
+    /// after a remount.
+    fn link_other_names(&self, upper: &Upper, node: &Node, fd: &OwnedFd) {
+        let others = node.state().others.clone();
+        let src = layer::proc_fd_path(fd.as_fd());
+        for (parent, name) in others {
+            let linked = self.upper_dir(&parent).and_then(|dir| {
+                rustix::fs::linkat(
+                    rustix::fs::CWD,
+                    src.as_c_str(),
+                    dir.as_fd(),
+                    &name,
+                    rustix::fs::AtFlags::SYMLINK_FOLLOW,
+                )?;
+                upper.sync_dir(dir.as_fd())?;
+                Ok(())
+            });
+            if let Err(e) = linked {
+                tracing::warn!(error = %e, ?name, "cannot keep a hard link across copy-up");
+            }
+        }
     }
 
     /// Metadata of a copy in the workdir: xattrs, origin, owner, mode, times.

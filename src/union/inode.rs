@@ -94,6 +94,9 @@ pub struct NodeState {
     /// The directory it was last seen in, and its name there (for copy-up).
     pub parent: Option<Arc<Node>>,
     pub name: CString,
+    /// Other names of a non-directory seen in this mount (hard links in a
+    /// lower layer): a copy-up links them to the copy too.
+    pub others: Vec<(Arc<Node>, CString)>,
     pub body: NodeBody,
     /// Last known attributes; lower-only entries never change.
     pub attr: Attr,
@@ -152,11 +155,41 @@ impl Node {
         }
     }
 
-    /// Records the path by which the kernel last reached this node.
+    /// Records the path by which the kernel last reached this node; a
+    /// non-directory remembers its other names too.
     pub fn relocate(&self, parent: Arc<Node>, name: CString) {
         let mut st = self.state.write();
+        let same = |p: &Arc<Node>, n: &CString| Arc::ptr_eq(p, &parent) && *n == name;
+        if st.parent.as_ref().is_some_and(|p| same(p, &st.name)) {
+            return;
+        }
+        st.others.retain(|(p, n)| !same(p, n));
+        let is_dir = matches!(st.body, NodeBody::Dir { .. });
+        if let Some(old) = st.parent.take()
+            && !is_dir
+        {
+            let old_name = std::mem::take(&mut st.name);
+            st.others.push((old, old_name));
+        }
         st.parent = Some(parent);
         st.name = name;
+    }
+
+    /// Forgets the name `name` in `parent` (unlinked, or replaced by a rename);
+    /// with no name left, the node lives on only through open fds.
+    pub fn detach(&self, parent: &Arc<Node>, name: &std::ffi::CStr) {
+        let mut st = self.state.write();
+        let same = |p: &Arc<Node>, n: &CString| Arc::ptr_eq(p, parent) && n.as_c_str() == name;
+        st.others.retain(|(p, n)| !same(p, n));
+        if st.parent.as_ref().is_some_and(|p| same(p, &st.name)) {
+            match st.others.pop() {
+                Some((p, n)) => {
+                    st.parent = Some(p);
+                    st.name = n;
+                }
+                None => st.parent = None,
+            }
+        }
     }
 
     pub fn forget_xattrs(&self) {

@@ -131,6 +131,7 @@ impl Union {
         Ok(self.nodes.remember(Node::new(NodeState {
             parent: Some(parent.clone()),
             name,
+            others: Vec::new(),
             body,
             attr,
         })))

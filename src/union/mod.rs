@@ -109,6 +109,7 @@ impl Union {
         nodes.insert_root(Node::new(NodeState {
             parent: None,
             name: c"".to_owned(),
+            others: Vec::new(),
             body: NodeBody::Dir {
                 layers: root_layers,
             },

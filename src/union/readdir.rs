@@ -79,6 +79,7 @@ impl Union {
         Ok(self.nodes.remember(Node::new(NodeState {
             parent: Some(dir_node),
             name,
+            others: Vec::new(),
             body,
             attr,
         })))

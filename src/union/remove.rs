@@ -52,7 +52,7 @@ impl Union {
             parent.forget_xattrs();
             // Still open somewhere, perhaps: any later change is copied up as
             // an orphan, never back under the removed name.
-            node.update(|s| s.parent = None);
+            node.detach(&parent, &name);
             Ok(())
         })();
         self.nodes.forget(node.ino(), 1);

@@ -190,11 +190,15 @@ impl Union {
         }
         upper.sync_dir(from.as_fd())?;
         upper.sync_dir(to.as_fd())?;
+        src.detach(parent, name);
         src.relocate(newparent.clone(), newname.to_owned());
         match dst {
-            Some(d) if exchange => d.relocate(parent.clone(), name.to_owned()),
-            // Replaced: it lives on only through open fds.
-            Some(d) => d.update(|s| s.parent = None),
+            Some(d) if exchange => {
+                d.detach(newparent, newname);
+                d.relocate(parent.clone(), name.to_owned());
+            }
+            // Replaced: this name is gone; open fds keep it alive.
+            Some(d) => d.detach(newparent, newname),
             None => {}
         }
         parent.forget_xattrs();
