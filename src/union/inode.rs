@@ -107,8 +107,9 @@ pub struct Node {
     ino: u64,
     state: RwLock<NodeState>,
     lookups: AtomicU64,
-    /// Filtered xattr name list, cached until the node changes.
-    pub xattr_names: Mutex<Option<Vec<u8>>>,
+    /// Filtered xattr name list, cached until the node changes; the counter
+    /// tells a reader whether a change came while it was reading.
+    xattr_names: Mutex<(u64, Option<Vec<u8>>)>,
     /// Serialises copy-up of this node; never held while waiting for another node's.
     pub copy_up: Mutex<()>,
 }
@@ -119,7 +120,7 @@ impl Node {
             ino: state.attr.ino,
             state: RwLock::new(state),
             lookups: AtomicU64::new(0),
-            xattr_names: Mutex::new(None),
+            xattr_names: Mutex::new((0, None)),
             copy_up: Mutex::new(()),
         }
     }
@@ -193,7 +194,24 @@ impl Node {
     }
 
     pub fn forget_xattrs(&self) {
-        *self.xattr_names.lock() = None;
+        let mut cache = self.xattr_names.lock();
+        cache.0 += 1;
+        cache.1 = None;
+    }
+
+    /// The cached xattr name list, or the generation to pass to
+    /// [`Node::cache_xattrs`] after reading it.
+    pub fn cached_xattrs(&self) -> std::result::Result<Vec<u8>, u64> {
+        let cache = self.xattr_names.lock();
+        cache.1.clone().ok_or(cache.0)
+    }
+
+    /// Caches `list`, read at `generation`, unless the node changed since.
+    pub fn cache_xattrs(&self, generation: u64, list: &[u8]) {
+        let mut cache = self.xattr_names.lock();
+        if cache.0 == generation {
+            cache.1 = Some(list.to_vec());
+        }
     }
 }
 

@@ -119,11 +119,12 @@ impl Union {
     /// The NUL-separated list of visible xattr names.
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
         let node = self.nodes.get(ino)?;
-        if let Some(list) = node.xattr_names.lock().as_ref() {
-            return Ok(list.clone());
-        }
+        let generation = match node.cached_xattrs() {
+            Ok(list) => return Ok(list),
+            Err(generation) => generation,
+        };
         let list = filter_list(&target(&node).list()?);
-        *node.xattr_names.lock() = Some(list.clone());
+        node.cache_xattrs(generation, &list);
         Ok(list)
     }
 
