@@ -44,6 +44,9 @@ pub fn run(spec: &MountSpec) -> Result<(), MountError> {
     let spec = &spec;
     let union = Union::new(&spec.lowers, spec.upper.as_ref())?;
     raise_fd_limit();
+    // Entries are created with exactly the mode the caller asked for (its
+    // umask already applied); the daemon's own umask must not cut more.
+    rustix::process::umask(rustix::fs::Mode::empty());
     if spec.foreground {
         serve(spec, union, None)
     } else {

@@ -84,8 +84,10 @@ impl Union {
             AtFlags::SYMLINK_NOFOLLOW,
         )
         .and_then(|()| match what {
-            // chown clears setuid/setgid bits: set the mode again.
+            // chown clears setuid/setgid bits: set those again. Nothing else,
+            // so that a default ACL inherited from the parent keeps its mask.
             NewEntry::Symlink { .. } => Ok(()),
+            _ if mode & (libc::S_ISUID | libc::S_ISGID) == 0 => Ok(()),
             _ => rustix::fs::chmodat(at, &at_name, Mode::from_raw_mode(mode), AtFlags::empty()),
         });
         if let Err(e) = own {
