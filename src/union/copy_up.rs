@@ -108,8 +108,10 @@ impl Union {
         let fd = Arc::new(layer::open_subdir(parent_fd.as_fd(), &name)?);
         // Moving a directory rewrites its `..`; neither it nor its parent changed
         // for the user.
-        layer::restore_dir_times(fd.as_fd(), &st)?;
-        layer::restore_dir_times(parent_fd.as_fd(), &parent_st)?;
+        // Published: from here on, failures must not leave the node pointing
+        // at the lower layer, so the times are best effort.
+        keep_times(fd.as_fd(), &st);
+        keep_times(parent_fd.as_fd(), &parent_st);
         node.update(|s| {
             if let NodeBody::Dir { layers } = &mut s.body {
                 layers.insert(
@@ -214,7 +216,7 @@ impl Union {
                 tmp.armed = false;
                 let parent_st = layer::stat_self(parent_fd.as_fd())?;
                 upper.publish(&tmp.name, parent_fd.as_fd(), &name, false, false)?;
-                layer::restore_dir_times(parent_fd.as_fd(), &parent_st)?;
+                keep_times(parent_fd.as_fd(), &parent_st);
                 Arc::new(layer::open_path(parent_fd.as_fd(), &name)?)
             }
             // The scratch name goes with `tmp`; the inode stays through `made`.
@@ -307,4 +309,11 @@ fn other_ns(attr: &CStr) -> CString {
         s.to_vec()
     };
     CString::new(swapped).unwrap_or_default()
+}
+
+/// Restores a directory's times after a copy-up, logging a failure.
+fn keep_times(dir: BorrowedFd<'_>, st: &rustix::fs::Stat) {
+    if let Err(e) = layer::restore_dir_times(dir, st) {
+        tracing::warn!(error = %e, "cannot restore directory times after copy-up");
+    }
 }
