@@ -141,16 +141,13 @@ impl Union {
             let dst_upper_dir = dst.is_some_and(|d| {
                 matches!(&d.state().body, NodeBody::Dir { layers } if self.is_upper(layers[0].layer))
             });
-            // rename(2) cannot put a directory over the overlay dialect's
-            // whiteout device: swap them, and keep the whiteout at the old name
-            // only if a lower layer has that name.
-            let over_whiteout_dev = src_dir
-                && dst.is_none()
-                && layer::stat_at(to.as_fd(), newname).is_ok_and(|st| {
-                    rustix::fs::FileType::from_raw_mode(st.st_mode)
-                        == rustix::fs::FileType::CharacterDevice
-                });
-            if over_whiteout_dev {
+            // rename(2) cannot put a directory over a whiteout that occupies
+            // the name (a char 0/0 device or an xattr-marked empty file): swap
+            // them, and keep the whiteout at the old name only if a lower
+            // layer has that name.
+            let over_whiteout_entry =
+                src_dir && dst.is_none() && layer::stat_at(to.as_fd(), newname).is_ok();
+            if over_whiteout_entry {
                 rustix::fs::renameat_with(
                     from.as_fd(),
                     name,
