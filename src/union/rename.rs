@@ -158,9 +158,22 @@ impl Union {
                 if !src_lower_has {
                     rustix::fs::unlinkat(from.as_fd(), name, rustix::fs::AtFlags::empty())?;
                 }
+            } else if dst_upper_dir && matches!(upper.dialect(), Dialect::Overlay { .. }) {
+                // The target directory may hold markers, so rename(2) cannot
+                // replace it. As overlayfs does: swap in an empty opaque copy of
+                // it (the same merged view), then replace that in one step.
+                clear_empty_dir(upper, to.as_fd(), newname)?;
+                move_leaving_whiteout(
+                    upper,
+                    from.as_fd(),
+                    name,
+                    to.as_fd(),
+                    newname,
+                    src_lower_has,
+                )?;
             } else if dst_upper_dir {
-                // The target directory may hold markers: swap, then dispose of it
-                // at the old name.
+                // OCI: an opaque directory is never empty (its marker is a
+                // file), so swap, then dispose of the old target at the old name.
                 rustix::fs::renameat_with(
                     from.as_fd(),
                     name,
@@ -231,6 +244,25 @@ impl Union {
         }
         false
     }
+}
+
+/// Replaces the (merged-empty) upper directory `name` in `dir` by an empty
+/// opaque directory with the same owner, mode and times, atomically.
+fn clear_empty_dir(upper: &Upper, dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
+    let st = layer::stat_at(dir, name)?;
+    let tmp = upper.temp_name();
+    rustix::fs::mkdirat(upper.work(), &tmp, rustix::fs::Mode::from_raw_mode(0o700))?;
+    let prepared = (|| -> Result<()> {
+        let made = layer::open_subdir(upper.work(), &tmp)?;
+        upper.set_opaque(made.as_fd())?;
+        layer::copy_owner(upper.work(), &tmp, &st)?;
+        layer::copy_mode_times(upper.work(), &tmp, &st)?;
+        rustix::fs::renameat_with(upper.work(), &tmp, dir, name, RenameFlags::EXCHANGE)?;
+        Ok(())
+    })();
+    // Either the unused empty directory or the old target, now in the workdir.
+    upper.discard(&tmp);
+    prepared
 }
 
 /// Moves an upper entry, leaving a whiteout at the old name when a lower
