@@ -1,0 +1,835 @@
+#!/usr/bin/env python3
+"""stratafs benchmark harness (standard library only; run through bench/run.sh).
+
+Builds one three-layer stack (base, mid, top) in a temporary directory and a
+native copy of its merged view (the floor, made by copying a read-only kernel
+overlayfs mount of the stack, so it is exactly the merged tree). Then, for each
+workload and each repetition, it runs the workload once per implementation,
+rotating the order every repetition (interleaving):
+
+  native          the merged copy on the plain file system
+  kernel          mount -t overlay (the reference; ratios are to it)
+  fuse-overlayfs  the Debian package, as root
+  stratafs        target/release/stratafs, as root
+
+Every measurement gets a fresh mount with an empty upper and work directory,
+so a mutating workload never sees a previous one's copy-ups and the daemon
+starts with empty caches. Cold workloads sync and drop the page, dentry and
+inode caches (echo 3 > /proc/sys/vm/drop_caches) after mounting; warm
+workloads run the command once unmeasured first. The lower layers are shared
+by all implementations (they are never written).
+
+For the FUSE implementations the daemon's peak RSS (VmHWM) and the CPU time it
+used during the measured command are read from /proc/PID.
+
+Everything that was mounted is unmounted on exit, error or signal.
+"""
+
+import argparse
+import atexit
+import datetime
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import stat
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+MiB = 1024 * 1024
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+IMPLS = ["native", "kernel", "fuse-overlayfs", "stratafs"]
+FUSE_IMPLS = ["fuse-overlayfs", "stratafs"]
+
+# ---------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def sh(argv, check=True, **kw):
+    return subprocess.run(argv, check=check, **kw)
+
+
+def out(argv):
+    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+
+
+def drop_caches():
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def is_mountpoint(path):
+    return subprocess.run(["mountpoint", "-q", path]).returncode == 0
+
+
+def proc_status_kib(pid, key):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def proc_cpu_seconds(pid):
+    """utime + stime of the whole process (all threads), in seconds."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        # after the comm field: state is fields[0]; utime is field 14 => index 11
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def find_daemon(exe_name, mountpoint):
+    """PID of the process whose argv[0] ends in exe_name and whose argv holds mountpoint."""
+    found = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if not argv or not argv[0]:
+            continue
+        if os.path.basename(argv[0].decode(errors="replace")) != exe_name:
+            continue
+        if any(a.decode(errors="replace").rstrip("/") == mountpoint.rstrip("/") for a in argv[1:]):
+            found.append(int(d))
+    return max(found) if found else None
+
+
+def wait_exit(pid, timeout=20.0):
+    if pid is None:
+        return
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if not os.path.exists(f"/proc/{pid}"):
+            return
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return
+        except OSError:
+            return
+        time.sleep(0.02)
+    log(f"warning: daemon {pid} still alive {timeout}s after unmount")
+
+
+def rmtree(path):
+    if os.path.lexists(path):
+        sh(["rm", "-rf", "--one-file-system", path])
+
+
+# ---------------------------------------------------------------------------
+# data: one stack of three layers, plus the native merged copy
+# ---------------------------------------------------------------------------
+
+DATA_VERSION = 1
+
+
+def write_file(path, size, rnd):
+    with open(path, "wb") as f:
+        if size:
+            f.write(rnd.randbytes(size))
+
+
+def whiteout(path):
+    os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+
+
+def opaque(path):
+    os.setxattr(path, "trusted.overlay.opaque", b"y")
+
+
+def build_tree(base, top, rnd):
+    """~8k merged entries over 2 layers (base, top) under tree/: directories
+    three levels deep, small files, symlinks; top adds files and directories,
+    overrides files, whites some out and makes a few directories opaque."""
+    dirs = []
+    for a in range(12):
+        for b in range(6):
+            for c in range(4):
+                dirs.append(f"tree/a{a:02d}/b{b}/c{c}")
+    for d in dirs:
+        os.makedirs(os.path.join(base, d), exist_ok=True)
+    base_files = []
+    for d in dirs:
+        for i in range(20):
+            p = f"{d}/f{i:02d}.txt"
+            write_file(os.path.join(base, p), rnd.randrange(0, 4096), rnd)
+            base_files.append(p)
+        for i in range(2):
+            os.symlink(f"f{i:02d}.txt", os.path.join(base, d, f"l{i}"))
+    # top: new files in a third of the directories, overrides, whiteouts, opaque dirs
+    for d in dirs[::3]:
+        os.makedirs(os.path.join(top, d), exist_ok=True)
+        for i in range(12):
+            write_file(os.path.join(top, d, f"new{i:02d}.dat"), rnd.randrange(0, 2048), rnd)
+    for p in rnd.sample(base_files, 600):
+        os.makedirs(os.path.join(top, os.path.dirname(p)), exist_ok=True)
+        write_file(os.path.join(top, p), rnd.randrange(0, 2048), rnd)
+    overridden = set()
+    for root, _, files in os.walk(os.path.join(top, "tree")):
+        for f in files:
+            overridden.add(os.path.relpath(os.path.join(root, f), top))
+    for p in rnd.sample([p for p in base_files if p not in overridden], 300):
+        os.makedirs(os.path.join(top, os.path.dirname(p)), exist_ok=True)
+        whiteout(os.path.join(top, p))
+    for a in range(12, 14):  # new directories only in top
+        for b in range(6):
+            d = os.path.join(top, f"tree/a{a:02d}/b{b}")
+            os.makedirs(d)
+            for i in range(25):
+                write_file(os.path.join(d, f"g{i:02d}"), rnd.randrange(0, 1024), rnd)
+    for a in (3, 7):  # opaque directories: hide base's b5 subtree
+        d = os.path.join(top, f"tree/a{a:02d}/b5")
+        if os.path.isdir(d):
+            shutil.rmtree(d)
+        os.makedirs(os.path.join(d, "c0"))
+        write_file(os.path.join(d, "c0", "only-top"), 100, rnd)
+        opaque(d)
+
+
+def build_huge(base, mid, top, n):
+    """huge/: n entries spread over 3 layers (round robin), plus 5% of base's
+    names overridden in top and 1% extra base names whited out in mid."""
+    for layer in (base, mid, top):
+        os.makedirs(os.path.join(layer, "huge"), exist_ok=True)
+    layers = (base, mid, top)
+    for i in range(n):
+        fd = os.open(os.path.join(layers[i % 3], "huge", f"entry-{i:06d}"), os.O_CREAT | os.O_WRONLY, 0o644)
+        os.close(fd)
+    for i in range(0, n, 60):  # i % 3 == 0 -> base name; override in top
+        fd = os.open(os.path.join(top, "huge", f"entry-{i:06d}"), os.O_CREAT | os.O_WRONLY, 0o644)
+        os.write(fd, b"top\n")
+        os.close(fd)
+    for j in range(n // 100):
+        name = f"gone-{j:06d}"
+        fd = os.open(os.path.join(base, "huge", name), os.O_CREAT | os.O_WRONLY, 0o644)
+        os.close(fd)
+        whiteout(os.path.join(mid, "huge", name))
+
+
+def build_data(data, big_mib, huge_n):
+    stamp = os.path.join(data, "stamp.json")
+    want = {"version": DATA_VERSION, "big_mib": big_mib, "huge_n": huge_n}
+    try:
+        with open(stamp) as f:
+            if json.load(f) == want:
+                log(f"reusing layers in {data}")
+                return
+    except (OSError, ValueError):
+        pass
+    rmtree(data)
+    os.makedirs(data)
+    base, mid, top = (os.path.join(data, "layers", n) for n in ("base", "mid", "top"))
+    for d in (base, mid, top):
+        os.makedirs(d)
+    rnd = random.Random(42)
+    t0 = time.monotonic()
+    log(f"building layers in {data}")
+    # big/: one large file in the base layer
+    os.makedirs(os.path.join(base, "big"))
+    with open(os.path.join(base, "big", "file"), "wb") as f:
+        for _ in range(big_mib):
+            f.write(os.urandom(MiB))
+    build_tree(base, top, rnd)
+    build_huge(base, mid, top, huge_n)
+    # small/: 2000 small files in base, for copy-up
+    os.makedirs(os.path.join(base, "small"))
+    for i in range(2000):
+        write_file(os.path.join(base, "small", f"f{i:04d}"), rnd.randrange(100, 8192), rnd)
+    # rmtree/: 10k files in 100 directories in base, plus a few in top
+    for a in range(100):
+        d = os.path.join(base, "rmtree", f"d{a:02d}")
+        os.makedirs(d)
+        for i in range(100):
+            write_file(os.path.join(d, f"f{i:02d}"), rnd.randrange(0, 512), rnd)
+    for a in range(0, 100, 10):
+        d = os.path.join(top, "rmtree", f"d{a:02d}")
+        os.makedirs(d)
+        write_file(os.path.join(d, "top-only"), 10, rnd)
+    # native: the merged view, copied from a read-only kernel overlayfs mount
+    native = os.path.join(data, "native")
+    mnt = os.path.join(data, "merge-mnt")
+    os.makedirs(mnt)
+    sh(["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={top}:{mid}:{base}", mnt])
+    try:
+        sh(["cp", "-a", mnt, native])
+    finally:
+        sh(["umount", mnt])
+    os.rmdir(mnt)
+    os.sync()
+    with open(stamp, "w") as f:
+        json.dump(want, f)
+    log(f"layers built in {time.monotonic() - t0:.1f}s")
+
+
+# ---------------------------------------------------------------------------
+# implementations: mount a fresh view, unmount it
+# ---------------------------------------------------------------------------
+
+
+class Mounts:
+    """Everything currently mounted, so that exit handlers can undo it."""
+
+    def __init__(self):
+        self.active = []  # (kind, path)
+
+    def add(self, kind, path):
+        self.active.append((kind, path))
+
+    def remove(self, path):
+        self.active = [(k, p) for (k, p) in self.active if p != path]
+
+    def cleanup(self):
+        for kind, path in reversed(self.active):
+            for argv in (umount_argv(kind, path), ["umount", "-l", path]):
+                if not is_mountpoint(path):
+                    break
+                subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if is_mountpoint(path):
+                log(f"warning: could not unmount {path}")
+        self.active = []
+
+
+def umount_argv(kind, path):
+    if kind == "stratafs":
+        return [STRATAFS, "umount", path]
+    if kind == "fuse-overlayfs":
+        return ["fusermount3", "-u", path]
+    return ["umount", path]
+
+
+MOUNTS = Mounts()
+STRATAFS = os.path.join(REPO, "target", "release", "stratafs")
+
+
+class View:
+    """One mounted (or native) view for one measurement."""
+
+    def __init__(self, impl, data, scratch, copy_native):
+        self.impl = impl
+        self.pid = None
+        self.scratch = scratch
+        layers = os.path.join(data, "layers")
+        lowers = [os.path.join(layers, n) for n in ("top", "mid", "base")]
+        os.makedirs(scratch)
+        if impl == "native":
+            if copy_native:
+                # a mutating workload: work on a fresh copy of what it changes
+                self.root = os.path.join(scratch, "root")
+                os.makedirs(self.root)
+                for sub in copy_native:
+                    sh(["cp", "-a", os.path.join(data, "native", sub), os.path.join(self.root, sub)])
+            else:
+                self.root = os.path.join(data, "native")
+            self.mounted = False
+            return
+        upper, work, mnt = (os.path.join(scratch, n) for n in ("upper", "work", "mnt"))
+        for d in (upper, work, mnt):
+            os.makedirs(d)
+        self.root = mnt
+        if impl == "kernel":
+            argv = ["mount", "-t", "overlay", "overlay", "-o",
+                    f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work}", mnt]
+        elif impl == "fuse-overlayfs":
+            argv = ["fuse-overlayfs", "-o", f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work}", mnt]
+        elif impl == "stratafs":
+            argv = [STRATAFS, "mount"]
+            for lo in lowers:
+                argv += ["--lower", lo]
+            argv += ["--upper", upper, "--work", work, mnt]
+        else:
+            raise ValueError(impl)
+        MOUNTS.add(impl, mnt)
+        r = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"{impl}: mount failed ({r.returncode}): {r.stderr.strip()}")
+        self.mounted = True
+        if not is_mountpoint(mnt):
+            raise RuntimeError(f"{impl}: {mnt} is not a mount point after {argv}")
+        if impl in FUSE_IMPLS:
+            exe = "fuse-overlayfs" if impl == "fuse-overlayfs" else os.path.basename(STRATAFS)
+            for _ in range(100):
+                self.pid = find_daemon(exe, mnt)
+                if self.pid:
+                    break
+                time.sleep(0.02)
+            if not self.pid:
+                log(f"warning: no daemon process found for {impl} at {mnt}")
+
+    def close(self):
+        if self.mounted:
+            r = subprocess.run(umount_argv(self.impl, self.root), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+            if r.returncode != 0 or is_mountpoint(self.root):
+                log(f"warning: {self.impl} unmount failed ({r.stderr.strip()}); lazy unmount")
+                subprocess.run(["umount", "-l", self.root])
+            MOUNTS.remove(self.root)
+            wait_exit(self.pid)
+            self.mounted = False
+        rmtree(self.scratch)
+
+
+# ---------------------------------------------------------------------------
+# workloads
+# ---------------------------------------------------------------------------
+
+LS = ["env", "LC_ALL=C", "ls", "--color=never"]
+
+
+class Workload:
+    def __init__(self, name, title, argv, cold, unit="s", nbytes=None, copy_native=(), check=None):
+        self.name = name
+        self.title = title
+        self.argv = argv  # function(root) -> argv
+        self.cold = cold
+        self.unit = unit  # "s" (lower is better) or "MB/s" (higher is better)
+        self.nbytes = nbytes
+        self.copy_native = list(copy_native)
+        self.check = check  # function(root) -> error string or None
+
+
+def append_argv(root):
+    script = 'for f in "$1"/small/f{0000..1999}; do printf x >>"$f" || exit 1; done'
+    return ["bash", "-c", script, "append", root]
+
+
+def check_rm(root):
+    return "rmtree/ still exists" if os.path.lexists(os.path.join(root, "rmtree")) else None
+
+
+def check_append(root):
+    for i in (0, 1999):
+        p = os.path.join(root, "small", f"f{i:04d}")
+        with open(p, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"x":
+                return f"{p} was not appended to"
+    return None
+
+
+def workloads(big_mib):
+    big = lambda r: ["dd", f"if={r}/big/file", "of=/dev/null", "bs=1M", "status=none"]  # noqa: E731
+    nb = big_mib * MiB
+    return [
+        Workload("read-warm", f"seq read {big_mib} MiB lower file, warm", big, False, "MB/s", nb),
+        Workload("read-cold", f"seq read {big_mib} MiB lower file, cold", big, True, "MB/s", nb),
+        Workload("find-cold", "find, ~8k-entry tree on 2 layers, cold", lambda r: ["find", f"{r}/tree"], True),
+        Workload("find-warm", "find, ~8k-entry tree on 2 layers, warm", lambda r: ["find", f"{r}/tree"], False),
+        Workload("lsR-cold", "ls -lR, ~8k-entry tree on 2 layers, cold", lambda r: LS + ["-lR", f"{r}/tree"], True),
+        Workload("lsR-warm", "ls -lR, ~8k-entry tree on 2 layers, warm", lambda r: LS + ["-lR", f"{r}/tree"], False),
+        Workload("huge-lsf-warm", "ls -f, 100k-entry dir on 3 layers, warm", lambda r: LS + ["-f", f"{r}/huge"], False),
+        Workload("huge-lsl-warm", "ls -l, 100k-entry dir on 3 layers, warm", lambda r: LS + ["-l", f"{r}/huge"], False),
+        Workload("copyup-append", "copy-up: append 1 byte to 2000 small lower files, cold", append_argv, True,
+                 copy_native=["small"], check=check_append),
+        Workload("rm-lower", "rm -rf of a 10k-file lower tree, cold", lambda r: ["rm", "-rf", f"{r}/rmtree"], True,
+                 copy_native=["rmtree"], check=check_rm),
+    ]
+
+
+def measure(impl, wl, data, scratch):
+    """One measurement: mount, (warm up | drop caches), run, read daemon stats, unmount."""
+    # settle: write back what earlier measurements left dirty (their upper
+    # directories were just deleted) so that it is not charged to this one
+    os.sync()
+    try:
+        view = View(impl, data, scratch, wl.copy_native)
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
+        MOUNTS.cleanup()
+        rmtree(scratch)
+        return {"seconds": float("nan"), "error": f"setup failed: {e}"}
+    try:
+        argv = wl.argv(view.root)
+        if not wl.cold:
+            sh(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+        else:
+            drop_caches()
+        cpu0 = proc_cpu_seconds(view.pid) if view.pid else None
+        t0 = time.perf_counter()
+        r = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
+        elapsed = time.perf_counter() - t0
+        res = {"seconds": elapsed}
+        if r.returncode != 0:
+            res["error"] = f"exit {r.returncode}: {r.stderr.decode(errors='replace').strip()[:300]}"
+        elif wl.check:
+            err = wl.check(view.root)
+            if err:
+                res["error"] = err
+        if view.pid:
+            cpu1 = proc_cpu_seconds(view.pid)
+            if cpu0 is not None and cpu1 is not None:
+                res["daemon_cpu"] = cpu1 - cpu0
+            res["vmhwm_kib"] = proc_status_kib(view.pid, "VmHWM")
+        return res
+    finally:
+        view.close()
+
+
+# ---------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------
+
+
+def value(wl, sample):
+    if wl.unit == "MB/s":
+        return wl.nbytes / 1e6 / sample["seconds"]
+    return sample["seconds"]
+
+
+def fmt_val(wl, v):
+    if wl.unit == "MB/s":
+        return f"{v:.0f}"
+    if v < 1:
+        return f"{v * 1000:.0f} ms" if v >= 0.01 else f"{v * 1000:.1f} ms"
+    return f"{v:.2f} s"
+
+
+def summarize(wl, samples):
+    ok = [s for s in samples if "error" not in s]
+    if not ok:
+        return None
+    vals = [value(wl, s) for s in ok]
+    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals),
+            "n": len(vals), "errors": len(samples) - len(ok),
+            "cost": statistics.median([s["seconds"] for s in ok])}
+
+
+def table(wls, results, impls):
+    lines = []
+    hdr = ["workload"] + impls
+    lines.append("| " + " | ".join(hdr) + " |")
+    lines.append("|" + "---|" * len(hdr))
+    for wl in wls:
+        row = [wl.title + (" (MB/s)" if wl.unit == "MB/s" else "")]
+        sums = {i: summarize(wl, results[wl.name].get(i, [])) for i in impls}
+        kern = sums.get("kernel")
+        for i in impls:
+            s = sums[i]
+            samples = results[wl.name].get(i, [])
+            if not samples:
+                row.append("–")
+                continue
+            if s is None:
+                row.append(f"ERROR ({samples[0].get('error', '?')[:60]})")
+                continue
+            cell = f"{fmt_val(wl, s['median'])} [{fmt_val(wl, s['min'])}–{fmt_val(wl, s['max'])}]"
+            if kern and i != "kernel":
+                cell += f" **{s['cost'] / kern['cost']:.2f}×**"
+            if s["errors"]:
+                cell += f" ({s['errors']} failed)"
+            row.append(cell)
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def daemon_table(wls, results, impls):
+    fuse = [i for i in impls if i in FUSE_IMPLS]
+    if not fuse:
+        return ""
+    lines = ["| workload | " + " | ".join(f"{i} peak RSS" for i in fuse) + " | "
+             + " | ".join(f"{i} CPU" for i in fuse) + " |"]
+    lines.append("|" + "---|" * (1 + 2 * len(fuse)))
+    for wl in wls:
+        rss, cpu = [], []
+        for i in fuse:
+            ss = results[wl.name].get(i, [])
+            h = [s["vmhwm_kib"] for s in ss if s.get("vmhwm_kib")]
+            c = [s["daemon_cpu"] for s in ss if "daemon_cpu" in s]
+            rss.append(f"{max(h) / 1024:.1f} MiB" if h else "–")
+            cpu.append(f"{statistics.median(c):.2f} s" if c else "–")
+        lines.append(f"| {wl.title} | " + " | ".join(rss) + " | " + " | ".join(cpu) + " |")
+    return "\n".join(lines)
+
+
+def busy_processes():
+    """Builds and test runs on the machine (which would disturb the timings)."""
+    names = set()
+    for name in ("cargo", "rustc", "cargo-nextest", "cc", "ld"):
+        if subprocess.run(["pgrep", "-x", name], stdout=subprocess.DEVNULL).returncode == 0:
+            names.add(name)
+    return sorted(names)
+
+
+def machine_info(tmp):
+    info = {}
+    info["nproc"] = os.cpu_count()
+    with open("/proc/meminfo") as f:
+        info["memory"] = f"{int(f.readline().split()[1]) / 1024 / 1024:.1f} GiB"
+    model = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    info["cpu"] = model
+    info["kernel"] = platform.release()
+    info["loadavg"] = open("/proc/loadavg").read().split()[:3]
+    try:
+        info["filesystem"] = out(["findmnt", "-no", "FSTYPE,SOURCE", "-T", tmp]).strip()
+    except subprocess.CalledProcessError:
+        info["filesystem"] = "?"
+    try:
+        v = subprocess.run(["fuse-overlayfs", "--version"], capture_output=True, text=True)
+        info["fuse-overlayfs"] = next(ln for ln in (v.stdout + v.stderr).splitlines() if "fuse-overlayfs" in ln)
+    except (FileNotFoundError, StopIteration):
+        info["fuse-overlayfs"] = "?"
+    try:
+        head = out(["git", "-C", REPO, "rev-parse", "--short", "HEAD"]).strip()
+        dirty = out(["git", "-C", REPO, "status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock"]).strip()
+        info["stratafs"] = f"{head}{' + uncommitted changes in src/' if dirty else ''}"
+    except subprocess.CalledProcessError:
+        info["stratafs"] = "?"
+    try:
+        mt = os.stat(STRATAFS).st_mtime
+        newer = [os.path.join(d, f) for top in ("src", "Cargo.toml", "Cargo.lock")
+                 for d, _, fs in (os.walk(os.path.join(REPO, top)) if top == "src" else [(REPO, [], [top])])
+                 for f in fs if os.stat(os.path.join(d, f)).st_mtime > mt]
+        if newer:
+            info["stratafs"] += f" (WARNING: {len(newer)} source files are newer than the binary)"
+        info["stratafs binary"] = (f"{os.path.relpath(STRATAFS, REPO)}, built "
+                                   f"{datetime.datetime.fromtimestamp(mt, datetime.timezone.utc):%Y-%m-%d %H:%M UTC}")
+    except OSError:
+        pass
+    return info
+
+
+def write_report(path, args, cmd, info, wls, results, impls, started, elapsed, mount_opts):
+    raw = {wl.name: results[wl.name] for wl in wls}
+    text = f"""# Benchmark results
+
+Produced by `bench/run.sh` (see [README.md](README.md) for what each workload does
+and how to read this). Do not edit by hand; rerun the harness.
+
+- date: {started:%Y-%m-%d %H:%M UTC}; run took {elapsed:.0f} s
+- command: `{cmd}`
+- machine: {info['nproc']} CPUs ({info['cpu']}), {info['memory']} RAM, kernel {info['kernel']}
+- layers and scratch on: {info['filesystem']}
+- load average before the run: {' '.join(info['loadavg_before'])}; after: {' '.join(info['loadavg'])}
+- {('**WARNING: builds/tests ran during the run, these numbers are disturbed**: '
+    + '; '.join(f"{k}: {', '.join(v)}" for k, v in info['disturbed'].items()))
+   if info['disturbed'] else 'no cargo/rustc/nextest seen running after any workload'}
+- {info['fuse-overlayfs']}, as root
+- stratafs: commit {info['stratafs']}; {info.get('stratafs binary', '?')}; as root (no passthrough yet)
+- mount options seen in /proc/mounts:
+{chr(10).join(f'  - {k}: `{v}`' for k, v in mount_opts.items())}
+- repetitions: {args.reps}, implementations interleaved (order rotated each repetition);
+  every measurement on a fresh mount with an empty upper directory
+
+Each cell: median [min–max] of {args.reps} runs; **bold** is the cost ratio to
+kernel overlayfs in the same run (time / kernel time, or for MB/s kernel MB/s /
+MB/s), so below 1× is faster than the kernel. Cold = `sync; echo 3 >
+/proc/sys/vm/drop_caches` after mounting; warm = the command ran once, unmeasured,
+on the same mount just before.
+
+{table(wls, results, impls)}
+
+Daemon peak RSS (VmHWM, the maximum over the repetitions, read just before
+unmounting) and CPU time used during the measured command (median), for the FUSE
+implementations:
+
+{daemon_table(wls, results, impls)}
+
+<details><summary>raw samples (seconds; JSON)</summary>
+
+```json
+{json.dumps(raw, indent=1)}
+```
+</details>
+"""
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def sample_mount_options(data, tmp, impls):
+    """Mount each implementation once to record the options the kernel shows."""
+    opts = {}
+    scratch = os.path.join(tmp, "opts")
+    for impl in impls:
+        if impl == "native":
+            continue
+        v = View(impl, data, os.path.join(scratch, impl), [])
+        try:
+            with open("/proc/mounts") as f:
+                for line in f:
+                    parts = line.split()
+                    if parts[1] == v.root:
+                        o = parts[3]
+                        # drop the long layer paths, keep the flags
+                        o = ",".join(x for x in o.split(",")
+                                     if not x.startswith(("lowerdir", "upperdir", "workdir")))
+                        opts[impl] = f"{parts[2]} {o}"
+        finally:
+            v.close()
+    rmtree(scratch)
+    return opts
+
+
+def sanity_check(data, tmp, impls):
+    """Every implementation must show the same merged tree as the native copy."""
+    def listing(root):
+        entries = []
+        for d, dirs, files in os.walk(root):
+            if os.path.relpath(d, root) == ".":
+                dirs.remove("huge")
+            for name in dirs + files:
+                path = os.path.join(d, name)
+                st = os.lstat(path)
+                rel = os.path.relpath(path, root)
+                if stat.S_ISREG(st.st_mode):
+                    entries.append(f"{rel} f {st.st_size} {st.st_mode:o}")
+                elif stat.S_ISLNK(st.st_mode):
+                    entries.append(f"{rel} l {os.readlink(path)}")
+                else:
+                    entries.append(f"{rel} {stat.S_IFMT(st.st_mode):o} {st.st_mode:o}")
+        return sorted(entries), len(os.listdir(os.path.join(root, "huge")))
+
+    want = listing(os.path.join(data, "native"))
+    scratch = os.path.join(tmp, "sanity")
+    bad = []
+    for impl in impls:
+        if impl == "native":
+            continue
+        v = View(impl, data, os.path.join(scratch, impl), [])
+        try:
+            got = listing(v.root)
+        finally:
+            v.close()
+        if got != want:
+            extra = set(got[0]) - set(want[0])
+            missing = set(want[0]) - set(got[0])
+            bad.append(f"{impl}: huge/ {got[1]} entries (want {want[1]}); "
+                       f"{len(extra)} extra e.g. {sorted(extra)[:3]}, {len(missing)} missing e.g. {sorted(missing)[:3]}")
+    rmtree(scratch)
+    return want, bad
+
+
+# ---------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------
+
+
+def main():
+    global STRATAFS
+    p = argparse.ArgumentParser(description="Compare native / kernel overlayfs / fuse-overlayfs / stratafs.")
+    p.add_argument("--quick", action="store_true", help="3 repetitions, 256 MiB file (< 5 minutes)")
+    p.add_argument("--reps", type=int, help="repetitions per workload (default: 3 quick, 5 full)")
+    p.add_argument("--big-mib", type=int, help="size of the large lower file (default: 256 quick, 1024 full)")
+    p.add_argument("--huge", type=int, default=100_000, help="entries in the large directory (default 100000)")
+    p.add_argument("--only", help="comma-separated workload names to run (default: all)")
+    p.add_argument("--impls", default=",".join(IMPLS), help=f"comma-separated subset of {','.join(IMPLS)}")
+    p.add_argument("--stratafs", default=STRATAFS, help="stratafs binary (default: target/release/stratafs)")
+    p.add_argument("--tmpdir", default="/var/tmp", help="where to build layers and mount (default /var/tmp)")
+    p.add_argument("--keep-data", metavar="DIR",
+                   help="build the layers in DIR and keep them; reused by later runs with the same sizes")
+    p.add_argument("--output", default=os.path.join(HERE, "RESULTS.md"), help="report file (default bench/RESULTS.md)")
+    p.add_argument("--no-report", action="store_true", help="print the table only, do not write the report")
+    p.add_argument("--list", action="store_true", help="list the workloads and exit")
+    args = p.parse_args()
+    args.reps = args.reps or (3 if args.quick else 5)
+    args.big_mib = args.big_mib or (256 if args.quick else 1024)
+    STRATAFS = os.path.abspath(args.stratafs)
+    wls = workloads(args.big_mib)
+    if args.list:
+        for wl in wls:
+            print(f"{wl.name:16} {wl.title}")
+        return 0
+    if args.only:
+        names = args.only.split(",")
+        unknown = set(names) - {w.name for w in wls}
+        if unknown:
+            p.error(f"unknown workloads: {', '.join(sorted(unknown))}")
+        wls = [w for w in wls if w.name in names]
+    impls = [i for i in args.impls.split(",") if i]
+    for i in impls:
+        if i not in IMPLS:
+            p.error(f"unknown implementation {i}")
+    if os.geteuid() != 0:
+        p.error("run as root (kernel overlayfs, drop_caches)")
+    if "stratafs" in impls and not os.access(STRATAFS, os.X_OK):
+        p.error(f"{STRATAFS} missing: cargo build --release")
+    cmd = os.environ.get("STRATAFS_BENCH_CMD") or " ".join(sys.argv)
+
+    # unmount everything on any exit, including SIGINT/SIGTERM/SIGHUP
+    def on_signal(signum, _frame):
+        raise SystemExit(128 + signum)
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, on_signal)
+    tmp = tempfile.mkdtemp(prefix="stratafs-bench.", dir=args.tmpdir)
+
+    def cleanup():
+        MOUNTS.cleanup()
+        if os.path.isdir(tmp):
+            subprocess.run(["rm", "-rf", "--one-file-system", tmp])
+    atexit.register(cleanup)
+
+    loadavg_before = open("/proc/loadavg").read().split()[:3]
+    disturbed = {}
+    if busy_processes():
+        log(f"WARNING: {', '.join(busy_processes())} running; the numbers will be disturbed")
+    started = datetime.datetime.now(datetime.timezone.utc)
+    t_start = time.monotonic()
+    data = os.path.abspath(args.keep_data) if args.keep_data else os.path.join(tmp, "data")
+    build_data(data, args.big_mib, args.huge)
+    want, bad = sanity_check(data, tmp, impls)
+    log(f"merged view: {len(want[0])} entries outside huge/, {want[1]} in huge/")
+    for b in bad:
+        log(f"WARNING: merged view differs from native: {b}")
+    mount_opts = sample_mount_options(data, tmp, impls)
+
+    results = {wl.name: {i: [] for i in impls} for wl in wls}
+    n = 0
+    for wl in wls:
+        t_wl = time.monotonic()
+        for rep in range(args.reps):
+            order = impls[rep % len(impls):] + impls[:rep % len(impls)]
+            for impl in order:
+                n += 1
+                res = measure(impl, wl, data, os.path.join(tmp, f"m{n}"))
+                results[wl.name][impl].append(res)
+                if "error" in res:
+                    log(f"{wl.name} {impl}: ERROR {res['error']}")
+        b = busy_processes()
+        if b:
+            disturbed[wl.name] = b
+            log(f"WARNING: {', '.join(b)} running during {wl.name}")
+        log(f"{wl.name}: {time.monotonic() - t_wl:.1f}s  " + "  ".join(
+            f"{i}={fmt_val(wl, summarize(wl, results[wl.name][i])['median'])}"
+            if summarize(wl, results[wl.name][i]) else f"{i}=ERR" for i in impls))
+    elapsed = time.monotonic() - t_start
+    print(table(wls, results, impls))
+    print()
+    print(daemon_table(wls, results, impls))
+    if not args.no_report:
+        info = machine_info(args.tmpdir)
+        info["loadavg_before"] = loadavg_before
+        info["disturbed"] = disturbed
+        write_report(args.output, args, cmd, info, wls, results, impls, started, elapsed, mount_opts)
+        log(f"wrote {args.output}")
+    log(f"total {elapsed:.0f}s")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
