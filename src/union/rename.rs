@@ -130,13 +130,7 @@ impl Union {
             if let Some(d) = dst.filter(|d| d.is_dir() && src_lower_has) {
                 self.make_opaque(upper, d)?;
             }
-            rustix::fs::renameat_with(
-                from.as_fd(),
-                name,
-                to.as_fd(),
-                newname,
-                RenameFlags::EXCHANGE,
-            )?;
+            swap(from.as_fd(), name, to.as_fd(), newname)?;
         } else {
             let dst_upper_dir = dst.is_some_and(|d| {
                 matches!(&d.state().body, NodeBody::Dir { layers } if self.is_upper(layers[0].layer))
@@ -148,45 +142,26 @@ impl Union {
             let over_whiteout_entry =
                 src_dir && dst.is_none() && layer::stat_at(to.as_fd(), newname).is_ok();
             if over_whiteout_entry {
-                rustix::fs::renameat_with(
-                    from.as_fd(),
-                    name,
-                    to.as_fd(),
-                    newname,
-                    RenameFlags::EXCHANGE,
-                )?;
+                swap(from.as_fd(), name, to.as_fd(), newname)?;
                 if !src_lower_has {
                     rustix::fs::unlinkat(from.as_fd(), name, rustix::fs::AtFlags::empty())?;
                 }
-            } else if dst_upper_dir && matches!(upper.dialect(), Dialect::Overlay { .. }) {
+            } else if dst_upper_dir && upper.dialect() == Dialect::Oci {
                 // The target directory may hold markers, so rename(2) cannot
-                // replace it. As overlayfs does: swap in an empty opaque copy of
-                // it (the same merged view), then replace that in one step.
-                clear_empty_dir(upper, to.as_fd(), newname)?;
-                move_leaving_whiteout(
-                    upper,
-                    from.as_fd(),
-                    name,
-                    to.as_fd(),
-                    newname,
-                    src_lower_has,
-                )?;
-            } else if dst_upper_dir {
-                // OCI: an opaque directory is never empty (its marker is a
-                // file), so swap, then dispose of the old target at the old name.
-                rustix::fs::renameat_with(
-                    from.as_fd(),
-                    name,
-                    to.as_fd(),
-                    newname,
-                    RenameFlags::EXCHANGE,
-                )?;
+                // replace it, and an OCI opaque directory is never empty (its
+                // marker is a file): swap, then dispose of the old target.
+                swap(from.as_fd(), name, to.as_fd(), newname)?;
                 if src_lower_has {
                     upper.replace_with_whiteout(from.as_fd(), name, true)?;
                 } else {
                     upper.remove_entry(from.as_fd(), name, true)?;
                 }
             } else {
+                if dst_upper_dir {
+                    // As overlayfs does: swap in an empty opaque copy of the
+                    // target (the same merged view), then replace that in one step.
+                    clear_empty_dir(upper, to.as_fd(), newname)?;
+                }
                 move_leaving_whiteout(
                     upper,
                     from.as_fd(),
@@ -244,6 +219,11 @@ impl Union {
         }
         false
     }
+}
+
+fn swap(from: BorrowedFd<'_>, name: &CStr, to: BorrowedFd<'_>, newname: &CStr) -> Result<()> {
+    rustix::fs::renameat_with(from, name, to, newname, RenameFlags::EXCHANGE)?;
+    Ok(())
 }
 
 /// Replaces the (merged-empty) upper directory `name` in `dir` by an empty
