@@ -1,6 +1,8 @@
 //! Command-line parsing and dispatch. No filesystem logic lives here.
 
+mod dropin;
 mod logging;
+mod overlay_options;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,8 +11,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use stratafs::layer::DialectChoice;
-use stratafs::mount::{self, MountSpec};
-use stratafs::union::UpperSpec;
+use stratafs::mount::{self, FuseOptions, MountSpec};
+use stratafs::union::{UpperSpec, ViewOptions};
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum WhiteoutArg {
@@ -24,7 +26,16 @@ enum WhiteoutArg {
     version,
     about = "A userspace union filesystem for container image layers",
     long_about = "stratafs merges a stack of read-only layer directories into one tree \
-                  through FUSE, with the semantics of Linux overlayfs."
+                  through FUSE, with the semantics of Linux overlayfs.",
+    override_usage = "stratafs <COMMAND> ...\n       \
+                      stratafs [-f] [-d] -o lowerdir=DIR[:DIR...][,upperdir=DIR,workdir=DIR][,OPTION...] MOUNTPOINT",
+    after_help = "Drop-in for fuse-overlayfs: the second form takes fuse-overlayfs' command line \
+                  and options (lowerdir, upperdir, workdir, uidmapping, gidmapping, squash_to_root, \
+                  squash_to_uid, squash_to_gid, static_nlink, noacl, fsync, volatile, timeout, \
+                  writeback, noxattrs, xattr_permissions, allow_other, allow_root, ro, suid, dev, \
+                  exec, noatime, max_write, ...), mounts, and returns once the mount is ready. \
+                  -f stays in the foreground, -d logs every request. Installed as \
+                  mount.fuse.stratafs it serves mount(8) and /etc/fstab."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -72,11 +83,25 @@ enum Command {
     },
 }
 
+const SUBCOMMANDS: &[&str] = &["mount", "umount", "help", "-h", "--help", "-V", "--version"];
+
 pub fn main() -> ExitCode {
+    let mut args = std::env::args_os();
+    let argv0 = args.next().unwrap_or_default();
+    let rest: Vec<_> = args.collect();
+    let helper = dropin::is_mount_helper(&argv0);
+    let first = rest.first().and_then(|a| a.to_str()).unwrap_or("");
+    if helper || !SUBCOMMANDS.contains(&first) && !rest.is_empty() {
+        return exit(dropin::run(rest, helper));
+    }
     let cli = Cli::parse();
     let debug = matches!(cli.command, Command::Mount { debug: true, .. });
     logging::init(debug);
-    match run(cli) {
+    exit(run(cli))
+}
+
+fn exit(r: anyhow::Result<()>) -> ExitCode {
+    match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("stratafs: {e:#}");
@@ -115,7 +140,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 upper,
                 mountpoint,
                 foreground: foreground || debug,
-                threads,
+                fuse: FuseOptions {
+                    threads: Some(threads),
+                    ..FuseOptions::default()
+                },
+                view: ViewOptions::default(),
             };
             mount::run(&spec).context("mount failed")
         }

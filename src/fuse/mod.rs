@@ -29,12 +29,20 @@ pub struct AdapterConfig {
     /// How long the kernel may cache entries and attributes. Lower layers
     /// never change, so this can be long.
     pub ttl: Duration,
+    /// Let the kernel enforce POSIX ACLs and cache them per inode.
+    pub acl: bool,
+    /// Kernel writeback cache for writes.
+    pub writeback: bool,
+    pub max_write: Option<u32>,
 }
 
 impl Default for AdapterConfig {
     fn default() -> Self {
         AdapterConfig {
             ttl: Duration::from_secs(24 * 3600),
+            acl: true,
+            writeback: false,
+            max_write: None,
         }
     }
 }
@@ -49,6 +57,25 @@ impl StrataFs {
         StrataFs { core, cfg }
     }
 
+    /// With a writeback cache the kernel reads pages of files opened for
+    /// writing only and applies O_APPEND itself.
+    fn open_flags(&self, flags: i32) -> i32 {
+        if !self.cfg.writeback {
+            return flags;
+        }
+        let flags = flags & !libc::O_APPEND;
+        if flags & libc::O_ACCMODE == libc::O_WRONLY {
+            (flags & !libc::O_ACCMODE) | libc::O_RDWR
+        } else {
+            flags
+        }
+    }
+
+    /// Attributes as the mount shows them.
+    fn attr_out(&self, attr: crate::union::Attr) -> fuser::FileAttr {
+        file_attr(&self.core.shown(attr))
+    }
+
     /// Replies to an operation that made a new entry.
     fn reply_new(&self, reply: ReplyEntry, r: crate::union::Result<(Arc<Node>, Option<u64>)>) {
         match r {
@@ -56,7 +83,7 @@ impl StrataFs {
                 if let Some(fh) = fh {
                     self.core.release(fh);
                 }
-                reply.entry(&self.cfg.ttl, &file_attr(&node.attr()), GENERATION);
+                reply.entry(&self.cfg.ttl, &self.attr_out(node.attr()), GENERATION);
             }
             Err(e) => reply.error(errno(&e)),
         }
@@ -110,15 +137,31 @@ const GENERATION: Generation = Generation(0);
 
 impl fuser::Filesystem for StrataFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // Each capability separately: an old kernel refusing one must not cost the others.
-        for cap in [
+        let mut caps = vec![
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_PARALLEL_DIROPS,
-            InitFlags::FUSE_POSIX_ACL,
             InitFlags::FUSE_ATOMIC_O_TRUNC,
-        ] {
+        ];
+        if self.cfg.acl && !self.core.view().no_xattrs {
+            caps.push(InitFlags::FUSE_POSIX_ACL);
+        }
+        if self.cfg.writeback && self.core.is_writable() {
+            caps.push(InitFlags::FUSE_WRITEBACK_CACHE);
+        }
+        if let Some(max) = self.cfg.max_write
+            && let Err(nearest) = config.set_max_write(max)
+        {
+            tracing::warn!(
+                max_write = max,
+                nearest,
+                "max_write out of range; using the nearest allowed"
+            );
+            let _ = config.set_max_write(nearest);
+        }
+        // Each capability separately: an old kernel refusing one must not cost the others.
+        for cap in caps {
             if config.add_capabilities(cap).is_err() {
                 tracing::debug!(?cap, "kernel lacks capability");
             }
@@ -129,7 +172,7 @@ impl fuser::Filesystem for StrataFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _s = debug_span!("lookup", parent = parent.0, ?name).entered();
         match self.core.lookup(parent.0, name) {
-            Ok(node) => reply.entry(&self.cfg.ttl, &file_attr(&node.attr()), GENERATION),
+            Ok(node) => reply.entry(&self.cfg.ttl, &self.attr_out(node.attr()), GENERATION),
             Err(e) if e.errno() == libc::ENOENT => {
                 // Node id 0 is a negative entry the kernel caches for the TTL.
                 reply.entry(&self.cfg.ttl, &negative_entry(), GENERATION);
@@ -145,7 +188,7 @@ impl fuser::Filesystem for StrataFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let _s = debug_span!("getattr", ino = ino.0).entered();
         match self.core.getattr(ino.0) {
-            Ok(attr) => reply.attr(&self.cfg.ttl, &file_attr(&attr)),
+            Ok(attr) => reply.attr(&self.cfg.ttl, &self.attr_out(attr)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -160,7 +203,7 @@ impl fuser::Filesystem for StrataFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _s = debug_span!("open", ino = ino.0, flags = flags.0).entered();
-        match self.core.open(ino.0, flags.0) {
+        match self.core.open(ino.0, self.open_flags(flags.0)) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(errno(&e)),
         }
@@ -287,7 +330,7 @@ impl fuser::Filesystem for StrataFs {
                         Err(e) => return reply.error(errno(&e)),
                     },
                 };
-                let mut fa = file_attr(&attr);
+                let mut fa = self.attr_out(attr);
                 fa.ino = INodeNo(entry.ino);
                 if reply.add(
                     INodeNo(entry.ino),
@@ -314,7 +357,7 @@ impl fuser::Filesystem for StrataFs {
                 off,
                 &entry.name,
                 &self.cfg.ttl,
-                &file_attr(&node.attr()),
+                &self.attr_out(node.attr()),
                 GENERATION,
             );
             if full {
@@ -391,7 +434,7 @@ impl fuser::Filesystem for StrataFs {
             fh: fh.map(|f| f.0),
         };
         match self.core.setattr(ino.0, set) {
-            Ok(attr) => reply.attr(&self.cfg.ttl, &file_attr(&attr)),
+            Ok(attr) => reply.attr(&self.cfg.ttl, &self.attr_out(attr)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -498,7 +541,7 @@ impl fuser::Filesystem for StrataFs {
     ) {
         let _s = debug_span!("link", ino = ino.0, newparent = newparent.0, ?newname).entered();
         match self.core.link(ino.0, newparent.0, newname) {
-            Ok(node) => reply.entry(&self.cfg.ttl, &file_attr(&node.attr()), GENERATION),
+            Ok(node) => reply.entry(&self.cfg.ttl, &self.attr_out(node.attr()), GENERATION),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -533,14 +576,16 @@ impl fuser::Filesystem for StrataFs {
         reply: ReplyCreate,
     ) {
         let _s = debug_span!("create", parent = parent.0, ?name, mode, flags).entered();
-        let what = NewEntry::File { flags };
+        let what = NewEntry::File {
+            flags: self.open_flags(flags),
+        };
         match self
             .core
             .create_entry(parent.0, name, mode, caller(req, umask), what)
         {
             Ok((node, Some(fh))) => reply.created(
                 &self.cfg.ttl,
-                &file_attr(&node.attr()),
+                &self.attr_out(node.attr()),
                 GENERATION,
                 FileHandle(fh),
                 FopenFlags::FOPEN_KEEP_CACHE,

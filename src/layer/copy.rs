@@ -128,32 +128,53 @@ pub fn copy_xattrs(
         let mut value = vec![0u8; size];
         let n = getxattr_at(dir, name, &attr, &mut value)?;
         value.truncate(n);
-        rustix::fs::setxattr(
+        match rustix::fs::setxattr(
             dst_path,
             attr.as_c_str(),
             &value,
             rustix::fs::XattrFlags::empty(),
-        )
-        .map_err(io)?;
+        ) {
+            Ok(()) => {}
+            // trusted.* and security.capability need privileges a rootless
+            // daemon lacks; user.* never does. Kernel overlayfs in a user
+            // namespace cannot copy those either.
+            Err(rustix::io::Errno::PERM) if !attr.as_bytes().starts_with(b"user.") => {
+                tracing::debug!(?attr, "xattr not copied: no privilege");
+            }
+            Err(e) => return Err(io(e)),
+        }
     }
     Ok(())
 }
 
 /// Sets the owner of `name` in `dir` (never following a symlink). Comes
-/// first: chown clears setuid bits and file capabilities.
+/// first: chown clears setuid bits and file capabilities. Returns false when
+/// the daemon may not give that owner (rootless, or an id unmapped in its
+/// user namespace): the copy then keeps the daemon's ownership, which is all
+/// a rootless overlay can do without `xattr_permissions`.
 pub fn copy_owner(
     dir: BorrowedFd<'_>,
     name: &CStr,
     st: &rustix::fs::Stat,
-) -> Result<(), LayerError> {
-    rustix::fs::chownat(
+) -> Result<bool, LayerError> {
+    match rustix::fs::chownat(
         dir,
         name,
         Some(rustix::fs::Uid::from_raw(st.st_uid)),
         Some(rustix::fs::Gid::from_raw(st.st_gid)),
         AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .map_err(io)
+    ) {
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::PERM | rustix::io::Errno::INVAL) => {
+            tracing::debug!(
+                uid = st.st_uid,
+                gid = st.st_gid,
+                "cannot set the owner of a copy"
+            );
+            Ok(false)
+        }
+        Err(e) => Err(io(e)),
+    }
 }
 
 /// Sets mode (with setuid bits) and times of `name` in `dir`, last.

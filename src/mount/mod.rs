@@ -4,6 +4,7 @@
 mod daemon;
 mod error;
 mod mountpoint;
+mod options;
 mod unmount;
 
 use std::io::Write;
@@ -14,10 +15,11 @@ use fuser::{Config, MountOption, Session, SessionACL};
 
 pub use error::MountError;
 pub use mountpoint::check_mountpoint;
+pub use options::{Access, FuseOptions};
 pub use unmount::unmount;
 
 use crate::fuse::{AdapterConfig, StrataFs};
-use crate::union::{Union, UpperSpec};
+use crate::union::{Union, UpperSpec, ViewOptions};
 
 /// What to mount and how.
 #[derive(Debug, Clone)]
@@ -29,8 +31,8 @@ pub struct MountSpec {
     pub mountpoint: PathBuf,
     /// Stay attached to the terminal instead of forking once ready.
     pub foreground: bool,
-    /// FUSE event loops; 0 picks two per CPU (at least four).
-    pub threads: usize,
+    pub fuse: FuseOptions,
+    pub view: ViewOptions,
 }
 
 /// Mounts and serves until unmounted. Without `foreground`, returns in the
@@ -42,7 +44,7 @@ pub fn run(spec: &MountSpec) -> Result<(), MountError> {
     spec.mountpoint = std::path::absolute(&spec.mountpoint)
         .map_err(|e| MountError::io("resolving the mount point", e))?;
     let spec = &spec;
-    let union = Union::new(&spec.lowers, spec.upper.as_ref())?;
+    let union = Union::new(&spec.lowers, spec.upper.as_ref(), spec.view.clone())?;
     raise_fd_limit();
     // Entries are created with exactly the mode the caller asked for (its
     // umask already applied); the daemon's own umask must not cut more.
@@ -55,8 +57,8 @@ pub fn run(spec: &MountSpec) -> Result<(), MountError> {
 }
 
 fn threads(spec: &MountSpec) -> usize {
-    if spec.threads > 0 {
-        return spec.threads;
+    if let Some(n) = spec.fuse.threads.filter(|n| *n > 0) {
+        return n;
     }
     // A long copy-up occupies its request loop: keep spares so that it never
     // stalls requests for other files.
@@ -68,28 +70,60 @@ fn threads(spec: &MountSpec) -> usize {
 
 fn session_config(spec: &MountSpec) -> Config {
     let root = rustix::process::geteuid().is_root();
+    let o = &spec.fuse;
+    let flag = |on: bool, yes: MountOption, no: MountOption| if on { yes } else { no };
     let mut options = vec![
-        MountOption::FSName("stratafs".into()),
-        MountOption::Subtype("stratafs".into()),
+        MountOption::FSName(o.fsname.clone().unwrap_or_else(|| "stratafs".into())),
+        MountOption::Subtype(o.subtype.clone().unwrap_or_else(|| "stratafs".into())),
         MountOption::DefaultPermissions,
-        MountOption::NoAtime,
+        flag(o.atime, MountOption::Atime, MountOption::NoAtime),
     ];
-    if spec.upper.is_none() {
+    if spec.upper.is_none() || o.read_only {
         options.push(MountOption::RO);
     }
-    if root {
-        // A container root file system needs its setuid binaries and devices.
-        options.extend([MountOption::Suid, MountOption::Dev]);
+    // A container root file system needs its setuid binaries and devices:
+    // on by default where the daemon may grant them.
+    options.push(flag(
+        o.suid.unwrap_or(root),
+        MountOption::Suid,
+        MountOption::NoSuid,
+    ));
+    options.push(flag(
+        o.dev.unwrap_or(root),
+        MountOption::Dev,
+        MountOption::NoDev,
+    ));
+    if !o.exec {
+        options.push(MountOption::NoExec);
     }
+    if o.sync {
+        options.push(MountOption::Sync);
+    }
+    if o.dirsync {
+        options.push(MountOption::DirSync);
+    }
+    options.extend(o.context.iter().cloned().map(MountOption::CUSTOM));
     let mut cfg = Config::default();
     cfg.mount_options = options;
-    cfg.acl = if root || user_allow_other() {
-        SessionACL::All
-    } else {
-        SessionACL::Owner
+    cfg.acl = match o.access {
+        Access::Auto if root || user_allow_other() => SessionACL::All,
+        Access::Auto | Access::Owner => SessionACL::Owner,
+        Access::AllowOther => SessionACL::All,
+        Access::AllowRoot => SessionACL::RootAndOwner,
     };
     cfg.n_threads = Some(threads(spec));
     cfg.clone_fd = true;
+    cfg
+}
+
+fn adapter_config(spec: &MountSpec) -> AdapterConfig {
+    let mut cfg = AdapterConfig::default();
+    if let Some(t) = spec.fuse.timeout {
+        cfg.ttl = t;
+    }
+    cfg.acl = spec.fuse.acl;
+    cfg.writeback = spec.fuse.writeback;
+    cfg.max_write = spec.fuse.max_write;
     cfg
 }
 
@@ -126,7 +160,7 @@ fn serve(spec: &MountSpec, union: Union, ready: Option<daemon::Ready>) -> Result
     // inherits the mask and only the signal thread below receives them.
     let signals = crate::sys::block_termination_signals()
         .map_err(|e| MountError::io("blocking signals", e))?;
-    let fs = StrataFs::new(Arc::new(union), AdapterConfig::default());
+    let fs = StrataFs::new(Arc::new(union), adapter_config(spec));
     let session =
         Session::new(fs, &spec.mountpoint, &session_config(spec)).map_err(|e| MountError::Fuse {
             path: spec.mountpoint.clone(),

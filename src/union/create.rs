@@ -64,7 +64,15 @@ impl Union {
         let over_whiteout = matches!(layer::probe(dir.as_fd(), &name)?, Presence::Whiteout);
         let pattr = self.refresh_attr(&parent)?;
         let setgid_parent = pattr.perm as u32 & libc::S_ISGID != 0;
-        let gid = if setgid_parent { pattr.gid } else { caller.gid };
+        let uid = self
+            .view
+            .disk_uid(caller.uid)
+            .ok_or(Error::UnmappedCaller)?;
+        let caller_gid = self
+            .view
+            .disk_gid(caller.gid)
+            .ok_or(Error::UnmappedCaller)?;
+        let gid = if setgid_parent { pattr.gid } else { caller_gid };
         let mut mode = perm & !caller.umask & 0o7777;
         if setgid_parent && matches!(what, NewEntry::Dir) {
             mode |= libc::S_ISGID;
@@ -79,10 +87,18 @@ impl Union {
         let own = rustix::fs::chownat(
             at,
             &at_name,
-            Some(Uid::from_raw(caller.uid)),
+            Some(Uid::from_raw(uid)),
             Some(Gid::from_raw(gid)),
             AtFlags::SYMLINK_NOFOLLOW,
         )
+        .or_else(|e| match e {
+            // A rootless daemon cannot give files away: they stay its own.
+            rustix::io::Errno::PERM | rustix::io::Errno::INVAL => {
+                tracing::debug!(uid, gid, "new entry keeps the daemon's ownership");
+                Ok(())
+            }
+            e => Err(e),
+        })
         .and_then(|()| match what {
             // chown clears setuid/setgid bits: set those again. Nothing else,
             // so that a default ACL inherited from the parent keeps its mask.

@@ -34,6 +34,10 @@ pub enum Error {
     CrossDevice,
     #[error("operation not supported")]
     NotSupported,
+    #[error("owner id has no mapping in this mount")]
+    UnmappedOwner,
+    #[error("the caller's id has no mapping in this mount")]
+    UnmappedCaller,
     #[error(transparent)]
     Layer(#[from] LayerError),
     #[error(transparent)]
@@ -57,6 +61,8 @@ impl Error {
             Error::NotEmpty => libc::ENOTEMPTY,
             Error::CrossDevice => libc::EXDEV,
             Error::NotSupported => libc::EOPNOTSUPP,
+            Error::UnmappedOwner => libc::EINVAL,
+            Error::UnmappedCaller => libc::EOVERFLOW,
             Error::Layer(e) => e.errno(),
             Error::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
         }

@@ -138,6 +138,11 @@ impl Union {
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
         let file = self.files.get(fh)?;
+        // A volatile mount (`fsync=0`) promises no durability: skip it, as
+        // kernel overlayfs does with `volatile`.
+        if self.upper.as_ref().is_some_and(|u| u.volatile()) {
+            return Ok(());
+        }
         if datasync {
             rustix::fs::fdatasync(file.fd()?.as_fd())?;
         } else {

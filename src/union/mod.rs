@@ -13,6 +13,7 @@ mod readdir;
 mod remove;
 mod rename;
 mod setattr;
+mod view;
 mod xattr;
 
 use std::os::fd::AsFd;
@@ -24,6 +25,7 @@ pub use error::{Error, Result};
 pub use inode::{Node, ROOT_INO};
 pub use readdir::DirEntry;
 pub use setattr::{SetAttr, SetTime};
+pub use view::{IdMap, IdRange, OVERFLOW_ID, OverrideStat, ViewOptions};
 pub use xattr::is_private_xattr;
 
 use crate::layer::{self, DialectChoice, Layer, LayerError, Upper};
@@ -63,6 +65,7 @@ pub struct Union {
     nodes: NodeTable,
     files: HandleTable<file::OpenFile>,
     dirs: HandleTable<Vec<DirEntry>>,
+    view: ViewOptions,
 }
 
 impl Union {
@@ -70,6 +73,7 @@ impl Union {
     pub fn new(
         lowers: &[PathBuf],
         upper: Option<&UpperSpec>,
+        view: ViewOptions,
     ) -> std::result::Result<Self, LayerError> {
         if lowers.is_empty() {
             return Err(LayerError::Io(std::io::Error::new(
@@ -122,7 +126,17 @@ impl Union {
             nodes,
             files: HandleTable::default(),
             dirs: HandleTable::default(),
+            view,
         })
+    }
+
+    /// The attributes the mount shows for `attr` (id mapping, squashing...).
+    pub fn shown(&self, attr: Attr) -> Attr {
+        self.view.shown(attr)
+    }
+
+    pub fn view(&self) -> &ViewOptions {
+        &self.view
     }
 
     /// Mutations need a writable layer.

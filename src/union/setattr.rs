@@ -7,7 +7,7 @@ use rustix::fs::{AtFlags, Gid, Mode, OFlags, Timespec, Timestamps, Uid};
 
 use super::Union;
 use super::attr::{Attr, Kind};
-use super::error::Result;
+use super::error::{Error, Result};
 use crate::layer;
 
 /// A time to set: a value, or the current time.
@@ -51,6 +51,14 @@ impl Union {
     pub fn setattr(&self, ino: u64, set: SetAttr) -> Result<Attr> {
         self.check_writable()?;
         let node = self.nodes.get(ino)?;
+        let uid = set
+            .uid
+            .map(|u| self.view.disk_uid(u).ok_or(Error::UnmappedOwner))
+            .transpose()?;
+        let gid = set
+            .gid
+            .map(|g| self.view.disk_gid(g).ok_or(Error::UnmappedOwner))
+            .transpose()?;
         let fd = if node.is_dir() {
             self.upper_dir(&node)?
         } else {
@@ -63,8 +71,8 @@ impl Union {
             rustix::fs::chownat(
                 fd.as_fd(),
                 c"",
-                set.uid.map(Uid::from_raw),
-                set.gid.map(Gid::from_raw),
+                uid.map(Uid::from_raw),
+                gid.map(Gid::from_raw),
                 AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
             )?;
         }

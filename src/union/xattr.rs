@@ -116,8 +116,17 @@ impl Target {
 }
 
 impl Union {
+    /// `noxattrs=1` turns extended attributes off entirely.
+    fn xattrs_enabled(&self) -> Result<()> {
+        if self.view.no_xattrs {
+            return Err(Error::NotSupported);
+        }
+        Ok(())
+    }
+
     /// The NUL-separated list of visible xattr names.
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
+        self.xattrs_enabled()?;
         let node = self.nodes.get(ino)?;
         let generation = match node.cached_xattrs() {
             Ok(list) => return Ok(list),
@@ -129,6 +138,7 @@ impl Union {
     }
 
     pub fn getxattr(&self, ino: u64, attr: &OsStr) -> Result<Vec<u8>> {
+        self.xattrs_enabled()?;
         let attr = attr.as_bytes();
         if is_private_xattr(attr) {
             return Err(Error::NoAttr);
@@ -145,6 +155,7 @@ impl Union {
     }
 
     pub fn setxattr(&self, ino: u64, attr: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        self.xattrs_enabled()?;
         self.check_writable()?;
         let attr = self.settable_name(attr)?;
         let node = self.nodes.get(ino)?;
@@ -157,6 +168,7 @@ impl Union {
     }
 
     pub fn removexattr(&self, ino: u64, attr: &OsStr) -> Result<()> {
+        self.xattrs_enabled()?;
         self.check_writable()?;
         let attr = self.settable_name(attr)?;
         let node = self.nodes.get(ino)?;
