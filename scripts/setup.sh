@@ -10,7 +10,9 @@
 #     libfuse3 headers when Cargo.toml asks fuser to link libfuse.
 #   - cargo-nextest (via `cargo install --locked`) if it is missing.
 #   - rustfmt and clippy components if they are missing and rustup is there.
-#   - /dev/fuse mode 0666 when run as root, so rootless tests can open it.
+#   - /dev/fuse mode 0666 when run as root, so rootless tests can open it;
+#     an unprivileged account (stratafs-test) and user_allow_other in
+#     /etc/fuse.conf for the rootless tests.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -37,7 +39,8 @@ packages=(
     attr           # getfattr, setfattr (opaque/whiteout xattrs)
     debootstrap    # building real root filesystems for tests/benchmarks
     fuse-overlayfs # the peer implementation we compare against
-    util-linux     # mountpoint, unshare, mount
+    util-linux     # mountpoint, unshare, mount, setpriv
+    bubblewrap     # a real container client over a stratafs root (tests)
     gcc            # linker for rustc
     libc6-dev
 )
@@ -103,6 +106,21 @@ if [[ "$(id -u)" -eq 0 ]]; then
         log "chmod 0666 /dev/fuse (was $mode)"
         chmod 0666 /dev/fuse
     fi
+fi
+
+# ---------------------------------------------------------------------------
+# An unprivileged account for the rootless tests
+# ---------------------------------------------------------------------------
+if [[ "$(id -u)" -eq 0 ]] && ! id stratafs-test >/dev/null 2>&1; then
+    log "adding the unprivileged user stratafs-test"
+    useradd --system --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin stratafs-test
+fi
+
+# Rootless tests mount with allow_other so that root can compare the view.
+if [[ "$(id -u)" -eq 0 ]] && ! grep -qx 'user_allow_other' /etc/fuse.conf 2>/dev/null; then
+    log "enabling user_allow_other in /etc/fuse.conf"
+    echo user_allow_other >> /etc/fuse.conf
 fi
 
 log "ok"
