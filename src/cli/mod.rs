@@ -74,6 +74,9 @@ enum Command {
         /// Where to mount the merged tree.
         mountpoint: PathBuf,
     },
+    /// Work on layer directories.
+    #[command(subcommand)]
+    Layer(LayerCommand),
     /// Unmount a stratafs mount.
     Umount {
         /// Detach now and clean up when no longer busy.
@@ -83,7 +86,27 @@ enum Command {
     },
 }
 
-const SUBCOMMANDS: &[&str] = &["mount", "umount", "help", "-h", "--help", "-V", "--version"];
+const SUBCOMMANDS: &[&str] = &[
+    "mount",
+    "umount",
+    "layer",
+    "help",
+    "-h",
+    "--help",
+    "-V",
+    "--version",
+];
+
+#[derive(Debug, Subcommand)]
+enum LayerCommand {
+    /// Add user.overlay.* markers beside every trusted.overlay.* one (opaque
+    /// directories, xattr whiteouts), so that mounts without privileges,
+    /// which cannot read trusted xattrs, see them. Run as root; idempotent.
+    AddUserMarkers {
+        #[arg(required = true, value_name = "DIR")]
+        dirs: Vec<PathBuf>,
+    },
+}
 
 pub fn main() -> ExitCode {
     let mut args = std::env::args_os();
@@ -147,6 +170,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 view: ViewOptions::default(),
             };
             mount::run(&spec).context("mount failed")
+        }
+        Command::Layer(LayerCommand::AddUserMarkers { dirs }) => {
+            for dir in dirs {
+                let layer = stratafs::layer::Layer::open(&dir)?;
+                let st = stratafs::layer::add_user_markers(&layer)
+                    .with_context(|| format!("adding user markers in {}", dir.display()))?;
+                println!(
+                    "{}: {} directories, {} opaque markers and {} whiteout markers added",
+                    dir.display(),
+                    st.directories,
+                    st.opaque_added,
+                    st.whiteouts_added
+                );
+            }
+            Ok(())
         }
         Command::Umount { lazy, mountpoint } => {
             mount::unmount(&mountpoint, lazy).context("umount failed")

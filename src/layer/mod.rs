@@ -6,6 +6,7 @@ mod copy;
 mod error;
 mod markers;
 mod upper;
+mod user_markers;
 mod walk;
 mod write_markers;
 
@@ -22,6 +23,7 @@ pub use markers::{
     to_cstring,
 };
 pub use upper::{Dialect, DialectChoice, Upper};
+pub use user_markers::{UserMarkerStats, add_user_markers};
 pub use walk::{
     open_file, open_path, open_subdir, proc_fd_path, read_dir, remove_tree, reopen, stat_at,
     stat_self,

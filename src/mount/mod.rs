@@ -45,6 +45,7 @@ pub fn run(spec: &MountSpec) -> Result<(), MountError> {
         .map_err(|e| MountError::io("resolving the mount point", e))?;
     let spec = &spec;
     let union = Union::new(&spec.lowers, spec.upper.as_ref(), spec.view.clone())?;
+    warn_unreadable_markers(&spec.lowers);
     raise_fd_limit();
     // Entries are created with exactly the mode the caller asked for (its
     // umask already applied); the daemon's own umask must not cut more.
@@ -54,6 +55,40 @@ pub fn run(spec: &MountSpec) -> Result<(), MountError> {
     } else {
         daemon::spawn(|ready| serve(spec, union, Some(ready)))
     }
+}
+
+/// Without CAP_SYS_ADMIN in the initial user namespace, trusted.* xattrs
+/// cannot even be read, so an opaque directory marked only with
+/// `trusted.overlay.opaque` would merge with the layers below. A layer
+/// written by this very user cannot carry such markers; one owned by
+/// somebody else might: say so rather than silently showing hidden entries.
+fn warn_unreadable_markers(lowers: &[PathBuf]) {
+    if reads_trusted_xattrs() {
+        return;
+    }
+    let me = rustix::process::geteuid().as_raw();
+    let foreign: Vec<&PathBuf> = lowers
+        .iter()
+        .filter(|p| {
+            std::fs::metadata(p).is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) != me)
+        })
+        .collect();
+    if let Some(first) = foreign.first() {
+        eprintln!(
+            "stratafs: warning: unprivileged mount: trusted.overlay.* markers cannot be read \
+             in {} lower layer(s) owned by other users (first: {}); if they mark opaque \
+             directories that way, run 'stratafs layer add-user-markers DIR' on them as root",
+            foreign.len(),
+            first.display()
+        );
+    }
+}
+
+/// True for root of the initial user namespace, which reads trusted xattrs.
+fn reads_trusted_xattrs() -> bool {
+    rustix::process::geteuid().is_root()
+        && std::fs::read_to_string("/proc/self/uid_map")
+            .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
 }
 
 fn threads(spec: &MountSpec) -> usize {
