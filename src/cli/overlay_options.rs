@@ -25,17 +25,22 @@ pub struct OverlayOptions {
     pub not_yet: Vec<String>,
 }
 
-/// Splits `s` on unescaped `sep`, keeping escapes in place.
+/// Splits `s` on unescaped `sep` outside double quotes, keeping escapes
+/// and quotes in place. Quotes matter for containers/storage, which passes
+/// `context="system_u:object_r:container_file_t:s0:c1,c2"`.
 fn split_escaped(s: &str, sep: char) -> Vec<&str> {
     let mut parts = Vec::new();
     let mut start = 0;
     let mut escaped = false;
+    let mut quoted = false;
     for (i, c) in s.char_indices() {
         if escaped {
             escaped = false;
         } else if c == '\\' {
             escaped = true;
-        } else if c == sep {
+        } else if c == '"' {
+            quoted = !quoted;
+        } else if c == sep && !quoted {
             parts.push(&s[start..i]);
             start = i + c.len_utf8();
         }
@@ -74,19 +79,21 @@ fn number<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, String> {
         .map_err(|_| format!("{name}={value}: not a valid number"))
 }
 
-/// `ID:HOSTID:LEN[:ID:HOSTID:LEN...]` (also `,`-less `:` chains, as
-/// containers/storage writes them): ids in the mount, ids on disk, count.
+/// `DISK:SHOWN:LEN[:DISK:SHOWN:LEN...]`, as fuse-overlayfs reads it: ids in
+/// `[DISK, DISK+LEN)` on disk show as `SHOWN + (id - DISK)` in the mount.
+/// containers/storage writes `ContainerID:HostID:Size`: the layers hold
+/// container ids, the mount shows host ids.
 fn id_mapping(name: &str, value: &str) -> Result<IdMap, String> {
     let fields: Vec<&str> = value.split(':').collect();
     if fields.is_empty() || !fields.len().is_multiple_of(3) {
         return Err(format!(
-            "{name}={value}: expected ID:HOST-ID:LENGTH triples separated by ':'"
+            "{name}={value}: expected ID:MAPPED-ID:LENGTH triples separated by ':'"
         ));
     }
     let mut ranges = Vec::new();
     for t in fields.chunks(3) {
-        let shown: u32 = number(name, t[0])?;
-        let disk: u32 = number(name, t[1])?;
+        let disk: u32 = number(name, t[0])?;
+        let shown: u32 = number(name, t[1])?;
         let len: u32 = number(name, t[2])?;
         let fits = |start: u32| u64::from(start) + u64::from(len) <= 1 << 32;
         if len == 0 || !fits(shown) || !fits(disk) {
@@ -146,8 +153,7 @@ impl OverlayOptions {
             "uidmapping" => self.view.uid_map = id_mapping(name, &need(value)?)?,
             "gidmapping" => self.view.gid_map = id_mapping(name, &need(value)?)?,
             "squash_to_root" => {
-                self.view.squash_uid = Some(0);
-                self.view.squash_gid = Some(0);
+                self.view.squash_root = true;
             }
             "squash_to_uid" => self.view.squash_uid = Some(number(name, &need(value)?)?),
             "squash_to_gid" => self.view.squash_gid = Some(number(name, &need(value)?)?),
@@ -186,16 +192,21 @@ impl OverlayOptions {
             // Node ids are the inode numbers fuser reports, so they cannot
             // be folded without a collision-free 32-bit allocator: not yet.
             "ino32_t" => self.unsupported(opt),
+            // Like fuse-overlayfs, which only accepts off: redirects are
+            // neither read nor written.
             "redirect_dir" => match need(value)?.as_str() {
-                "off" | "nofollow" | "on" | "follow" => self.ignore(opt),
+                "off" => self.ignore(opt),
                 v => {
                     return Err(format!(
-                        "redirect_dir={v}: expected on, follow, nofollow or off"
+                        "redirect_dir={v}: only redirect_dir=off is supported"
                     ));
                 }
             },
-            "context" | "fscontext" | "defcontext" | "rootcontext" => {
-                self.fuse.context.push(opt.to_string())
+            // fuse-overlayfs parses context= and never uses it either.
+            "context" | "fscontext" | "defcontext" | "rootcontext" => self.unsupported(opt),
+            // Kernel overlayfs options fuse-overlayfs accepts and ignores.
+            "index" | "metacopy" | "nfs_export" | "userxattr" | "fast_ino" | "uuid" => {
+                self.ignore(opt)
             }
             "plugins" => self.unsupported(opt),
             "debug" => self.debug = true,
@@ -266,8 +277,10 @@ mod tests {
     #[test]
     fn id_mappings_parse_as_triples() {
         let o = OverlayOptions::parse(&["lowerdir=/l,uidmapping=0:1000:1:1:100000:65536"]).unwrap();
-        assert_eq!(o.view.uid_map.to_shown(1000), 0);
-        assert_eq!(o.view.uid_map.to_disk(5), Some(100004));
+        // fuse-overlayfs' order: on-disk id, shown id, count.
+        assert_eq!(o.view.uid_map.to_shown(0), 1000);
+        assert_eq!(o.view.uid_map.to_shown(5), 100004);
+        assert_eq!(o.view.uid_map.to_disk(100004), Some(5));
         assert!(OverlayOptions::parse(&["uidmapping=0:1000"]).is_err());
         assert!(OverlayOptions::parse(&["uidmapping=0:1000:0"]).is_err());
         assert!(OverlayOptions::parse(&["gidmapping=4294967295:0:2"]).is_err());
@@ -280,6 +293,16 @@ mod tests {
         assert!(OverlayOptions::parse(&["fsync=maybe"]).is_err());
         assert!(OverlayOptions::parse(&["lowerdir=/a::/b"]).is_err());
         assert!(OverlayOptions::parse(&["upperdir"]).is_err());
+    }
+
+    #[test]
+    fn quoted_values_keep_their_commas() {
+        let o = OverlayOptions::parse(&[
+            r#"lowerdir=/l,context="system_u:object_r:container_file_t:s0:c1,c2",fsync=0"#,
+        ])
+        .unwrap();
+        assert_eq!(o.not_yet.len(), 1);
+        assert!(o.volatile);
     }
 
     #[test]

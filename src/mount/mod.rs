@@ -137,7 +137,6 @@ fn session_config(spec: &MountSpec) -> Config {
     if o.dirsync {
         options.push(MountOption::DirSync);
     }
-    options.extend(o.context.iter().cloned().map(MountOption::CUSTOM));
     let mut cfg = Config::default();
     cfg.mount_options = options;
     cfg.acl = match o.access {

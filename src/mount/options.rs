@@ -39,8 +39,6 @@ pub struct FuseOptions {
     pub threads: Option<usize>,
     pub fsname: Option<String>,
     pub subtype: Option<String>,
-    /// SELinux context options, passed to the kernel as given.
-    pub context: Vec<String>,
 }
 
 impl Default for FuseOptions {
@@ -61,7 +59,6 @@ impl Default for FuseOptions {
             threads: None,
             fsname: None,
             subtype: None,
-            context: Vec::new(),
         }
     }
 }

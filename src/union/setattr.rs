@@ -68,13 +68,21 @@ impl Union {
         let is_link = node.attr().kind == Kind::Symlink;
 
         if set.uid.is_some() || set.gid.is_some() {
-            rustix::fs::chownat(
+            let r = rustix::fs::chownat(
                 fd.as_fd(),
                 c"",
                 uid.map(Uid::from_raw),
                 gid.map(Gid::from_raw),
                 AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
-            )?;
+            );
+            match r {
+                // A squashing mount shows one owner whatever the files hold,
+                // so, as in fuse-overlayfs, a refused chown is not an error.
+                Err(e) if self.view.squashes() => {
+                    tracing::debug!(error = %e, "chown refused under squash; ignored");
+                }
+                r => r?,
+            }
         }
         if let Some(mode) = set.mode.filter(|_| !is_link) {
             rustix::fs::chmodat(

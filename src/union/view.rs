@@ -70,9 +70,12 @@ pub enum OverrideStat {
 pub struct ViewOptions {
     pub uid_map: IdMap,
     pub gid_map: IdMap,
-    /// Every file shows this owner (`squash_to_uid`, `squash_to_root`).
+    /// Every file shows this owner (`squash_to_uid`, `squash_to_gid`)...
     pub squash_uid: Option<u32>,
     pub squash_gid: Option<u32>,
+    /// ...or else root (`squash_to_root`). Only what is shown changes:
+    /// chown still changes the files, and its failures are not reported.
+    pub squash_root: bool,
     /// Directories report one link, like many FUSE filesystems (`static_nlink`).
     pub static_nlink: bool,
     /// Extended attributes are not supported at all (`noxattrs=1`).
@@ -94,6 +97,10 @@ impl ViewOptions {
             a.nlink = 1;
         }
         a
+    }
+
+    pub fn squashes(&self) -> bool {
+        self.squash_root || self.squash_uid.is_some() || self.squash_gid.is_some()
     }
 
     /// The disk uid for a uid the mount shows; `None` when it has no mapping.
