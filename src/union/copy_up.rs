@@ -12,6 +12,7 @@ use rustix::fs::{FileType, Mode, OFlags};
 use super::Union;
 use super::error::{Error, Result};
 use super::inode::{LayerDir, Node, NodeBody};
+use super::override_stat;
 use super::xattr::is_private_xattr;
 use crate::layer::{self, Upper};
 use crate::sys;
@@ -80,14 +81,19 @@ impl Union {
         if let Some(fd) = self.existing_upper_dir(node)? {
             return Ok(fd);
         }
-        let (name, lower) = {
+        let (name, lower, lower_layer) = {
             let state = node.state();
             let NodeBody::Dir { layers } = &state.body else {
                 return Err(Error::NotDir);
             };
-            (state.name.clone(), layers[0].fd.clone())
+            (state.name.clone(), layers[0].fd.clone(), layers[0].layer)
         };
-        let st = layer::stat_self(lower.as_fd())?;
+        let st = self.logical(
+            lower_layer,
+            lower.as_fd(),
+            c".",
+            layer::stat_self(lower.as_fd())?,
+        );
         let tmp = self.scratch(upper);
         rustix::fs::mkdirat(upper.work(), &tmp.name, Mode::from_raw_mode(0o700))?;
         let made = Arc::new(layer::open_subdir(upper.work(), &tmp.name)?);
@@ -154,17 +160,22 @@ impl Union {
             Some(parent) => Some(self.upper_dir(&parent)?),
             None => None,
         };
-        let (name, dir, lname) = {
+        let (name, layer, dir, lname) = {
             let state = node.state();
             match &state.body {
                 NodeBody::Upper { fd } => return Ok(fd.clone()),
                 NodeBody::Dir { .. } => return Err(Error::IsDir),
-                NodeBody::Lower { dir, name, .. } => {
-                    (state.name.clone(), dir.clone(), name.clone())
+                NodeBody::Lower { layer, dir, name } => {
+                    (state.name.clone(), *layer, dir.clone(), name.clone())
                 }
             }
         };
-        let st = layer::stat_at(dir.as_fd(), &lname)?;
+        let st = self.logical(
+            layer,
+            dir.as_fd(),
+            &lname,
+            layer::stat_at(dir.as_fd(), &lname)?,
+        );
         let tmp = self.scratch(upper);
         let work = upper.work();
         let mut data_fd = None;
@@ -265,7 +276,10 @@ impl Union {
     ) -> Result<()> {
         let is_link = FileType::from_raw_mode(st.st_mode) == FileType::Symlink;
         let path = layer::proc_fd_path(made);
-        layer::copy_owner(upper.work(), tmp, st)?;
+        let recorded = self.upper_override();
+        if recorded.is_none() {
+            layer::copy_owner(upper.work(), tmp, st)?;
+        }
         if !is_link {
             layer::copy_xattrs(src_dir, src_name, &path, |a| !is_private_xattr(a))?;
             let origin = ino.to_string();
@@ -284,7 +298,20 @@ impl Union {
             // user.* xattrs are not allowed on symlinks: such a copy gets a new number.
             tracing::debug!(error = %e, "cannot record the origin of a symlink");
         }
-        layer::copy_mode_times(upper.work(), tmp, st)?;
+        match recorded {
+            // The copy stays the daemon's; owner and mode go to the xattr.
+            Some(x) => {
+                let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
+                let mut backing = *st;
+                backing.st_mode = (st.st_mode & !0o7777)
+                    | override_stat::backing_perm(st.st_mode & 0o7777, is_dir);
+                layer::copy_mode_times(upper.work(), tmp, &backing)?;
+                if !is_link {
+                    override_stat::write(upper.work(), tmp, x, override_stat::Override::of(st))?;
+                }
+            }
+            None => layer::copy_mode_times(upper.work(), tmp, st)?,
+        }
         Ok(())
     }
 

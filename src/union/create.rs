@@ -14,6 +14,7 @@ use super::attr::Kind;
 use super::error::{Error, Result};
 use super::inode::{LayerDir, Node, NodeBody, NodeState};
 use super::lookup::{attr_of, checked_name};
+use super::override_stat;
 use crate::layer::{self, Presence};
 
 /// Who asks: created entries belong to the caller, not the daemon.
@@ -83,33 +84,10 @@ impl Union {
         } else {
             (dir.as_fd(), name.clone())
         };
-        let file = make(at, &at_name, mode, what)?;
-        let own = rustix::fs::chownat(
-            at,
-            &at_name,
-            Some(Uid::from_raw(uid)),
-            Some(Gid::from_raw(gid)),
-            AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .or_else(|e| match e {
-            // A rootless daemon cannot give files away: they stay its own.
-            rustix::io::Errno::PERM | rustix::io::Errno::INVAL => {
-                tracing::debug!(uid, gid, "new entry keeps the daemon's ownership");
-                Ok(())
-            }
-            e => Err(e),
-        })
-        .and_then(|()| match what {
-            // chown clears setuid/setgid bits: set those again. Nothing else,
-            // so that a default ACL inherited from the parent keeps its mask.
-            NewEntry::Symlink { .. } => Ok(()),
-            _ if mode & (libc::S_ISUID | libc::S_ISGID) == 0 => Ok(()),
-            _ => rustix::fs::chmodat(at, &at_name, Mode::from_raw_mode(mode), AtFlags::empty()),
-        });
-        if let Err(e) = own {
-            let _ = layer::remove_tree(at, &at_name);
-            return Err(e.into());
-        }
+        let file = match self.upper_override() {
+            Some(x) => self.make_recorded(at, &at_name, mode, uid, gid, what, x)?,
+            None => self.make_owned(at, &at_name, mode, uid, gid, what)?,
+        };
         if over_whiteout {
             if matches!(what, NewEntry::Dir) {
                 let made = layer::open_subdir(at, &at_name)?;
@@ -132,6 +110,77 @@ impl Union {
         Ok((node, fh))
     }
 
+    /// Makes `at_name` in `at` and gives it to `uid`/`gid`.
+    fn make_owned(
+        &self,
+        at: BorrowedFd<'_>,
+        at_name: &CStr,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        what: NewEntry<'_>,
+    ) -> Result<Option<OwnedFd>> {
+        let file = make(at, at_name, mode, what)?;
+        let own = rustix::fs::chownat(
+            at,
+            at_name,
+            Some(Uid::from_raw(uid)),
+            Some(Gid::from_raw(gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .or_else(|e| match e {
+            // A rootless daemon cannot give files away: they stay its own.
+            rustix::io::Errno::PERM | rustix::io::Errno::INVAL => {
+                tracing::debug!(uid, gid, "new entry keeps the daemon's ownership");
+                Ok(())
+            }
+            e => Err(e),
+        })
+        .and_then(|()| match what {
+            // chown clears setuid/setgid bits: set those again. Nothing else,
+            // so that a default ACL inherited from the parent keeps its mask.
+            NewEntry::Symlink { .. } => Ok(()),
+            _ if mode & (libc::S_ISUID | libc::S_ISGID) == 0 => Ok(()),
+            _ => rustix::fs::chmodat(at, at_name, Mode::from_raw_mode(mode), AtFlags::empty()),
+        });
+        if let Err(e) = own {
+            let _ = layer::remove_tree(at, at_name);
+            return Err(e.into());
+        }
+        Ok(file)
+    }
+
+    /// Makes `at_name` in `at`, owned by the daemon and accessible to it,
+    /// with the logical owner and mode in override xattr `x`.
+    #[allow(clippy::too_many_arguments)]
+    fn make_recorded(
+        &self,
+        at: BorrowedFd<'_>,
+        at_name: &CStr,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        what: NewEntry<'_>,
+        x: &CStr,
+    ) -> Result<Option<OwnedFd>> {
+        let is_dir = matches!(what, NewEntry::Dir);
+        let file = make(at, at_name, override_stat::backing_perm(mode, is_dir), what)?;
+        let logical = override_stat::Override {
+            uid,
+            gid,
+            perm: mode,
+        };
+        match override_stat::write(at, at_name, x, logical) {
+            Ok(()) => Ok(file),
+            // user.* xattrs are not allowed on symlinks, as in fuse-overlayfs.
+            Err(_) if matches!(what, NewEntry::Symlink { .. }) => Ok(file),
+            Err(e) => {
+                let _ = layer::remove_tree(at, at_name);
+                Err(e)
+            }
+        }
+    }
+
     /// A node for an entry just made in upper directory `dir`.
     fn new_upper_node(
         &self,
@@ -139,7 +188,7 @@ impl Union {
         dir: BorrowedFd<'_>,
         name: std::ffi::CString,
     ) -> Result<Arc<Node>> {
-        let st = layer::stat_at(dir, &name)?;
+        let st = self.logical(0, dir, &name, layer::stat_at(dir, &name)?);
         let ino = self.entry_ino(0, dir, &name, st.st_ino);
         let attr = attr_of(ino, &st)?;
         let body = if attr.kind == Kind::Dir {

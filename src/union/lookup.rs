@@ -106,7 +106,8 @@ impl Union {
             }
             return Ok(node);
         }
-        let mut attr = attr_of(ino, &top.stat)?;
+        let st = self.logical(top.ld.layer, top.ld.fd.as_fd(), &name, top.stat);
+        let mut attr = attr_of(ino, &st)?;
         let body = if attr.kind != Kind::Dir {
             if self.is_upper(top.ld.layer) {
                 NodeBody::Upper {
@@ -177,9 +178,16 @@ impl Union {
         let (st, merged) = {
             let state = node.state();
             match &state.body {
-                NodeBody::Upper { fd } => (layer::stat_self(fd.as_fd())?, false),
+                NodeBody::Upper { fd } => {
+                    let st = layer::stat_self(fd.as_fd())?;
+                    (self.logical(0, fd.as_fd(), c"", st), false)
+                }
                 NodeBody::Dir { layers } if self.is_upper(layers[0].layer) => {
-                    (layer::stat_self(layers[0].fd.as_fd())?, layers.len() > 1)
+                    let st = layer::stat_self(layers[0].fd.as_fd())?;
+                    (
+                        self.logical(0, layers[0].fd.as_fd(), c".", st),
+                        layers.len() > 1,
+                    )
                 }
                 _ => return Ok(state.attr),
             }

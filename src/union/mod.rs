@@ -9,6 +9,7 @@ mod file;
 mod handles;
 mod inode;
 mod lookup;
+mod override_stat;
 mod readdir;
 mod remove;
 mod rename;
@@ -66,6 +67,8 @@ pub struct Union {
     files: HandleTable<file::OpenFile>,
     dirs: HandleTable<Vec<DirEntry>>,
     view: ViewOptions,
+    /// Per layer: the xattr holding owner and mode (`xattr_permissions`).
+    overrides: Vec<Option<&'static std::ffi::CStr>>,
 }
 
 impl Union {
@@ -96,7 +99,23 @@ impl Union {
         }
         let inos = InoMap::new(&layers);
         let nodes = NodeTable::default();
-        let top = layer::stat_self(layers[0].root().as_fd())?;
+        let mut overrides: Vec<_> = layers.iter().map(override_stat::detect).collect();
+        if let (Some(_), Some(mode)) = (&upper, view.override_stat) {
+            let x = override_stat::xattr_name(mode);
+            override_stat::mark_root(layers[0].root().as_fd(), x).map_err(|e| {
+                LayerError::open(
+                    layers[0].path(),
+                    std::io::Error::other(format!("cannot record owners in {x:?}: {e}")),
+                )
+            })?;
+            overrides[0] = Some(x);
+        }
+        let mut top = layer::stat_self(layers[0].root().as_fd())?;
+        if let Some(o) =
+            overrides[0].and_then(|x| override_stat::read(layers[0].root().as_fd(), c".", x))
+        {
+            o.apply(&mut top);
+        }
         let mut attr = Attr::from_stat(ROOT_INO, &top)
             .ok_or_else(|| LayerError::Io(std::io::Error::from_raw_os_error(libc::ENOTDIR)))?;
         if layers.len() > 1 {
@@ -127,6 +146,7 @@ impl Union {
             files: HandleTable::default(),
             dirs: HandleTable::default(),
             view,
+            overrides,
         })
     }
 

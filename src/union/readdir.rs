@@ -127,6 +127,7 @@ impl Union {
                         return Ok(());
                     }
                     let ino = self.entry_ino(ld.layer, dir, name, st.st_ino);
+                    let st = self.logical(ld.layer, dir, name, st);
                     let Some(attr) = Attr::from_stat(ino, &st) else {
                         return Ok(());
                     };

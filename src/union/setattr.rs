@@ -67,7 +67,19 @@ impl Union {
         let path = layer::proc_fd_path(fd.as_fd());
         let is_link = node.attr().kind == Kind::Symlink;
 
-        if set.uid.is_some() || set.gid.is_some() {
+        let recorded = self.upper_override().is_some()
+            && (uid.is_some() || gid.is_some() || set.mode.is_some());
+        if recorded {
+            // xattr_permissions: owner and mode live in the xattr; the file
+            // stays the daemon's, accessible to it.
+            let perm = set.mode.filter(|_| !is_link);
+            if let Err(e) = self.set_override(fd.as_fd(), uid, gid, perm) {
+                // Symlinks cannot carry user.* xattrs.
+                if !is_link {
+                    return Err(e);
+                }
+            }
+        } else if set.uid.is_some() || set.gid.is_some() {
             let r = rustix::fs::chownat(
                 fd.as_fd(),
                 c"",
@@ -84,7 +96,7 @@ impl Union {
                 r => r?,
             }
         }
-        if let Some(mode) = set.mode.filter(|_| !is_link) {
+        if let Some(mode) = set.mode.filter(|_| !is_link && !recorded) {
             rustix::fs::chmodat(
                 rustix::fs::CWD,
                 path.as_c_str(),

@@ -11,8 +11,9 @@ use super::error::{Error, Result};
 use super::inode::{Node, NodeBody};
 use crate::{layer, sys};
 
-const PRIVATE_PREFIXES: [&[u8]; 5] = [
+const PRIVATE_PREFIXES: [&[u8]; 6] = [
     b"trusted.overlay.",
+    b"security.fuseoverlayfs.",
     b"user.overlay.",
     b"user.fuseoverlayfs.",
     b"user.stratafs.",
