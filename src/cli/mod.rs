@@ -24,6 +24,12 @@ enum WhiteoutArg {
 #[command(
     name = "stratafs",
     version,
+    long_version = concat!(
+        env!("CARGO_PKG_VERSION"),
+        "\nFUSE: fuser 0.18.0 (Rust, no libfuse); kernel protocol negotiated at mount",
+        "\nunprivileged mounts: fusermount3 (package fuse3)",
+        "\ndrop-in command line: fuse-overlayfs 1.x options (-o lowerdir=...)"
+    ),
     about = "A userspace union filesystem for container image layers",
     long_about = "stratafs merges a stack of read-only layer directories into one tree \
                   through FUSE, with the semantics of Linux overlayfs.",
