@@ -140,7 +140,7 @@ fn session_config(spec: &MountSpec) -> Config {
     let mut cfg = Config::default();
     cfg.mount_options = options;
     cfg.acl = match o.access {
-        Access::Auto if root || user_allow_other() => SessionACL::All,
+        Access::Auto if root => SessionACL::All,
         Access::Auto | Access::Owner => SessionACL::Owner,
         Access::AllowOther => SessionACL::All,
         Access::AllowRoot => SessionACL::RootAndOwner,
@@ -159,13 +159,6 @@ fn adapter_config(spec: &MountSpec) -> AdapterConfig {
     cfg.writeback = spec.fuse.writeback;
     cfg.max_write = spec.fuse.max_write;
     cfg
-}
-
-/// Non-root users may ask for allow_other only when /etc/fuse.conf says so.
-fn user_allow_other() -> bool {
-    std::fs::read_to_string("/etc/fuse.conf")
-        .map(|s| s.lines().any(|l| l.trim() == "user_allow_other"))
-        .unwrap_or(false)
 }
 
 /// Directory nodes hold one fd per contributing layer and upper entries one

@@ -6,7 +6,7 @@ use std::time::Duration;
 /// Who may use the mount besides its owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Access {
-    /// Everyone when the daemon is root or /etc/fuse.conf allows it, else the owner.
+    /// Everyone when the daemon is root (as fuse-overlayfs does), else the owner.
     #[default]
     Auto,
     /// The owner only.
