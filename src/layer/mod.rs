@@ -5,6 +5,7 @@
 mod copy;
 mod error;
 mod markers;
+mod redirect;
 mod upper;
 mod user_markers;
 mod walk;
@@ -22,6 +23,7 @@ pub use markers::{
     Presence, is_marker_name, is_opaque, is_overlay_whiteout, oci_whiteout_target, probe,
     to_cstring,
 };
+pub use redirect::{Redirect, read_redirect};
 pub use upper::{Dialect, DialectChoice, Upper};
 pub use user_markers::{UserMarkerStats, add_user_markers};
 pub use walk::{

@@ -11,7 +11,11 @@ use super::Union;
 use super::attr::{Attr, Kind};
 use super::error::{Error, Result};
 use super::inode::{LayerDir, Node, NodeBody, NodeState};
-use crate::layer::{self, Presence};
+use crate::layer::{self, Presence, Redirect};
+
+/// Redirects followed while resolving one directory: hostile layers could
+/// chain them in a loop.
+const MAX_REDIRECTS: u32 = 16;
 
 /// Validates a single name coming from the kernel.
 pub(crate) fn checked_name(name: &OsStr) -> Result<CString> {
@@ -141,24 +145,72 @@ impl Union {
     /// The layer directories of union directory `name`, starting at the
     /// top-most layer in `layers` (which must hold a directory there).
     fn collect_dirs(&self, layers: &[LayerDir], name: &CStr) -> Result<Vec<LayerDir>> {
+        self.collect_dirs_within(layers, name, MAX_REDIRECTS)
+    }
+
+    /// [`Self::collect_dirs`], following at most `budget` absolute redirects.
+    /// A directory with a redirect takes its lower layers from the redirect's
+    /// target instead of its own name: that is how a renamed directory keeps
+    /// its lower contents, and the name it now has below is hidden.
+    fn collect_dirs_within(
+        &self,
+        layers: &[LayerDir],
+        name: &CStr,
+        budget: u32,
+    ) -> Result<Vec<LayerDir>> {
         let mut dirs = Vec::new();
+        let mut name = name.to_owned();
         for ld in layers {
-            match layer::probe(ld.fd.as_fd(), name)? {
+            match layer::probe(ld.fd.as_fd(), &name)? {
                 Presence::Absent => continue,
                 Presence::Whiteout => break,
                 Presence::Entry(st) if Kind::from_mode(st.st_mode) == Some(Kind::Dir) => {
-                    let fd = Arc::new(layer::open_subdir(ld.fd.as_fd(), name)?);
+                    let fd = Arc::new(layer::open_subdir(ld.fd.as_fd(), &name)?);
                     let opaque = layer::is_opaque(fd.as_fd())?;
+                    let redirect = (!opaque)
+                        .then(|| layer::read_redirect(fd.as_fd()))
+                        .flatten();
                     dirs.push(LayerDir {
                         layer: ld.layer,
                         fd,
                     });
-                    if opaque {
-                        break;
+                    match redirect {
+                        _ if opaque => break,
+                        None => {}
+                        Some(Redirect::Relative(other)) => name = other,
+                        Some(Redirect::Absolute(_)) if budget == 0 => {
+                            tracing::warn!(?name, "too many directory redirects; not followed");
+                            break;
+                        }
+                        Some(Redirect::Absolute(path)) => {
+                            dirs.extend(self.dirs_at(ld.layer, &path, budget - 1)?);
+                            break;
+                        }
                     }
                 }
                 Presence::Entry(_) => break,
             }
+        }
+        Ok(dirs)
+    }
+
+    /// The directories at `path` (from the root) of the layers below `above`.
+    fn dirs_at(&self, above: usize, path: &[CString], budget: u32) -> Result<Vec<LayerDir>> {
+        let mut dirs: Vec<LayerDir> = self
+            .layers
+            .iter()
+            .enumerate()
+            .skip(above + 1)
+            .map(|(i, l)| LayerDir {
+                layer: i,
+                fd: l.root().clone(),
+            })
+            .collect();
+        for comp in path {
+            if dirs.is_empty() {
+                break;
+            }
+            dirs = self.collect_dirs_within(&dirs, comp, budget)?;
         }
         Ok(dirs)
     }
