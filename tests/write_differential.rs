@@ -12,8 +12,8 @@ mod common;
 use common::differential::*;
 use common::*;
 use libc::{
-    EEXIST, EINVAL, EISDIR, ENODATA, ENOENT, ENOTDIR, ENOTEMPTY, EPERM, EXDEV, O_APPEND, O_CREAT,
-    O_EXCL, O_RDONLY, O_RDWR, O_TRUNC, O_WRONLY, RENAME_EXCHANGE, RENAME_NOREPLACE,
+    EEXIST, EINVAL, EISDIR, ENODATA, ENOENT, ENOTDIR, ENOTEMPTY, EPERM, O_APPEND, O_CREAT, O_EXCL,
+    O_RDONLY, O_RDWR, O_TRUNC, O_WRONLY, RENAME_EXCHANGE, RENAME_NOREPLACE,
 };
 
 // ---- op constructors (keep the scenarios readable) ----
@@ -576,8 +576,74 @@ fn recreated_directories_are_opaque() {
     );
 }
 
+/// Directory renames (issue 8): lower-only, merged and opaque directories move in O(1) with a
+/// redirect; chains (a→b, b/c→a, back again, into a sibling's subdirectory), deletes and
+/// creations under renamed directories, over empty directories (merged emptiness), with
+/// RENAME_NOREPLACE/RENAME_EXCHANGE, into the directory's own descendant (EINVAL), and a new
+/// directory at a vacated name. The harness also remounts stratafs over the result and mounts
+/// the upper with the kernel.
+#[test]
+fn directory_renames() {
+    require_root();
+    check_both_dialects(
+        "wd-dirrename",
+        vec![
+            rename("a", "x").ok(),
+            readdir("x"),
+            readdir("x/sub"),
+            read_file("x/sub/deep/f5").data("base a/sub/deep/f5\n"),
+            lstat("x/f2").err(ENOENT), // still whited out
+            rename("x/sub", "a").ok(), // a child of the renamed dir takes the vacated name
+            readdir("a"),
+            readdir("a/deep"),
+            readdir("x"),
+            rename("a", "x/sub").ok(), // and back
+            readdir("x/sub/deep"),
+            rename("x/sub/deep", "g2").ok(),
+            readdir("g2"),
+            open(0, "x/sub/new", O_CREAT | O_WRONLY).ok(),
+            write(0, "new under a renamed dir"),
+            close(0).ok(),
+            unlink("x/f3").ok(), // delete a lower file under a renamed dir
+            unlink("x/g").ok(),
+            readdir("x"),
+            mkdir("a").ok(), // a fresh directory at the original name: opaque
+            readdir("a"),
+            mkdir("a/in").ok(),
+            rename("c", "a/in/c").ok(), // into a subdirectory of a sibling
+            readdir("a/in/c"),
+            read_file("a/in/c/h").data("top c/h\n"),
+            rename("a/in", "a/in/c/loop").err(EINVAL), // into its own descendant
+            rename2("x", "g", RENAME_NOREPLACE).err(EEXIST),
+            rename2("x", "b", RENAME_EXCHANGE).ok(), // two merged/opaque dirs swap
+            readdir("x"),
+            readdir("b"),
+            readdir("b/sub"),
+            rename("e", "a/in/c").err(ENOTEMPTY),
+            mkdir("empty").ok(),
+            rename("b", "empty").ok(), // over an empty upper dir
+            readdir("empty"),
+            rename("e", "g2").err(ENOTEMPTY),
+            unlink("g2/f5").ok(),
+            rename("e", "g2").ok(), // over a lower dir emptied by whiteouts
+            readdir("g2"),
+            lstat("e").err(ENOENT),
+            rmdir("g2").ok(), // remove a renamed (lower) directory
+            lstat("g2").err(ENOENT),
+            rename("empty", "x/moved").ok(), // renamed a fourth time, into a renamed dir
+            readdir("x/moved"),
+            readdir("x/moved/sub"),
+            read_file("x/moved/sub/new").data("new under a renamed dir"),
+            rename("x", "zz").ok(),
+            readdir("zz/moved/sub"),
+            readdir(""),
+        ],
+    );
+}
+
 /// rename: plain, RENAME_NOREPLACE, RENAME_EXCHANGE; files over files, over empty dirs;
-/// lower/merged directories give EXDEV (redirect_dir=off), upper-only ones move.
+/// lower/merged directories move with a redirect (kernel redirect_dir=on), upper-only ones
+/// move plainly.
 #[test]
 fn renames() {
     require_root();
@@ -607,10 +673,19 @@ fn renames() {
             lstat("big"),
             lstat("c/h"),
             // Directories.
-            rename("a", "a2").err(EXDEV),
-            rename("e", "e2").err(EXDEV),
-            rename("b", "b2").err(EXDEV),
-            rename("c", "c2").err(EXDEV),
+            rename("a", "a2").ok(), // merged
+            lstat("a").err(ENOENT),
+            readdir("a2"),
+            readdir("a2/sub/deep"),
+            rename("e", "e2").ok(), // lower-only, empty
+            rename("b", "b2").ok(), // opaque
+            readdir("b2"),
+            rename("c", "c2").ok(), // top layer only
+            readdir(""),
+            rename("a2", "a").ok(), // back where they were
+            rename("e2", "e").ok(),
+            rename("b2", "b").ok(),
+            rename("c2", "c").ok(),
             mkdir("n1").ok(),
             open(0, "n1/inner", O_CREAT | O_WRONLY).ok(),
             close(0).ok(),

@@ -15,7 +15,7 @@
 //! mount's current tree, so that most operations hit existing names). A random failure is
 //! shrunk (by replaying subsets of the steps) before it is reported.
 //!
-//! Kernel options: `redirect_dir=off,metacopy=off,index=off`. Differences from the kernel that
+//! Kernel options: `redirect_dir=on,metacopy=off,index=off`. Differences from the kernel that
 //! are legitimate by design are kept out of the scripts (see `tests/README.md`):
 //! - names starting with `.wh.` (EINVAL on stratafs, allowed by the kernel);
 //! - reads through an fd opened read-only before the file's copy-up (the kernel keeps reading

@@ -484,10 +484,10 @@ pub struct KernelOverlay<'a> {
 }
 
 impl<'a> KernelOverlay<'a> {
-    /// Read-only overlay of `lowers` (top first).
+    /// Read-only overlay of `lowers` (top first); redirects in them are followed.
     pub fn lower_only(lowers: &[PathBuf], mnt: &Path) -> Result<KernelOverlay<'a>, String> {
         let opts = format!(
-            "lowerdir={}",
+            "lowerdir={},redirect_dir=follow",
             lowers
                 .iter()
                 .map(|p| overlay_escape(p))
@@ -498,8 +498,8 @@ impl<'a> KernelOverlay<'a> {
     }
 
     /// Writable overlay of `lowers` (top first), the oracle of the write tests:
-    /// `redirect_dir=off,metacopy=off,index=off` so that renaming a lower or merged directory
-    /// gives EXDEV and a copy-up copies data, as stratafs does.
+    /// `redirect_dir=on,metacopy=off,index=off`: renaming a lower or merged directory moves it
+    /// with a redirect, and a copy-up copies data, as stratafs does.
     pub fn writable(
         lowers: &[PathBuf],
         upper: &Path,
@@ -507,7 +507,7 @@ impl<'a> KernelOverlay<'a> {
         mnt: &Path,
     ) -> Result<KernelOverlay<'a>, String> {
         let opts = format!(
-            "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off",
+            "lowerdir={},upperdir={},workdir={},redirect_dir=on,metacopy=off,index=off",
             lowers
                 .iter()
                 .map(|p| overlay_escape(p))

@@ -247,7 +247,22 @@ pub fn upper_format_problems(
             None
         };
         let Some(t) = target else { continue };
-        if let Some(a) = ancestors(&t).iter().find(|a| opaque.contains(*a)) {
+        // A directory with a redirect below the opaque one takes its lower layers from
+        // elsewhere: whiteouts inside it are needed.
+        let redirected = |d: &Vec<u8>| {
+            upper
+                .entries
+                .get(d)
+                .is_some_and(|e| REDIRECT_XATTRS.iter().any(|x| e.xattrs.contains_key(*x)))
+        };
+        let anc = ancestors(&t);
+        let innermost_opaque = anc
+            .iter()
+            .filter(|a| opaque.contains(*a))
+            .max_by_key(|a| a.len());
+        if let Some(a) = innermost_opaque
+            && !anc.iter().any(|b| b.len() > a.len() && redirected(b))
+        {
             out.push(format!(
                 "{}: whiteout inside the opaque directory {}",
                 show_path(p),
@@ -255,6 +270,7 @@ pub fn upper_format_problems(
             ));
             continue;
         }
+        let t = lower_path_of(upper, &t);
         if !lower_view.entries.contains_key(&t) {
             out.push(format!(
                 "{}: whiteout of {} although no lower layer has that name",
@@ -264,6 +280,37 @@ pub fn upper_format_problems(
         }
     }
     out
+}
+
+const REDIRECT_XATTRS: [&[u8]; 4] = [
+    b"trusted.overlay.redirect",
+    b"user.overlay.redirect",
+    b"trusted.stratafs.redirect",
+    b"user.stratafs.redirect",
+];
+
+/// Where upper path `p` is looked up in the lower layers: directories on the way that carry a
+/// redirect (absolute `/x/y`, or a name in the same parent) send the rest of the path there.
+pub fn lower_path_of(upper: &Snapshot, p: &[u8]) -> Vec<u8> {
+    let mut upper_prefix: Vec<u8> = Vec::new();
+    let mut lower: Vec<u8> = Vec::new();
+    for comp in p.split(|b| *b == b'/').filter(|c| !c.is_empty()) {
+        upper_prefix = join_rel(&upper_prefix, comp);
+        lower = join_rel(&lower, comp);
+        let Some(e) = upper.entries.get(&upper_prefix) else {
+            continue;
+        };
+        if e.kind != Kind::Dir {
+            continue;
+        }
+        if let Some(v) = REDIRECT_XATTRS.iter().find_map(|x| e.xattrs.get(*x)) {
+            lower = match v.strip_prefix(b"/") {
+                Some(abs) => abs.to_vec(),
+                None => join_rel(parent_and_name(&lower).0, v),
+            };
+        }
+    }
+    lower
 }
 
 /// Regular-file bytes (sum of st_size) and the number of regular files in a tree.
