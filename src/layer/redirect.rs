@@ -27,7 +27,7 @@ pub enum Redirect {
 }
 
 impl Redirect {
-    fn parse(value: &[u8]) -> Option<Redirect> {
+    pub fn parse(value: &[u8]) -> Option<Redirect> {
         let value = value.strip_suffix(b"\0").unwrap_or(value);
         if let Some(path) = value.strip_prefix(b"/") {
             let parts = path

@@ -11,13 +11,26 @@ use rustix::fs::{FileType, Mode, OFlags};
 
 use super::Union;
 use super::error::{Error, Result};
-use super::inode::{LayerDir, Node, NodeBody};
+use super::inode::{LayerDir, LowerData, Node, NodeBody};
 use super::override_stat;
 use super::xattr::is_private_xattr;
-use crate::layer::{self, Upper};
+use crate::layer::{self, Redirect, Upper};
 use crate::sys;
 
 const ORIGIN: &str = "origin";
+/// On a metadata-only copy: the path (from the root, as a redirect) of the
+/// lower file that holds its data.
+const METACOPY: &str = "metacopy";
+
+/// How much of a lower file a copy-up brings into the upper layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CopyData {
+    Full,
+    /// Nothing: the caller truncates to zero.
+    Empty,
+    /// Metadata only: a regular file's data stays in its lower layer.
+    Meta,
+}
 
 /// Removes a workdir scratch entry unless disarmed.
 struct Scratch<'a> {
@@ -64,7 +77,7 @@ impl Union {
         if node.is_dir() {
             self.upper_dir(node)
         } else {
-            self.copy_up_leaf(node, true)
+            self.copy_up_meta(node)
         }
     }
 
@@ -143,19 +156,45 @@ impl Union {
         }
     }
 
-    /// The upper O_PATH fd of non-directory `node`, copied up if it is still
-    /// in a lower layer; `with_data` false leaves the copy empty (O_TRUNC).
+    /// The upper O_PATH fd of non-directory `node` with its data in the upper
+    /// layer, copied up (or a metadata-only copy filled) if needed;
+    /// `with_data` false leaves the copy empty (O_TRUNC).
+    pub(crate) fn copy_up_leaf(&self, node: &Arc<Node>, with_data: bool) -> Result<Arc<OwnedFd>> {
+        let want = if with_data {
+            CopyData::Full
+        } else {
+            CopyData::Empty
+        };
+        self.copy_up_file(node, want)
+    }
+
+    /// The upper O_PATH fd of non-directory `node` for a change of metadata
+    /// (or of its names): a lower regular file is copied up without its data.
+    pub(crate) fn copy_up_meta(&self, node: &Arc<Node>) -> Result<Arc<OwnedFd>> {
+        self.copy_up_file(node, CopyData::Meta)
+    }
+
     /// A node whose name was removed while it stayed open is copied into the
     /// workdir and unlinked there: it lives on through its fds only.
-    pub(crate) fn copy_up_leaf(&self, node: &Arc<Node>, with_data: bool) -> Result<Arc<OwnedFd>> {
+    fn copy_up_file(&self, node: &Arc<Node>, want: CopyData) -> Result<Arc<OwnedFd>> {
         let upper = self.upper()?;
-        if let NodeBody::Upper { fd } = &node.state().body {
-            return Ok(fd.clone());
+        match &node.state().body {
+            NodeBody::Upper { fd, data: None } => return Ok(fd.clone()),
+            NodeBody::Upper { fd, .. } if want == CopyData::Meta => return Ok(fd.clone()),
+            _ => {}
         }
         // The lock comes first: an unlink of this name holds it while it
         // decides, so the parent read below is current. Lock order is always
         // child before parent (upper_dir takes the parent's).
         let _guard = node.copy_up.lock();
+        // (The state lock must be released before filling takes it again.)
+        let body = node.state().body.clone();
+        if let NodeBody::Upper { fd, data } = body {
+            if let Some(d) = data.filter(|_| want != CopyData::Meta) {
+                self.fill_metacopy(upper, node, &fd, &d, want)?;
+            }
+            return Ok(fd);
+        }
         let parent_fd = match node.parent() {
             Some(parent) => Some(self.upper_dir(&parent)?),
             None => None,
@@ -163,7 +202,7 @@ impl Union {
         let (name, layer, dir, lname) = {
             let state = node.state();
             match &state.body {
-                NodeBody::Upper { fd } => return Ok(fd.clone()),
+                NodeBody::Upper { fd, .. } => return Ok(fd.clone()),
                 NodeBody::Dir { .. } => return Err(Error::IsDir),
                 NodeBody::Lower { layer, dir, name } => {
                     (state.name.clone(), *layer, dir.clone(), name.clone())
@@ -179,6 +218,7 @@ impl Union {
         let tmp = self.scratch(upper);
         let work = upper.work();
         let mut data_fd = None;
+        let mut meta_only = false;
         match FileType::from_raw_mode(st.st_mode) {
             FileType::RegularFile => {
                 let dst = rustix::fs::openat(
@@ -187,9 +227,17 @@ impl Union {
                     OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 )?;
-                if with_data {
-                    let src = layer::open_file(dir.as_fd(), &lname)?;
-                    layer::copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64)?;
+                match want {
+                    CopyData::Full => {
+                        let src = layer::open_file(dir.as_fd(), &lname)?;
+                        layer::copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64)?;
+                    }
+                    // A sparse placeholder of the right size: no data moves.
+                    CopyData::Meta if st.st_size > 0 => {
+                        rustix::fs::ftruncate(&dst, st.st_size as u64)?;
+                        meta_only = true;
+                    }
+                    CopyData::Meta | CopyData::Empty => {}
                 }
                 data_fd = Some(dst);
             }
@@ -217,6 +265,20 @@ impl Union {
             &st,
             node.ino(),
         )?;
+        if meta_only {
+            let mut path = match node.parent() {
+                Some(parent) => self.lower_path(&parent)?,
+                None => Vec::new(),
+            };
+            path.push(lname.clone());
+            let value = Redirect::Absolute(path).to_bytes();
+            rustix::fs::setxattr(
+                layer::proc_fd_path(made.as_fd()).as_c_str(),
+                upper.private_xattr(METACOPY).as_c_str(),
+                &value,
+                rustix::fs::XattrFlags::empty(),
+            )?;
+        }
         // Data and metadata reach the disk before the name makes them visible.
         if let Some(dst) = &data_fd {
             upper.sync(dst.as_fd())?;
@@ -233,7 +295,17 @@ impl Union {
             // The scratch name goes with `tmp`; the inode stays through `made`.
             None => Arc::new(made),
         };
-        node.update(|s| s.body = NodeBody::Upper { fd: fd.clone() });
+        let data = meta_only.then(|| LowerData {
+            layer,
+            dir: dir.clone(),
+            name: lname.clone(),
+        });
+        node.update(|s| {
+            s.body = NodeBody::Upper {
+                fd: fd.clone(),
+                data,
+            }
+        });
         self.link_other_names(upper, node, &fd);
         Ok(fd)
     }
@@ -315,6 +387,139 @@ impl Union {
         Ok(())
     }
 
+    /// The path from the root at which the lower layers of directory `node`
+    /// are looked up: its own path, unless it or a parent was redirected.
+    pub(crate) fn lower_path(&self, node: &Arc<Node>) -> Result<Vec<CString>> {
+        let mut names = Vec::new();
+        let mut cur = node.clone();
+        loop {
+            let (parent, name, upper_fd) = node_state_parts(&cur);
+            if let Some(fd) = upper_fd {
+                match layer::read_redirect(fd.as_fd()) {
+                    Some(Redirect::Absolute(path)) => {
+                        names.reverse();
+                        let mut full = path;
+                        full.extend(names);
+                        return Ok(full);
+                    }
+                    Some(Redirect::Relative(other)) => {
+                        names.push(other);
+                        match parent {
+                            Some(p) => {
+                                cur = p;
+                                continue;
+                            }
+                            None => break,
+                        }
+                    }
+                    None => {}
+                }
+            }
+            match parent {
+                Some(p) => {
+                    names.push(name);
+                    cur = p;
+                }
+                None => break,
+            }
+        }
+        names.reverse();
+        Ok(names)
+    }
+
+    /// Brings the data of metadata-only copy `fd` into it from lower file `d`
+    /// (or drops it, for `CopyData::Empty`), in place, so that hard links and
+    /// open fds keep the same inode. Removing the metacopy xattr is the commit
+    /// point: until then, even after a crash, reads still come from `d`.
+    fn fill_metacopy(
+        &self,
+        upper: &Upper,
+        node: &Node,
+        fd: &OwnedFd,
+        d: &LowerData,
+        want: CopyData,
+    ) -> Result<()> {
+        let before = layer::stat_self(fd.as_fd())?;
+        let w = layer::reopen(fd.as_fd(), OFlags::WRONLY)?;
+        if want == CopyData::Full {
+            let src = layer::open_file(d.dir.as_fd(), &d.name)?;
+            layer::copy_data(src.as_fd(), w.as_fd(), before.st_size as u64)?;
+        } else {
+            rustix::fs::ftruncate(&w, 0)?;
+        }
+        upper.sync(w.as_fd())?;
+        // Writing the data is not a change the user made.
+        let times = rustix::fs::Timestamps {
+            last_access: rustix::fs::Timespec {
+                tv_sec: before.st_atime,
+                tv_nsec: before.st_atime_nsec as _,
+            },
+            last_modification: rustix::fs::Timespec {
+                tv_sec: before.st_mtime,
+                tv_nsec: before.st_mtime_nsec as _,
+            },
+        };
+        rustix::fs::futimens(&w, &times)?;
+        let path = layer::proc_fd_path(fd.as_fd());
+        for x in [upper.private_xattr(METACOPY), other_ns(&upper.private_xattr(METACOPY))] {
+            match rustix::fs::removexattr(path.as_c_str(), x.as_c_str()) {
+                Ok(()) | Err(rustix::io::Errno::NODATA) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        upper.sync(w.as_fd())?;
+        node.update(|s| {
+            if let NodeBody::Upper { data, .. } = &mut s.body {
+                *data = None;
+            }
+        });
+        node.forget_xattrs();
+        Ok(())
+    }
+
+    /// The node body of non-directory `name` in upper directory `dir`: a
+    /// metadata-only copy finds its lower data by the path it recorded.
+    pub(crate) fn upper_leaf(&self, dir: BorrowedFd<'_>, name: &CStr) -> Result<NodeBody> {
+        let fd = Arc::new(layer::open_path(dir, name)?);
+        let data = match self.upper.as_ref() {
+            Some(upper) => {
+                let mut value = None;
+                for x in [upper.private_xattr(METACOPY), other_ns(&upper.private_xattr(METACOPY))] {
+                    let mut buf = vec![0u8; 4096];
+                    if let Ok(n) = sys::getxattr_at(dir, name, &x, &mut buf) {
+                        buf.truncate(n);
+                        value = Some(buf);
+                        break;
+                    }
+                }
+                match value {
+                    Some(v) => Some(self.metacopy_source(&v).ok_or_else(|| {
+                        tracing::error!(?name, path = %String::from_utf8_lossy(&v), "the lower data of a metadata-only copy is gone");
+                        Error::Io(std::io::Error::from_raw_os_error(libc::EIO))
+                    })?),
+                    None => None,
+                }
+            }
+            None => None,
+        };
+        Ok(NodeBody::Upper { fd, data })
+    }
+
+    /// The lower regular file at recorded path `value`.
+    fn metacopy_source(&self, value: &[u8]) -> Option<LowerData> {
+        let Some(Redirect::Absolute(mut path)) = Redirect::parse(value) else {
+            return None;
+        };
+        let name = path.pop()?;
+        let dirs = self.dirs_at(0, &path).ok()?;
+        let top = self.find_top(&dirs, &name).ok()??;
+        (FileType::from_raw_mode(top.stat.st_mode) == FileType::RegularFile).then(|| LowerData {
+            layer: top.ld.layer,
+            dir: top.ld.fd.clone(),
+            name,
+        })
+    }
+
     fn scratch<'a>(&self, upper: &'a Upper) -> Scratch<'a> {
         Scratch {
             upper,
@@ -343,4 +548,22 @@ fn keep_times(dir: BorrowedFd<'_>, st: &rustix::fs::Stat) {
     if let Err(e) = layer::restore_dir_times(dir, st) {
         tracing::warn!(error = %e, "cannot restore directory times after copy-up");
     }
+}
+
+/// Parent, name and upper directory fd of a node, read under one lock.
+fn node_state_parts(
+    node: &Node,
+) -> (
+    Option<Arc<Node>>,
+    CString,
+    Option<Arc<std::os::fd::OwnedFd>>,
+) {
+    let state = node.state();
+    let upper_fd = match &state.body {
+        NodeBody::Dir { layers } if layers.first().is_some_and(|ld| ld.layer == 0) => {
+            Some(layers[0].fd.clone())
+        }
+        _ => None,
+    };
+    (state.parent.clone(), state.name.clone(), upper_fd)
 }

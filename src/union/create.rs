@@ -201,6 +201,7 @@ impl Union {
         } else {
             NodeBody::Upper {
                 fd: Arc::new(layer::open_path(dir, &name)?),
+                data: None,
             }
         };
         parent.forget_xattrs();
@@ -227,7 +228,7 @@ impl Union {
         if node.is_dir() {
             return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EPERM)));
         }
-        let src = self.copy_up_leaf(&node, true)?;
+        let src = self.copy_up_meta(&node)?;
         let dir = self.upper_dir(&parent)?;
         let over_whiteout = matches!(layer::probe(dir.as_fd(), &name)?, Presence::Whiteout);
         let src_path = layer::proc_fd_path(src.as_fd());

@@ -42,7 +42,7 @@ impl OpenFile {
     pub fn fd(&self) -> Result<Arc<OwnedFd>> {
         let mut follow = self.follow.lock();
         let upper = match follow.as_ref().map(|n| n.state().body.clone()) {
-            Some(NodeBody::Upper { fd }) => Some(fd),
+            Some(NodeBody::Upper { fd, data: None }) => Some(fd),
             _ => None,
         };
         if let Some(fd) = upper {
@@ -87,7 +87,10 @@ impl Union {
                 NodeBody::Lower { dir, name, .. } => {
                     OpenFile::new(layer::open_file(dir.as_fd(), &name)?)
                 }
-                NodeBody::Upper { fd } => {
+                NodeBody::Upper {
+                    data: Some(d), ..
+                } => OpenFile::following(layer::open_file(d.dir.as_fd(), &d.name)?, node.clone()),
+                NodeBody::Upper { fd, .. } => {
                     OpenFile::new(layer::reopen(fd.as_fd(), real_flags(flags))?)
                 }
                 NodeBody::Dir { .. } => return Err(Error::IsDir),
@@ -207,7 +210,7 @@ impl Union {
             NodeBody::Lower { dir, name, .. } => {
                 rustix::fs::readlinkat(dir.as_fd(), name.as_c_str(), Vec::new())?
             }
-            NodeBody::Upper { fd } => rustix::fs::readlinkat(fd.as_fd(), c"", Vec::new())?,
+            NodeBody::Upper { fd, .. } => rustix::fs::readlinkat(fd.as_fd(), c"", Vec::new())?,
             NodeBody::Dir { .. } => return Err(Error::NotSymlink),
         };
         Ok(target.into_bytes())

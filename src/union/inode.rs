@@ -84,8 +84,20 @@ pub enum NodeBody {
         name: CString,
     },
     /// A non-directory in the upper layer, held by an O_PATH fd so that
-    /// renames, hard links and unlinks of its names never lose it.
-    Upper { fd: Arc<OwnedFd> },
+    /// renames, hard links and unlinks of its names never lose it. A
+    /// metadata-only copy keeps its data in a lower file until first written.
+    Upper {
+        fd: Arc<OwnedFd>,
+        data: Option<LowerData>,
+    },
+}
+
+/// The lower file holding the data of a metadata-only copy.
+#[derive(Debug, Clone)]
+pub struct LowerData {
+    pub layer: usize,
+    pub dir: Arc<OwnedFd>,
+    pub name: CString,
 }
 
 /// What may change about a node: where it is, what backs it, its attributes.

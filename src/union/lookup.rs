@@ -114,9 +114,14 @@ impl Union {
         let mut attr = attr_of(ino, &st)?;
         let body = if attr.kind != Kind::Dir {
             if self.is_upper(top.ld.layer) {
-                NodeBody::Upper {
-                    fd: Arc::new(layer::open_path(top.ld.fd.as_fd(), &name)?),
+                let body = self.upper_leaf(top.ld.fd.as_fd(), &name)?;
+                // A metadata-only copy is sparse: its blocks are the lower file's.
+                if let NodeBody::Upper { data: Some(d), .. } = &body
+                    && let Ok(lst) = layer::stat_at(d.dir.as_fd(), &d.name)
+                {
+                    attr.blocks = u64::try_from(lst.st_blocks).unwrap_or(0);
                 }
+                body
             } else {
                 NodeBody::Lower {
                     layer: top.ld.layer,
@@ -183,7 +188,7 @@ impl Union {
                             break;
                         }
                         Some(Redirect::Absolute(path)) => {
-                            dirs.extend(self.dirs_at(ld.layer, &path, budget - 1)?);
+                            dirs.extend(self.dirs_at_within(ld.layer, &path, budget - 1)?);
                             break;
                         }
                     }
@@ -195,7 +200,17 @@ impl Union {
     }
 
     /// The directories at `path` (from the root) of the layers below `above`.
-    fn dirs_at(&self, above: usize, path: &[CString], budget: u32) -> Result<Vec<LayerDir>> {
+    pub(crate) fn dirs_at(&self, above: usize, path: &[CString]) -> Result<Vec<LayerDir>> {
+        self.dirs_at_within(above, path, MAX_REDIRECTS)
+    }
+
+    /// [`Self::dirs_at`], following at most `budget` redirects.
+    pub(crate) fn dirs_at_within(
+        &self,
+        above: usize,
+        path: &[CString],
+        budget: u32,
+    ) -> Result<Vec<LayerDir>> {
         let mut dirs: Vec<LayerDir> = self
             .layers
             .iter()
@@ -230,8 +245,14 @@ impl Union {
         let (st, merged) = {
             let state = node.state();
             match &state.body {
-                NodeBody::Upper { fd } => {
-                    let st = layer::stat_self(fd.as_fd())?;
+                NodeBody::Upper { fd, data } => {
+                    let mut st = layer::stat_self(fd.as_fd())?;
+                    // A metadata-only copy is sparse: its blocks are the lower file's.
+                    if let Some(d) = data
+                        && let Ok(lst) = layer::stat_at(d.dir.as_fd(), &d.name)
+                    {
+                        st.st_blocks = lst.st_blocks;
+                    }
                     (self.logical(0, fd.as_fd(), c"", st), false)
                 }
                 NodeBody::Dir { layers } if self.is_upper(layers[0].layer) => {

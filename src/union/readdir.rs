@@ -66,9 +66,7 @@ impl Union {
         let layers = dir_node.dir_layers()?;
         let ld = layers.get(source).ok_or(Error::NotFound)?;
         let body = if self.is_upper(ld.layer) {
-            NodeBody::Upper {
-                fd: Arc::new(layer::open_path(ld.fd.as_fd(), &name)?),
-            }
+            self.upper_leaf(ld.fd.as_fd(), &name)?
         } else {
             NodeBody::Lower {
                 layer: ld.layer,

@@ -5,7 +5,7 @@
 //! its lower contents are, as overlayfs does with `redirect_dir=on`: O(1)
 //! in the size of the tree, and never EXDEV.
 
-use std::ffi::{CStr, CString, OsStr};
+use std::ffi::{CStr, OsStr};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 
@@ -33,46 +33,6 @@ impl Union {
             return Ok(None);
         }
         Ok(Some(Redirect::Absolute(self.lower_path(node)?)))
-    }
-
-    /// The path from the root at which the lower layers of directory `node`
-    /// are looked up: its own path, unless it or a parent was redirected.
-    fn lower_path(&self, node: &Arc<Node>) -> Result<Vec<CString>> {
-        let mut names = Vec::new();
-        let mut cur = node.clone();
-        loop {
-            let (parent, name, upper_fd) = node_state_parts(&cur);
-            if let Some(fd) = upper_fd {
-                match layer::read_redirect(fd.as_fd()) {
-                    Some(Redirect::Absolute(path)) => {
-                        names.reverse();
-                        let mut full = path;
-                        full.extend(names);
-                        return Ok(full);
-                    }
-                    Some(Redirect::Relative(other)) => {
-                        names.push(other);
-                        match parent {
-                            Some(p) => {
-                                cur = p;
-                                continue;
-                            }
-                            None => break,
-                        }
-                    }
-                    None => {}
-                }
-            }
-            match parent {
-                Some(p) => {
-                    names.push(name);
-                    cur = p;
-                }
-                None => break,
-            }
-        }
-        names.reverse();
-        Ok(names)
     }
 
     /// Copies directory `node` up alone and records `r` on it.
@@ -181,12 +141,12 @@ impl Union {
             self.record_redirect(upper, d, r)?;
         }
         if !src_dir {
-            self.copy_up_leaf(src, true)?;
+            self.copy_up_meta(src)?;
         }
         if let Some(d) = dst.filter(|_| exchange)
             && !d.is_dir()
         {
-            self.copy_up_leaf(d, true)?;
+            self.copy_up_meta(d)?;
         }
         let src_lower_has = self.lower_has(parent, name)?;
         let dst_lower_has = self.lower_has(newparent, newname)?;
@@ -349,20 +309,3 @@ fn move_leaving_whiteout(
     }
 }
 
-/// Parent, name and upper directory fd of a node, read under one lock.
-fn node_state_parts(
-    node: &Node,
-) -> (
-    Option<Arc<Node>>,
-    CString,
-    Option<Arc<std::os::fd::OwnedFd>>,
-) {
-    let state = node.state();
-    let upper_fd = match &state.body {
-        NodeBody::Dir { layers } if layers.first().is_some_and(|ld| ld.layer == 0) => {
-            Some(layers[0].fd.clone())
-        }
-        _ => None,
-    };
-    (state.parent.clone(), state.name.clone(), upper_fd)
-}

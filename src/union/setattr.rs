@@ -62,7 +62,10 @@ impl Union {
         let fd = if node.is_dir() {
             self.upper_dir(&node)?
         } else {
-            self.copy_up_leaf(&node, set.size != Some(0))?
+            match set.size {
+                None => self.copy_up_meta(&node)?,
+                Some(size) => self.copy_up_leaf(&node, size != 0)?,
+            }
         };
         let path = layer::proc_fd_path(fd.as_fd());
         let is_link = node.attr().kind == Kind::Symlink;

@@ -72,7 +72,7 @@ fn target(node: &Node) -> Target {
     match &node.state().body {
         NodeBody::Dir { layers } => Target::At(layers[0].fd.clone(), c".".to_owned()),
         NodeBody::Lower { dir, name, .. } => Target::At(dir.clone(), name.clone()),
-        NodeBody::Upper { fd } => Target::Inode(fd.clone()),
+        NodeBody::Upper { fd, .. } => Target::Inode(fd.clone()),
     }
 }
 
