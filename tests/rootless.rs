@@ -40,6 +40,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 // ---- op constructors ----
@@ -1517,4 +1518,124 @@ fn squash_and_mapping() {
     if !problems.is_empty() {
         panic!("{}", format_problems("id mapping and squashing", &problems));
     }
+}
+
+/// The real Debian image stack (debootstrap minbase + a layer built the Docker way, with
+/// kernel whiteouts and `trusted.overlay.opaque` directories) mounted by the unprivileged
+/// user. First on root-owned copies as they are: the user cannot read `trusted.*`, and the
+/// mount says so on stderr. Then after `stratafs layer add-user-markers` (run as root) and a
+/// chown of the copies to the user (as a rootless engine's own layers are): root compares
+/// the user's `allow_other` mount with its kernel view of the same copies, entry by entry —
+/// nothing hidden shows, nothing visible is missing.
+#[test]
+fn debian_image_rootless_matches_kernel() {
+    require_root();
+    let Some(img) = common::debian::debian_image("debian_image_rootless_matches_kernel") else {
+        return;
+    };
+    let (uid, gid) = test_user_ids();
+    let env = TestEnv::new("rootless-debian");
+    let copies: Vec<PathBuf> = img
+        .lowers()
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let dst = env.fresh_dir(&format!("layer{i}-")).join("tree");
+            copy_tree_exact(l, &dst);
+            dst
+        })
+        .collect();
+    let mut problems = Vec::new();
+
+    // As they are: the limit is announced.
+    let mnt = dir_owned_by(&env, "mnt/raw", uid, gid);
+    let log = env.path("raw.log");
+    let m = RootlessMount::start(
+        &format!("lowerdir={}", lowerdir(&copies)),
+        &mnt,
+        Some((uid, gid)),
+        &log,
+    )
+    .unwrap_or_else(|e| panic!("rootless mount of the root-owned copies failed: {e}"));
+    let said = m.log();
+    problems.extend(
+        m.finish()
+            .into_iter()
+            .map(|p| format!("unmount (raw): {p}")),
+    );
+    if !said.contains("trusted.overlay.* markers cannot be read")
+        || !said.contains("add-user-markers")
+    {
+        problems.push(format!(
+            "an unprivileged mount of root-owned layers must warn that trusted markers are \
+             unreadable; its output was: {said:?}"
+        ));
+    }
+
+    // Translated by root, owned by the user.
+    let out = run_timeout(
+        Command::new(stratafs_bin())
+            .args(["layer", "add-user-markers"])
+            .args(&copies),
+        Duration::from_secs(300),
+    );
+    assert!(
+        out.success(),
+        "layer add-user-markers failed: {}",
+        out.describe()
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let added: u64 = stdout
+        .lines()
+        .next()
+        .and_then(|l| l.split(", ").nth(1))
+        .and_then(|w| w.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    if added == 0 {
+        problems.push(format!(
+            "add-user-markers found no trusted opaque directory in the apt layer: {stdout}"
+        ));
+    }
+    let again = run_timeout(
+        Command::new(stratafs_bin())
+            .args(["layer", "add-user-markers"])
+            .args(&copies),
+        Duration::from_secs(300),
+    );
+    let again = String::from_utf8_lossy(&again.stdout).into_owned();
+    if !again
+        .lines()
+        .all(|l| l.contains(" 0 opaque markers and 0 whiteout markers added"))
+    {
+        problems.push(format!("add-user-markers is not idempotent: {again}"));
+    }
+    for c in &copies {
+        chown_tree(c, uid, gid);
+    }
+    let stack = env.stack_paths(copies.clone());
+    let mnt = dir_owned_by(&env, "mnt/s", uid, gid);
+    let m = RootlessMount::start(
+        &format!("lowerdir={},allow_other", lowerdir(&copies)),
+        &mnt,
+        Some((uid, gid)),
+        &env.path("mount.log"),
+    )
+    .unwrap_or_else(|e| panic!("rootless mount of the translated copies failed: {e}"));
+    let (ks, ss, diff) = stack.compare_mount_with_kernel(&mnt);
+    problems.extend(diff);
+    if ks.entries.len() < 3000 || ss.entries.len() != ks.entries.len() {
+        problems.push(format!(
+            "root saw {} entries through the user's mount, {} through the kernel's",
+            ss.entries.len(),
+            ks.entries.len()
+        ));
+    }
+    problems.extend(m.finish().into_iter().map(|p| format!("unmount: {p}")));
+    problems.extend(stack.check_layers());
+    assert!(
+        problems.is_empty(),
+        "{}",
+        format_problems("the Debian image, rootless", &problems)
+    );
 }
