@@ -84,7 +84,12 @@ fn number<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, String> {
 /// containers/storage writes `ContainerID:HostID:Size`: the layers hold
 /// container ids, the mount shows host ids.
 fn id_mapping(name: &str, value: &str) -> Result<IdMap, String> {
-    let fields: Vec<&str> = value.split(':').collect();
+    // containers/storage writes a leading ':' (`uidmapping=:0:1000:1`).
+    let fields: Vec<&str> = value
+        .strip_prefix(':')
+        .unwrap_or(value)
+        .split(':')
+        .collect();
     if fields.is_empty() || !fields.len().is_multiple_of(3) {
         return Err(format!(
             "{name}={value}: expected ID:MAPPED-ID:LENGTH triples separated by ':'"
@@ -281,6 +286,8 @@ mod tests {
         assert_eq!(o.view.uid_map.to_shown(0), 1000);
         assert_eq!(o.view.uid_map.to_shown(5), 100004);
         assert_eq!(o.view.uid_map.to_disk(100004), Some(5));
+        let lead = OverlayOptions::parse(&["uidmapping=:0:1000:1"]).unwrap();
+        assert_eq!(lead.view.uid_map.to_shown(0), 1000);
         assert!(OverlayOptions::parse(&["uidmapping=0:1000"]).is_err());
         assert!(OverlayOptions::parse(&["uidmapping=0:1000:0"]).is_err());
         assert!(OverlayOptions::parse(&["gidmapping=4294967295:0:2"]).is_err());

@@ -2,6 +2,7 @@
 //! daemonizing once ready, and clean unmount on termination signals.
 
 mod daemon;
+mod direct;
 mod error;
 mod mountpoint;
 mod options;
@@ -188,13 +189,31 @@ fn serve(spec: &MountSpec, union: Union, ready: Option<daemon::Ready>) -> Result
     let signals = crate::sys::block_termination_signals()
         .map_err(|e| MountError::io("blocking signals", e))?;
     let fs = StrataFs::new(Arc::new(union), adapter_config(spec));
-    let session =
-        Session::new(fs, &spec.mountpoint, &session_config(spec)).map_err(|e| MountError::Fuse {
+    let config = session_config(spec);
+    let mounted = (|| -> Result<(Session<StrataFs>, bool), MountError> {
+        let fuse_err = |err: std::io::Error| MountError::Fuse {
             path: spec.mountpoint.clone(),
-            err: e,
-        });
-    let mut session = match session {
-        Ok(s) => s,
+            err,
+        };
+        let direct = direct::mount(&direct::DirectMount {
+            mountpoint: &spec.mountpoint,
+            options: &spec.fuse,
+            read_only: spec.upper.is_none() || spec.fuse.read_only,
+            acl: config.acl,
+            privileged: rustix::process::geteuid().is_root(),
+        })
+        .map_err(fuse_err)?;
+        let here = direct.is_some();
+        let session = match direct {
+            Some(fd) => Session::from_fd(fs, fd, config.acl, config.clone()).inspect_err(|_| {
+                let _ = unmount(&spec.mountpoint, true);
+            }),
+            None => Session::new(fs, &spec.mountpoint, &config),
+        };
+        Ok((session.map_err(fuse_err)?, here))
+    })();
+    let (mut session, mounted_here) = match mounted {
+        Ok(m) => m,
         Err(e) => {
             if let Some(ready) = ready {
                 ready.failed(&e.to_string());
@@ -209,7 +228,13 @@ fn serve(spec: &MountSpec, union: Union, ready: Option<daemon::Ready>) -> Result
         .spawn(move || {
             if let Ok(sig) = signals.wait() {
                 tracing::info!(signal = sig, "unmounting on signal");
-                if let Err(e) = unmounter.unmount() {
+                // A mount made here is not fuser's to undo.
+                let done = if mounted_here {
+                    unmount(&mountpoint, false).map_err(|e| e.to_string())
+                } else {
+                    unmounter.unmount().map_err(|e| e.to_string())
+                };
+                if let Err(e) = done {
                     tracing::warn!(error = %e, "unmount failed; detaching");
                     let _ = unmount(&mountpoint, true);
                 }

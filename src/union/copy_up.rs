@@ -346,7 +346,12 @@ impl Union {
         st: &rustix::fs::Stat,
         ino: u64,
     ) -> Result<()> {
-        let is_link = FileType::from_raw_mode(st.st_mode) == FileType::Symlink;
+        let ft = FileType::from_raw_mode(st.st_mode);
+        let is_link = ft == FileType::Symlink;
+        // user.* xattrs exist only on regular files and directories: where
+        // the private namespace is user.*, other copies get no origin (a new
+        // inode number after a remount) and no override record.
+        let plain = matches!(ft, FileType::RegularFile | FileType::Directory);
         let path = layer::proc_fd_path(made);
         let recorded = self.upper_override();
         if recorded.is_none() {
@@ -354,21 +359,17 @@ impl Union {
         }
         if !is_link {
             layer::copy_xattrs(src_dir, src_name, &path, |a| !is_private_xattr(a))?;
-            let origin = ino.to_string();
-            rustix::fs::setxattr(
-                path.as_c_str(),
-                upper.private_xattr(ORIGIN).as_c_str(),
-                origin.as_bytes(),
-                rustix::fs::XattrFlags::empty(),
-            )?;
-        } else if let Err(e) = sys::setxattr_at(
+        }
+        if let Err(e) = sys::setxattr_at(
             upper.work(),
             tmp,
             &upper.private_xattr(ORIGIN),
             ino.to_string().as_bytes(),
         ) {
-            // user.* xattrs are not allowed on symlinks: such a copy gets a new number.
-            tracing::debug!(error = %e, "cannot record the origin of a symlink");
+            if plain {
+                return Err(e.into());
+            }
+            tracing::debug!(error = %e, "cannot record the origin of a special file or symlink");
         }
         match recorded {
             // The copy stays the daemon's; owner and mode go to the xattr.
@@ -378,8 +379,9 @@ impl Union {
                 backing.st_mode = (st.st_mode & !0o7777)
                     | override_stat::backing_perm(st.st_mode & 0o7777, is_dir);
                 layer::copy_mode_times(upper.work(), tmp, &backing)?;
-                if !is_link {
-                    override_stat::write(upper.work(), tmp, x, override_stat::Override::of(st))?;
+                match override_stat::write(upper.work(), tmp, x, override_stat::Override::of(st)) {
+                    Err(e) if plain => return Err(e),
+                    _ => {}
                 }
             }
             None => layer::copy_mode_times(upper.work(), tmp, st)?,

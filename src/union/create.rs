@@ -25,6 +25,15 @@ pub struct Caller {
     pub umask: u32,
 }
 
+/// Whether the entry `what` makes can carry `user.*` xattrs.
+fn holds_user_xattrs(what: NewEntry<'_>) -> bool {
+    match what {
+        NewEntry::File { .. } | NewEntry::Dir => true,
+        NewEntry::Symlink { .. } => false,
+        NewEntry::Special { file_type, .. } => file_type == FileType::RegularFile,
+    }
+}
+
 /// What to create.
 #[derive(Debug, Clone, Copy)]
 pub enum NewEntry<'a> {
@@ -172,8 +181,9 @@ impl Union {
         };
         match override_stat::write(at, at_name, x, logical) {
             Ok(()) => Ok(file),
-            // user.* xattrs are not allowed on symlinks, as in fuse-overlayfs.
-            Err(_) if matches!(what, NewEntry::Symlink { .. }) => Ok(file),
+            // user.* xattrs exist only on regular files and directories; as
+            // fuse-overlayfs, other entries keep the daemon's owner.
+            Err(_) if !holds_user_xattrs(what) => Ok(file),
             Err(e) => {
                 let _ = layer::remove_tree(at, at_name);
                 Err(e)

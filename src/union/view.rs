@@ -87,12 +87,9 @@ pub struct ViewOptions {
 impl ViewOptions {
     /// The attributes the mount shows for attributes read from a layer.
     pub fn shown(&self, mut a: Attr) -> Attr {
-        a.uid = self
-            .squash_uid
-            .unwrap_or_else(|| self.uid_map.to_shown(a.uid));
-        a.gid = self
-            .squash_gid
-            .unwrap_or_else(|| self.gid_map.to_shown(a.gid));
+        let root = self.squash_root.then_some(0);
+        a.uid = (self.squash_uid.or(root)).unwrap_or_else(|| self.uid_map.to_shown(a.uid));
+        a.gid = (self.squash_gid.or(root)).unwrap_or_else(|| self.gid_map.to_shown(a.gid));
         if self.static_nlink && a.kind == super::attr::Kind::Dir {
             a.nlink = 1;
         }
@@ -116,6 +113,36 @@ impl ViewOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn squash_options_win_over_the_mapping_uid_and_gid_apart() {
+        let a = Attr {
+            ino: 2,
+            kind: super::super::attr::Kind::File,
+            perm: 0o644,
+            nlink: 1,
+            uid: 1000,
+            gid: 1001,
+            rdev: 0,
+            size: 0,
+            blocks: 0,
+            blksize: 4096,
+            atime: super::super::attr::Time { sec: 0, nsec: 0 },
+            mtime: super::super::attr::Time { sec: 0, nsec: 0 },
+            ctime: super::super::attr::Time { sec: 0, nsec: 0 },
+        };
+        let root = ViewOptions {
+            squash_root: true,
+            ..ViewOptions::default()
+        };
+        assert_eq!((root.shown(a).uid, root.shown(a).gid), (0, 0));
+        let both = ViewOptions {
+            squash_root: true,
+            squash_uid: Some(42),
+            ..ViewOptions::default()
+        };
+        assert_eq!((both.shown(a).uid, both.shown(a).gid), (42, 0));
+    }
 
     #[test]
     fn identity_map_passes_ids_through() {

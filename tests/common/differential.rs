@@ -35,8 +35,8 @@ use super::layer::{Layer, Opaque, Whiteout};
 use super::mounts::{KernelOverlay, MountMode, UpperDialect, UpperSpec};
 use super::ops::{Ctx, Data, Op, Out, Res, Rng, SLOTS, TimeArg, now_secs, show_result};
 use super::rw::{
-    Watchdog, fix_times, normalize_times, strip_hidden_xattrs, upper_format_problems, upper_work,
-    workdir_leftovers,
+    Watchdog, fix_times, normalize_times, strip_hidden_xattrs, upper_format_problems,
+    upper_format_problems_opaque, upper_work, workdir_leftovers,
 };
 use super::snapshot::{Kind, Mode, Snapshot, format_problems, mount_invariants, snapshot_diff};
 use super::sys::{errno_name, read_dir_raw, set_times_nofollow};
@@ -174,6 +174,15 @@ pub struct DiffConfig {
     /// `--whiteout` for stratafs (None: the default).
     pub whiteout: Option<UpperDialect>,
     pub volatile: bool,
+    /// The rootless flavor (false by default): the kernel oracle and every kernel mount of
+    /// the run use `userxattr` and get exact copies of the layers (their `user.overlay.*`
+    /// markers read natively, no conversion to `trusted.*`, which an unprivileged user
+    /// cannot write), and the stratafs upper must mark opaque directories with
+    /// `user.overlay.opaque=y` (an unprivileged daemon cannot set `trusted.*`). Used inside a
+    /// user namespace by `tests/rootless.rs`.
+    pub userxattr: bool,
+    /// The test binary named in the rerun hint of a random failure.
+    pub test_binary: &'static str,
 }
 
 impl DiffConfig {
@@ -183,6 +192,8 @@ impl DiffConfig {
             layers,
             whiteout: None,
             volatile: false,
+            userxattr: false,
+            test_binary: "write_differential",
         }
     }
 
@@ -642,11 +653,22 @@ pub fn run(cfg: &DiffConfig, script: &Script) -> RunResult {
     let layers = (cfg.layers)(&env);
     let refs: Vec<&Layer> = layers.iter().collect();
     let stack = env.stack(&refs);
-    let kcopies = stack.kernel_copies();
+    let kcopies = if cfg.userxattr {
+        stack.exact_copies()
+    } else {
+        stack.kernel_copies()
+    };
     let kstack = env.stack_paths(kcopies.clone());
+    let lower_only = |lowers: &[PathBuf], mnt: &Path| {
+        if cfg.userxattr {
+            KernelOverlay::lower_only_userxattr(lowers, mnt)
+        } else {
+            KernelOverlay::lower_only(lowers, mnt)
+        }
+    };
     let lower_view = {
-        let m = KernelOverlay::lower_only(&kcopies, &env.fresh_dir("mnt/lowerview"))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let m =
+            lower_only(&kcopies, &env.fresh_dir("mnt/lowerview")).unwrap_or_else(|e| panic!("{e}"));
         Snapshot::take(m.path())
     };
     let (ku, kw) = upper_work(&env.fresh_dir("kernel-rw"));
@@ -664,8 +686,12 @@ pub fn run(cfg: &DiffConfig, script: &Script) -> RunResult {
     let t0 = now_secs();
     let mut ran: Vec<Ran> = Vec::new();
     let mut failure: Option<Failure> = None;
-    let kmnt = KernelOverlay::writable(&kcopies, &ku, &kw, &env.fresh_dir("mnt/k"))
-        .unwrap_or_else(|e| panic!("kernel oracle: {e}"));
+    let kmnt = if cfg.userxattr {
+        KernelOverlay::writable_userxattr(&kcopies, &ku, &kw, &env.fresh_dir("mnt/k"))
+    } else {
+        KernelOverlay::writable(&kcopies, &ku, &kw, &env.fresh_dir("mnt/k"))
+    }
+    .unwrap_or_else(|e| panic!("kernel oracle: {e}"));
     let smnt = match stack.try_stratafs_rw(&spec, MountMode::Foreground) {
         Ok(m) => m,
         Err(e) => {
@@ -742,6 +768,14 @@ pub fn run(cfg: &DiffConfig, script: &Script) -> RunResult {
     let log_tail = smnt.log_tail();
     let mut problems: Vec<String> = Vec::new();
     let mut kview = Snapshot::take(kmnt.path());
+    if cfg.userxattr {
+        // Kernel quirk in a user namespace: a file hard-linked after its copy-up in the same
+        // mount session reports two inode numbers (the copied-up name its lower origin's, the
+        // new link the upper inode's) although nlink is 2. Take the inode identity of such
+        // entries from the kernel's upper directory, as the kernel itself reports after a
+        // remount.
+        super::unpriv::inode_numbers_from_upper(&mut kview, &ku);
+    }
     if failure.is_none() {
         let mut sview = Snapshot::take(smnt.path());
         problems.extend(
@@ -771,9 +805,18 @@ pub fn run(cfg: &DiffConfig, script: &Script) -> RunResult {
         // The upper directory: format rules, then its meaning for the kernel.
         let sraw = Snapshot::take(&su);
         problems.extend(
-            upper_format_problems(&sraw, cfg.dialect(), &lower_view)
-                .into_iter()
-                .map(|p| format!("upper format: {p}")),
+            upper_format_problems_opaque(
+                &sraw,
+                cfg.dialect(),
+                &lower_view,
+                if cfg.userxattr {
+                    "user.overlay.opaque=y"
+                } else {
+                    "trusted.overlay.opaque=y"
+                },
+            )
+            .into_iter()
+            .map(|p| format!("upper format: {p}")),
         );
         let s_top = match cfg.dialect() {
             UpperDialect::Overlay => su.clone(),
@@ -786,7 +829,7 @@ pub fn run(cfg: &DiffConfig, script: &Script) -> RunResult {
         let view_of = |top: &Path, label: &str| -> Snapshot {
             let mut lowers = vec![top.to_path_buf()];
             lowers.extend(kcopies.iter().cloned());
-            let m = KernelOverlay::lower_only(&lowers, &env.fresh_dir(&format!("mnt/{label}")))
+            let m = lower_only(&lowers, &env.fresh_dir(&format!("mnt/{label}")))
                 .unwrap_or_else(|e| panic!("kernel mount of an upper as a lower: {e}"));
             let mut s = Snapshot::take(m.path());
             strip_hidden_xattrs(&mut s);
@@ -994,7 +1037,8 @@ pub fn check_random(cfg: &DiffConfig, seeds: &[u64], ops: usize, test: &str) {
         let Some(f) = r.failure else { continue };
         let rerun = format!(
             "seed {seed}; rerun: STRATAFS_DIFF_SEED={seed} STRATAFS_DIFF_OPS={ops} \
-             cargo nextest run --test write_differential {test}"
+             cargo nextest run --test {} {test}",
+            cfg.test_binary
         );
         let mut msg = describe(cfg, &r.ran, &f, &rerun);
         let budget = env_usize("STRATAFS_DIFF_SHRINK", 40);

@@ -10,7 +10,9 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod convert;
+pub mod debian;
 pub mod differential;
+pub mod dropin;
 pub mod env;
 pub mod layer;
 pub mod mounts;
@@ -19,6 +21,7 @@ pub mod oracle;
 pub mod rw;
 pub mod snapshot;
 pub mod sys;
+pub mod unpriv;
 
 pub use env::*;
 pub use layer::*;
@@ -28,6 +31,7 @@ pub use oracle::*;
 pub use rw::*;
 pub use snapshot::*;
 pub use sys::*;
+pub use unpriv::*;
 
 /// Panics (with an explanation) unless the test runs as root.
 pub fn require_root() {

@@ -519,6 +519,48 @@ impl<'a> KernelOverlay<'a> {
         Self::mount(&opts, mnt)
     }
 
+    /// Read-only overlay of `lowers` (top first) with `userxattr`: the kernel reads (and
+    /// hides) `user.overlay.*` markers instead of `trusted.overlay.*` ones. The form an
+    /// unprivileged user mounts in a user namespace; root may use it too.
+    pub fn lower_only_userxattr(
+        lowers: &[PathBuf],
+        mnt: &Path,
+    ) -> Result<KernelOverlay<'a>, String> {
+        let opts = format!(
+            "lowerdir={},userxattr",
+            lowers
+                .iter()
+                .map(|p| overlay_escape(p))
+                .collect::<Vec<_>>()
+                .join(":")
+        );
+        Self::mount(&opts, mnt)
+    }
+
+    /// Writable overlay with `userxattr` (the oracle of the rootless tests). `userxattr`
+    /// refuses `redirect_dir=off` (on this kernel "off" means "follow"): `nofollow` creates no
+    /// redirects either, so renaming a lower or merged directory gives EXDEV, as with
+    /// [`KernelOverlay::writable`].
+    pub fn writable_userxattr(
+        lowers: &[PathBuf],
+        upper: &Path,
+        work: &Path,
+        mnt: &Path,
+    ) -> Result<KernelOverlay<'a>, String> {
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={},userxattr,redirect_dir=nofollow,metacopy=off,\
+             index=off",
+            lowers
+                .iter()
+                .map(|p| overlay_escape(p))
+                .collect::<Vec<_>>()
+                .join(":"),
+            overlay_escape(upper),
+            overlay_escape(work)
+        );
+        Self::mount(&opts, mnt)
+    }
+
     /// Writable overlay (upperdir + workdir), as container engines build layers.
     pub fn with_upper(
         lower: &Path,

@@ -141,6 +141,18 @@ pub fn upper_format_problems(
     dialect: UpperDialect,
     lower_view: &Snapshot,
 ) -> Vec<String> {
+    upper_format_problems_opaque(upper, dialect, lower_view, "trusted.overlay.opaque=y")
+}
+
+/// [`upper_format_problems`] with the opaque marker the overlay dialect must use given
+/// explicitly (`user.overlay.opaque=y` for an upper written by an unprivileged daemon, which
+/// cannot set `trusted.*` xattrs).
+pub fn upper_format_problems_opaque(
+    upper: &Snapshot,
+    dialect: UpperDialect,
+    lower_view: &Snapshot,
+    overlay_opaque: &str,
+) -> Vec<String> {
     let mut out = Vec::new();
     let mut opaque: BTreeSet<Vec<u8>> = BTreeSet::new();
     // Opaque markers first.
@@ -169,7 +181,7 @@ pub fn upper_format_problems(
             ));
         }
         let allowed: &str = match dialect {
-            UpperDialect::Overlay => "trusted.overlay.opaque=y",
+            UpperDialect::Overlay => overlay_opaque,
             UpperDialect::Oci => ".wh..wh..opq",
         };
         for m in &markers {
