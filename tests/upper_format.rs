@@ -191,7 +191,8 @@ fn overlay_upper_is_a_kernel_overlay_upper() {
     // As the upper of a writable kernel mount, which then writes into it.
     let kwork = env.fresh_dir("rw/kwork");
     let after_kernel = {
-        let k = KernelOverlay::writable(&kcopies, &su, &kwork, &env.fresh_dir("mnt/krw")).unwrap();
+        let k = KernelOverlay::writable_metacopy(&kcopies, &su, &kwork, &env.fresh_dir("mnt/krw"))
+            .unwrap();
         problems.extend(diff(
             &view,
             &stripped(k.path()),

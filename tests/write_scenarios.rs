@@ -517,8 +517,37 @@ fn copy_up_preserves_metadata_and_holes_and_filters_markers() {
     let lower_md = fs::metadata(base.path("meta")).unwrap();
     let lower_extents = extents(&base.path("meta"));
     assert_eq!(lower_extents.len(), 2, "test setup: sparse lower file");
-    // Metadata-only trigger.
+    // Metadata-only trigger: a metadata-only copy (a sparse placeholder of the same size,
+    // marked for the kernel's metacopy=on, its data named by a redirect)...
     lsetxattr(&m.join("meta"), b"user.trigger", b"t").unwrap();
+    let mut early = Vec::new();
+    {
+        let up = su.join("meta");
+        let md = fs::symlink_metadata(&up).unwrap();
+        if md.len() != lower_md.len() || !extents(&up).is_empty() {
+            early.push(format!(
+                "metacopy placeholder: size {} (want {}), extents {:?} (want none)",
+                md.len(),
+                lower_md.len(),
+                extents(&up)
+            ));
+        }
+        if lgetxattr(&up, b"trusted.overlay.metacopy").is_err()
+            || lgetxattr(&up, b"trusted.overlay.redirect").as_deref().ok() != Some(&b"/meta"[..])
+        {
+            early.push("metacopy placeholder: trusted.overlay.metacopy/redirect missing".into());
+        }
+        if fs::read(m.join("meta")).unwrap() != fs::read(base.path("meta")).unwrap() {
+            early.push("metacopy: reads do not show the lower data".into());
+        }
+    }
+    // ...filled in place by an open for writing that changes nothing.
+    drop(
+        fs::OpenOptions::new()
+            .write(true)
+            .open(m.join("meta"))
+            .unwrap(),
+    );
     // Data trigger: one byte appended.
     fs::OpenOptions::new()
         .append(true)
@@ -529,7 +558,7 @@ fn copy_up_preserves_metadata_and_holes_and_filters_markers() {
     // Directory and symlink copy-ups.
     fs::write(m.join("dir/new"), "n").unwrap();
     std::os::unix::fs::lchown(m.join("sym"), None, Some(42)).unwrap();
-    let mut problems = Vec::new();
+    let mut problems = early;
     let mut expect = |what: String, ok: bool| {
         if !ok {
             problems.push(what);

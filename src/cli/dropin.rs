@@ -94,6 +94,8 @@ pub fn run(args: Vec<OsString>, helper: bool) -> anyhow::Result<()> {
             work,
             dialect: DialectChoice::Overlay,
             volatile: opts.volatile,
+            redirect_dir: opts.redirect_dir,
+            metacopy: opts.metacopy,
         }),
         (Some(_), None) => bail!("upperdir needs a workdir: pass -o workdir=DIR"),
         (None, Some(_)) => bail!("workdir given without upperdir"),

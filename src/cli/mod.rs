@@ -14,6 +14,12 @@ use stratafs::layer::DialectChoice;
 use stratafs::mount::{self, FuseOptions, MountSpec};
 use stratafs::union::{UpperSpec, ViewOptions};
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Switch {
+    On,
+    Off,
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum WhiteoutArg {
     Overlay,
@@ -68,6 +74,14 @@ enum Command {
         /// Do not fsync copy-ups before publishing them (faster, not crash-safe).
         #[arg(long)]
         volatile: bool,
+        /// Rename directories that lower layers contribute to with a redirect
+        /// (on) or answer EXDEV as overlayfs' redirect_dir=off does (off).
+        #[arg(long, value_enum, default_value_t = Switch::On, value_name = "on|off")]
+        redirect_dir: Switch,
+        /// Copy up only the metadata of a lower file on chmod, chown, utimes,
+        /// xattr changes, link and rename (on), or its data too (off).
+        #[arg(long, value_enum, default_value_t = Switch::On, value_name = "on|off")]
+        metacopy: Switch,
         /// Stay in the foreground; Ctrl-C or SIGTERM unmounts.
         #[arg(short, long)]
         foreground: bool,
@@ -147,6 +161,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             work,
             whiteout,
             volatile,
+            redirect_dir,
+            metacopy,
             foreground,
             threads,
             debug,
@@ -161,6 +177,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         WhiteoutArg::Oci => DialectChoice::Oci,
                     },
                     volatile,
+                    redirect_dir: redirect_dir == Switch::On,
+                    metacopy: metacopy == Switch::On,
                 }),
                 _ => None,
             };

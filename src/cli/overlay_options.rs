@@ -16,6 +16,10 @@ pub struct OverlayOptions {
     pub upper: Option<PathBuf>,
     pub work: Option<PathBuf>,
     pub volatile: bool,
+    /// Directory renames by redirect (`redirect_dir=on`, the default) or EXDEV.
+    pub redirect_dir: bool,
+    /// Metadata-only copy-up (`metacopy=on`, the default).
+    pub metacopy: bool,
     pub debug: bool,
     pub fuse: FuseOptions,
     pub view: ViewOptions,
@@ -115,7 +119,11 @@ fn id_mapping(name: &str, value: &str) -> Result<IdMap, String> {
 impl OverlayOptions {
     /// Parses the option lists of every `-o`, in order; later ones win.
     pub fn parse<S: AsRef<str>>(groups: &[S]) -> Result<OverlayOptions, String> {
-        let mut o = OverlayOptions::default();
+        let mut o = OverlayOptions {
+            redirect_dir: true,
+            metacopy: true,
+            ..OverlayOptions::default()
+        };
         for group in groups {
             for opt in split_escaped(group.as_ref(), ',') {
                 if !opt.is_empty() {
@@ -197,22 +205,22 @@ impl OverlayOptions {
             // Node ids are the inode numbers fuser reports, so they cannot
             // be folded without a collision-free 32-bit allocator: not yet.
             "ino32_t" => self.unsupported(opt),
-            // Like fuse-overlayfs, which only accepts off: redirects are
-            // neither read nor written.
+            // As in kernel overlayfs: `off` makes directory renames EXDEV
+            // (fuse-overlayfs' only mode); redirects are always followed.
             "redirect_dir" => match need(value)?.as_str() {
-                "off" => self.ignore(opt),
+                "on" => self.redirect_dir = true,
+                "off" | "nofollow" | "follow" => self.redirect_dir = false,
                 v => {
                     return Err(format!(
-                        "redirect_dir={v}: only redirect_dir=off is supported"
+                        "redirect_dir={v}: expected on, off, follow or nofollow"
                     ));
                 }
             },
+            "metacopy" => self.metacopy = flag(name, &need(value)?)?,
             // fuse-overlayfs parses context= and never uses it either.
             "context" | "fscontext" | "defcontext" | "rootcontext" => self.unsupported(opt),
             // Kernel overlayfs options fuse-overlayfs accepts and ignores.
-            "index" | "metacopy" | "nfs_export" | "userxattr" | "fast_ino" | "uuid" => {
-                self.ignore(opt)
-            }
+            "index" | "nfs_export" | "userxattr" | "fast_ino" | "uuid" => self.ignore(opt),
             "plugins" => self.unsupported(opt),
             "debug" => self.debug = true,
             "allow_other" => self.fuse.access = Access::AllowOther,

@@ -23,7 +23,9 @@ pub use markers::{
     Presence, is_marker_name, is_opaque, is_overlay_whiteout, oci_whiteout_target, probe,
     to_cstring,
 };
-pub use redirect::{Redirect, read_redirect};
+pub use redirect::{
+    ALL_REDIRECT_XATTRS, METACOPY_XATTRS, Redirect, is_metacopy, read_redirect, read_redirect_at,
+};
 pub use upper::{Dialect, DialectChoice, Upper};
 pub use user_markers::{UserMarkerStats, add_user_markers};
 pub use walk::{

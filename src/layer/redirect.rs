@@ -7,7 +7,7 @@ use std::ffi::{CStr, CString};
 use std::os::fd::BorrowedFd;
 
 use super::{Dialect, LayerError, Upper};
-use crate::sys::{getxattr_at, setxattr_at};
+use crate::sys::{getxattr_at, listxattr_at, setxattr_at};
 
 /// Read in this order; the first present wins.
 const REDIRECT_XATTRS: [&CStr; 4] = [
@@ -71,14 +71,49 @@ impl Redirect {
 /// The redirect recorded on directory `dir` (an O_PATH fd is fine), if any.
 /// A malformed value (`..`, empty) is ignored, as the kernel ignores it.
 pub fn read_redirect(dir: BorrowedFd<'_>) -> Option<Redirect> {
+    read_redirect_at(dir, c".")
+}
+
+/// The redirect recorded on `name` in `dir` (a metadata-only copy's data path).
+pub fn read_redirect_at(dir: BorrowedFd<'_>, name: &CStr) -> Option<Redirect> {
     let mut buf = vec![0u8; 4096];
     for attr in REDIRECT_XATTRS {
-        if let Ok(n) = getxattr_at(dir, c".", attr, &mut buf) {
+        if let Ok(n) = getxattr_at(dir, name, attr, &mut buf) {
             return Redirect::parse(&buf[..n]);
         }
     }
     None
 }
+
+/// Marks of a metadata-only copy, the kernel's (`metacopy=on`) and stratafs'.
+pub const METACOPY_XATTRS: [&CStr; 4] = [
+    c"trusted.overlay.metacopy",
+    c"user.overlay.metacopy",
+    c"trusted.stratafs.metacopy",
+    c"user.stratafs.metacopy",
+];
+
+/// Whether `name` in `dir` is a metadata-only copy: one listxattr, since
+/// every regular file looked up is asked.
+pub fn is_metacopy(dir: BorrowedFd<'_>, name: &CStr) -> bool {
+    let mut buf = [0u8; 1024];
+    let n = match listxattr_at(dir, name, &mut buf) {
+        Ok(n) => n,
+        // A longer list than fits: ask for each name.
+        Err(e) if e.raw_os_error() == Some(libc::ERANGE) => {
+            return METACOPY_XATTRS
+                .iter()
+                .any(|x| getxattr_at(dir, name, x, &mut []).is_ok());
+        }
+        Err(_) => return false,
+    };
+    buf[..n]
+        .split(|b| *b == 0)
+        .any(|x| METACOPY_XATTRS.iter().any(|m| m.to_bytes() == x))
+}
+
+/// Every redirect xattr name, for removing them.
+pub const ALL_REDIRECT_XATTRS: [&CStr; 4] = REDIRECT_XATTRS;
 
 impl Upper {
     /// The xattr this mount records redirects in: the kernel's name in the
@@ -89,6 +124,17 @@ impl Upper {
             Dialect::Overlay { trusted: true } => c"trusted.overlay.redirect".to_owned(),
             Dialect::Overlay { trusted: false } => c"user.overlay.redirect".to_owned(),
             Dialect::Oci => self.private_xattr("redirect"),
+        }
+    }
+
+    /// The xattr marking a metadata-only copy: the kernel's name in the
+    /// overlay dialect (kernel overlayfs with `metacopy=on` reads such a
+    /// copy, its data found through the redirect), the private one otherwise.
+    pub fn metacopy_xattr(&self) -> CString {
+        match self.dialect() {
+            Dialect::Overlay { trusted: true } => c"trusted.overlay.metacopy".to_owned(),
+            Dialect::Overlay { trusted: false } => c"user.overlay.metacopy".to_owned(),
+            Dialect::Oci => self.private_xattr("metacopy"),
         }
     }
 

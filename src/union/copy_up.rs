@@ -18,9 +18,6 @@ use crate::layer::{self, Redirect, Upper};
 use crate::sys;
 
 const ORIGIN: &str = "origin";
-/// On a metadata-only copy: the path (from the root, as a redirect) of the
-/// lower file that holds its data.
-const METACOPY: &str = "metacopy";
 
 /// How much of a lower file a copy-up brings into the upper layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,7 +168,15 @@ impl Union {
     /// The upper O_PATH fd of non-directory `node` for a change of metadata
     /// (or of its names): a lower regular file is copied up without its data.
     pub(crate) fn copy_up_meta(&self, node: &Arc<Node>) -> Result<Arc<OwnedFd>> {
-        self.copy_up_file(node, CopyData::Meta)
+        // An OCI-dialect upper is a self-contained OCI layer, which cannot
+        // say "the data is below".
+        let oci = self.upper()?.dialect() == crate::layer::Dialect::Oci;
+        let want = if self.metacopy && !oci {
+            CopyData::Meta
+        } else {
+            CopyData::Full
+        };
+        self.copy_up_file(node, want)
     }
 
     /// A node whose name was removed while it stayed open is copied into the
@@ -199,14 +204,23 @@ impl Union {
             Some(parent) => Some(self.upper_dir(&parent)?),
             None => None,
         };
-        let (name, layer, dir, lname) = {
+        let (name, layer, dir, lname, below) = {
             let state = node.state();
             match &state.body {
                 NodeBody::Upper { fd, .. } => return Ok(fd.clone()),
                 NodeBody::Dir { .. } => return Err(Error::IsDir),
-                NodeBody::Lower { layer, dir, name } => {
-                    (state.name.clone(), *layer, dir.clone(), name.clone())
-                }
+                NodeBody::Lower {
+                    layer,
+                    dir,
+                    name,
+                    data,
+                } => (
+                    state.name.clone(),
+                    *layer,
+                    dir.clone(),
+                    name.clone(),
+                    data.clone(),
+                ),
             }
         };
         let st = self.logical(
@@ -229,7 +243,10 @@ impl Union {
                 )?;
                 match want {
                     CopyData::Full => {
-                        let src = layer::open_file(dir.as_fd(), &lname)?;
+                        let src = match &below {
+                            Some(d) => layer::open_file(d.dir.as_fd(), &d.name)?,
+                            None => layer::open_file(dir.as_fd(), &lname)?,
+                        };
                         layer::copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64)?;
                     }
                     // A sparse placeholder of the right size: no data moves.
@@ -265,19 +282,34 @@ impl Union {
             &st,
             node.ino(),
         )?;
+        let mut data_path = Vec::new();
         if meta_only {
-            let mut path = match node.parent() {
-                Some(parent) => self.lower_path(&parent)?,
-                None => Vec::new(),
+            data_path = match &below {
+                Some(d) => d.path.clone(),
+                None => {
+                    let mut p = match node.parent() {
+                        Some(parent) => self.lower_path(&parent)?,
+                        None => Vec::new(),
+                    };
+                    p.push(lname.clone());
+                    p
+                }
             };
-            path.push(lname.clone());
-            let value = Redirect::Absolute(path).to_bytes();
-            rustix::fs::setxattr(
-                layer::proc_fd_path(made.as_fd()).as_c_str(),
-                upper.private_xattr(METACOPY).as_c_str(),
-                &value,
-                rustix::fs::XattrFlags::empty(),
-            )?;
+            // The redirect names the data; the metacopy mark, set last, says
+            // "the data is not here".
+            let p = layer::proc_fd_path(made.as_fd());
+            let value = Redirect::Absolute(data_path.clone()).to_bytes();
+            for (x, v) in [
+                (upper.redirect_xattr(), &value[..]),
+                (upper.metacopy_xattr(), &[][..]),
+            ] {
+                rustix::fs::setxattr(
+                    p.as_c_str(),
+                    x.as_c_str(),
+                    v,
+                    rustix::fs::XattrFlags::empty(),
+                )?;
+            }
         }
         // Data and metadata reach the disk before the name makes them visible.
         if let Some(dst) = &data_fd {
@@ -295,10 +327,14 @@ impl Union {
             // The scratch name goes with `tmp`; the inode stays through `made`.
             None => Arc::new(made),
         };
-        let data = meta_only.then(|| LowerData {
-            layer,
-            dir: dir.clone(),
-            name: lname.clone(),
+        let data = meta_only.then(|| match below {
+            Some(d) => d,
+            None => LowerData {
+                layer,
+                dir: dir.clone(),
+                name: lname.clone(),
+                path: data_path,
+            },
         });
         node.update(|s| {
             s.body = NodeBody::Upper {
@@ -462,10 +498,17 @@ impl Union {
             },
         };
         rustix::fs::futimens(&w, &times)?;
+        // The commit point: without a metacopy mark the data is the file's own.
+        // The redirect only named the data, so it goes too.
         let path = layer::proc_fd_path(fd.as_fd());
-        for x in [upper.private_xattr(METACOPY), other_ns(&upper.private_xattr(METACOPY))] {
-            match rustix::fs::removexattr(path.as_c_str(), x.as_c_str()) {
+        for x in layer::METACOPY_XATTRS
+            .iter()
+            .chain(&layer::ALL_REDIRECT_XATTRS)
+        {
+            match rustix::fs::removexattr(path.as_c_str(), *x) {
                 Ok(()) | Err(rustix::io::Errno::NODATA) => {}
+                // Names of another privilege level cannot be on this mount's files.
+                Err(rustix::io::Errno::PERM) if x.to_bytes().starts_with(b"trusted.") => {}
                 Err(e) => return Err(e.into()),
             }
         }
@@ -479,46 +522,88 @@ impl Union {
         Ok(())
     }
 
-    /// The node body of non-directory `name` in upper directory `dir`: a
-    /// metadata-only copy finds its lower data by the path it recorded.
-    pub(crate) fn upper_leaf(&self, dir: BorrowedFd<'_>, name: &CStr) -> Result<NodeBody> {
+    /// The node body of non-directory `name` in upper directory `dir` (of
+    /// union directory `parent`): a metadata-only copy finds its lower data by
+    /// its redirect, or at its own path when it has none (as the kernel's).
+    pub(crate) fn upper_leaf(
+        &self,
+        parent: &Arc<Node>,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+    ) -> Result<NodeBody> {
         let fd = Arc::new(layer::open_path(dir, name)?);
-        let data = match self.upper.as_ref() {
-            Some(upper) => {
-                let mut value = None;
-                for x in [upper.private_xattr(METACOPY), other_ns(&upper.private_xattr(METACOPY))] {
-                    let mut buf = vec![0u8; 4096];
-                    if let Ok(n) = sys::getxattr_at(dir, name, &x, &mut buf) {
-                        buf.truncate(n);
-                        value = Some(buf);
-                        break;
-                    }
-                }
-                match value {
-                    Some(v) => Some(self.metacopy_source(&v).ok_or_else(|| {
-                        tracing::error!(?name, path = %String::from_utf8_lossy(&v), "the lower data of a metadata-only copy is gone");
-                        Error::Io(std::io::Error::from_raw_os_error(libc::EIO))
-                    })?),
-                    None => None,
-                }
-            }
-            None => None,
-        };
-        Ok(NodeBody::Upper { fd, data })
+        let st = layer::stat_self(fd.as_fd())?;
+        if self.upper.is_none() || !maybe_metacopy(&st) || !layer::is_metacopy(dir, name) {
+            return Ok(NodeBody::Upper { fd, data: None });
+        }
+        let data = self.metacopy_data(0, parent, dir, name)?;
+        Ok(NodeBody::Upper {
+            fd,
+            data: Some(data),
+        })
     }
 
-    /// The lower regular file at recorded path `value`.
-    fn metacopy_source(&self, value: &[u8]) -> Option<LowerData> {
-        let Some(Redirect::Absolute(mut path)) = Redirect::parse(value) else {
-            return None;
+    /// The node body of non-directory `name` in directory `dir` of lower
+    /// layer `layer` (of union directory `parent`).
+    pub(crate) fn lower_leaf(
+        &self,
+        parent: &Arc<Node>,
+        layer: usize,
+        dir: &Arc<OwnedFd>,
+        name: &CStr,
+        st: &rustix::fs::Stat,
+    ) -> Result<NodeBody> {
+        let data = if maybe_metacopy(st) && layer::is_metacopy(dir.as_fd(), name) {
+            Some(self.metacopy_data(layer, parent, dir.as_fd(), name)?)
+        } else {
+            None
         };
-        let name = path.pop()?;
-        let dirs = self.dirs_at(0, &path).ok()?;
-        let top = self.find_top(&dirs, &name).ok()??;
+        Ok(NodeBody::Lower {
+            layer,
+            dir: dir.clone(),
+            name: name.to_owned(),
+            data,
+        })
+    }
+
+    /// Where the data of metadata-only copy `name` in `dir` (of layer
+    /// `layer`, in union directory `parent`) is, in the layers below.
+    fn metacopy_data(
+        &self,
+        layer: usize,
+        parent: &Arc<Node>,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+    ) -> Result<LowerData> {
+        let path = match layer::read_redirect_at(dir, name) {
+            Some(Redirect::Absolute(p)) => p,
+            Some(Redirect::Relative(other)) => {
+                let mut p = self.lower_path(parent)?;
+                p.push(other);
+                p
+            }
+            None => {
+                let mut p = self.lower_path(parent)?;
+                p.push(name.to_owned());
+                p
+            }
+        };
+        self.metacopy_source(layer, path).ok_or_else(|| {
+            tracing::error!(?name, "the lower data of a metadata-only copy is gone");
+            Error::Io(std::io::Error::from_raw_os_error(libc::EIO))
+        })
+    }
+
+    /// The lower regular file at `path` (from the root).
+    fn metacopy_source(&self, above: usize, path: Vec<CString>) -> Option<LowerData> {
+        let (name, parent) = path.split_last()?;
+        let dirs = self.dirs_at(above, parent).ok()?;
+        let top = self.find_top(&dirs, name).ok()??;
         (FileType::from_raw_mode(top.stat.st_mode) == FileType::RegularFile).then(|| LowerData {
             layer: top.ld.layer,
             dir: top.ld.fd.clone(),
-            name,
+            name: name.clone(),
+            path: path.clone(),
         })
     }
 
@@ -550,6 +635,12 @@ fn keep_times(dir: BorrowedFd<'_>, st: &rustix::fs::Stat) {
     if let Err(e) = layer::restore_dir_times(dir, st) {
         tracing::warn!(error = %e, "cannot restore directory times after copy-up");
     }
+}
+
+/// Only a non-empty regular file can be a metadata-only copy. (Its blocks
+/// tell nothing: an external xattr block counts in them.)
+fn maybe_metacopy(st: &rustix::fs::Stat) -> bool {
+    FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && st.st_size > 0
 }
 
 /// Parent, name and upper directory fd of a node, read under one lock.

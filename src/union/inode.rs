@@ -82,6 +82,9 @@ pub enum NodeBody {
         layer: usize,
         dir: Arc<OwnedFd>,
         name: CString,
+        /// For a metadata-only copy in a lower layer (a kernel or stratafs
+        /// upper stacked as a lower): the file below holding its data.
+        data: Option<LowerData>,
     },
     /// A non-directory in the upper layer, held by an O_PATH fd so that
     /// renames, hard links and unlinks of its names never lose it. A
@@ -98,6 +101,8 @@ pub struct LowerData {
     pub layer: usize,
     pub dir: Arc<OwnedFd>,
     pub name: CString,
+    /// Its path from the root, as recorded in the copy's redirect.
+    pub path: Vec<CString>,
 }
 
 /// What may change about a node: where it is, what backs it, its attributes.

@@ -114,7 +114,7 @@ impl Union {
         let mut attr = attr_of(ino, &st)?;
         let body = if attr.kind != Kind::Dir {
             if self.is_upper(top.ld.layer) {
-                let body = self.upper_leaf(top.ld.fd.as_fd(), &name)?;
+                let body = self.upper_leaf(parent, top.ld.fd.as_fd(), &name)?;
                 // A metadata-only copy is sparse: its blocks are the lower file's.
                 if let NodeBody::Upper { data: Some(d), .. } = &body
                     && let Ok(lst) = layer::stat_at(d.dir.as_fd(), &d.name)
@@ -123,11 +123,13 @@ impl Union {
                 }
                 body
             } else {
-                NodeBody::Lower {
-                    layer: top.ld.layer,
-                    dir: top.ld.fd.clone(),
-                    name: name.clone(),
+                let body = self.lower_leaf(parent, top.ld.layer, &top.ld.fd, &name, &top.stat)?;
+                if let NodeBody::Lower { data: Some(d), .. } = &body
+                    && let Ok(lst) = layer::stat_at(d.dir.as_fd(), &d.name)
+                {
+                    attr.blocks = u64::try_from(lst.st_blocks).unwrap_or(0);
                 }
+                body
             }
         } else {
             let dirs = self.collect_dirs(&layers[top.index..], &name)?;

@@ -41,6 +41,11 @@ pub struct UpperSpec {
     pub dialect: DialectChoice,
     /// Skip fsync before publishing copy-ups (faster; not crash-safe).
     pub volatile: bool,
+    /// Rename directories with lower contents by a redirect (else EXDEV,
+    /// like overlayfs with `redirect_dir=off`).
+    pub redirect_dir: bool,
+    /// Copy up only the metadata of lower files whose metadata changes.
+    pub metacopy: bool,
 }
 
 /// Filesystem statistics as statfs reports them.
@@ -67,6 +72,9 @@ pub struct Union {
     files: HandleTable<file::OpenFile>,
     dirs: HandleTable<Vec<DirEntry>>,
     view: ViewOptions,
+    /// `UpperSpec::redirect_dir` and `UpperSpec::metacopy`.
+    redirect_dir: bool,
+    metacopy: bool,
     /// Per layer: the xattr holding owner and mode (`xattr_permissions`).
     overrides: Vec<Option<&'static std::ffi::CStr>>,
 }
@@ -85,6 +93,7 @@ impl Union {
             )));
         }
         let mut layers = Vec::with_capacity(lowers.len() + 1);
+        let upper_spec = upper;
         let upper = match upper {
             Some(spec) => {
                 let layer = Layer::open(&spec.upper)?;
@@ -147,6 +156,8 @@ impl Union {
             dirs: HandleTable::default(),
             view,
             overrides,
+            redirect_dir: upper_spec.is_some_and(|s| s.redirect_dir),
+            metacopy: upper_spec.is_some_and(|s| s.metacopy),
         })
     }
 

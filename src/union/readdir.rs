@@ -13,7 +13,7 @@ use rustix::fs::FileType;
 use super::Union;
 use super::attr::{Attr, Kind};
 use super::error::{Error, Result};
-use super::inode::{Node, NodeBody, NodeState};
+use super::inode::{Node, NodeState};
 use crate::layer;
 
 #[derive(Debug, Clone)]
@@ -66,13 +66,10 @@ impl Union {
         let layers = dir_node.dir_layers()?;
         let ld = layers.get(source).ok_or(Error::NotFound)?;
         let body = if self.is_upper(ld.layer) {
-            self.upper_leaf(ld.fd.as_fd(), &name)?
+            self.upper_leaf(&dir_node, ld.fd.as_fd(), &name)?
         } else {
-            NodeBody::Lower {
-                layer: ld.layer,
-                dir: ld.fd.clone(),
-                name: name.clone(),
-            }
+            let st = layer::stat_at(ld.fd.as_fd(), &name)?;
+            self.lower_leaf(&dir_node, ld.layer, &ld.fd, &name, &st)?
         };
         Ok(self.nodes.remember(Node::new(NodeState {
             parent: Some(dir_node),

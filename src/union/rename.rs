@@ -32,7 +32,27 @@ impl Union {
         if !self.has_lower_dir(node) {
             return Ok(None);
         }
+        if !self.redirect_dir {
+            return Err(Error::CrossDevice);
+        }
         Ok(Some(Redirect::Absolute(self.lower_path(node)?)))
+    }
+
+    /// A metadata-only copy about to move must name its data by path: one
+    /// the kernel made may rely on its own name instead.
+    fn pin_metacopy_data(&self, upper: &Upper, node: &Node) -> Result<()> {
+        let (fd, path) = match &node.state().body {
+            NodeBody::Upper { fd, data: Some(d) } => (fd.clone(), d.path.clone()),
+            _ => return Ok(()),
+        };
+        let value = Redirect::Absolute(path).to_bytes();
+        rustix::fs::setxattr(
+            layer::proc_fd_path(fd.as_fd()).as_c_str(),
+            upper.redirect_xattr().as_c_str(),
+            &value,
+            rustix::fs::XattrFlags::empty(),
+        )?;
+        Ok(())
     }
 
     /// Copies directory `node` up alone and records `r` on it.
@@ -142,11 +162,13 @@ impl Union {
         }
         if !src_dir {
             self.copy_up_meta(src)?;
+            self.pin_metacopy_data(upper, src)?;
         }
         if let Some(d) = dst.filter(|_| exchange)
             && !d.is_dir()
         {
             self.copy_up_meta(d)?;
+            self.pin_metacopy_data(upper, d)?;
         }
         let src_lower_has = self.lower_has(parent, name)?;
         let dst_lower_has = self.lower_has(newparent, newname)?;
@@ -308,4 +330,3 @@ fn move_leaving_whiteout(
         }
     }
 }
-

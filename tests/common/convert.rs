@@ -70,12 +70,19 @@ fn copy_xattrs(src: &Path, dst: &Path, opaque: &mut bool) {
         if (name == b"user.overlay.opaque" || name == b"user.fuseoverlayfs.opaque") && v == b"y" {
             *opaque = true;
         }
-        // Directory redirects in any namespace become the kernel's.
+        // Redirects and metacopy marks in any namespace become the kernel's.
         if matches!(
             name.as_slice(),
             b"user.overlay.redirect" | b"user.stratafs.redirect" | b"trusted.stratafs.redirect"
         ) {
             lsetxattr(dst, b"trusted.overlay.redirect", &v).unwrap();
+            continue;
+        }
+        if matches!(
+            name.as_slice(),
+            b"user.overlay.metacopy" | b"user.stratafs.metacopy" | b"trusted.stratafs.metacopy"
+        ) {
+            lsetxattr(dst, b"trusted.overlay.metacopy", &v).unwrap();
             continue;
         }
         if is_user_marker(&name) {

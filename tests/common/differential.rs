@@ -15,7 +15,8 @@
 //! mount's current tree, so that most operations hit existing names). A random failure is
 //! shrunk (by replaying subsets of the steps) before it is reported.
 //!
-//! Kernel options: `redirect_dir=on,metacopy=off,index=off`. Differences from the kernel that
+//! Kernel options: `redirect_dir=on,metacopy=off,index=off` (with `userxattr`, which allows
+//! neither, stratafs runs with `--redirect-dir off --metacopy off`). Differences from the kernel that
 //! are legitimate by design are kept out of the scripts (see `tests/README.md`):
 //! - names starting with `.wh.` (EINVAL on stratafs, allowed by the kernel);
 //! - reads through an fd opened read-only before the file's copy-up (the kernel keeps reading
@@ -681,6 +682,9 @@ pub fn run(cfg: &DiffConfig, script: &Script) -> RunResult {
         work: sw.clone(),
         whiteout: cfg.whiteout,
         volatile: cfg.volatile,
+        // Kernel overlayfs with userxattr can do neither (nofollow, metacopy=off).
+        redirect_dir: !cfg.userxattr,
+        metacopy: !cfg.userxattr,
     };
     // Everything set by the clock from here on is "fresh".
     let t0 = now_secs();

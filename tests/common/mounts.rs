@@ -41,6 +41,10 @@ pub struct UpperSpec {
     /// None: no `--whiteout` option (the default dialect, overlay).
     pub whiteout: Option<UpperDialect>,
     pub volatile: bool,
+    /// `--redirect-dir off` when false (directory renames EXDEV, as the kernel with userxattr).
+    pub redirect_dir: bool,
+    /// `--metacopy off` when false (every copy-up copies data).
+    pub metacopy: bool,
 }
 
 impl UpperSpec {
@@ -50,6 +54,8 @@ impl UpperSpec {
             work: work.to_path_buf(),
             whiteout: None,
             volatile: false,
+            redirect_dir: true,
+            metacopy: true,
         }
     }
 
@@ -83,6 +89,12 @@ pub fn mount_command_with(
         }
         if u.volatile {
             c.arg("--volatile");
+        }
+        if !u.redirect_dir {
+            c.args(["--redirect-dir", "off"]);
+        }
+        if !u.metacopy {
+            c.args(["--metacopy", "off"]);
         }
     }
     if foreground {
@@ -487,7 +499,7 @@ impl<'a> KernelOverlay<'a> {
     /// Read-only overlay of `lowers` (top first); redirects in them are followed.
     pub fn lower_only(lowers: &[PathBuf], mnt: &Path) -> Result<KernelOverlay<'a>, String> {
         let opts = format!(
-            "lowerdir={},redirect_dir=follow",
+            "lowerdir={},redirect_dir=follow,metacopy=on",
             lowers
                 .iter()
                 .map(|p| overlay_escape(p))
@@ -499,7 +511,9 @@ impl<'a> KernelOverlay<'a> {
 
     /// Writable overlay of `lowers` (top first), the oracle of the write tests:
     /// `redirect_dir=on,metacopy=off,index=off`: renaming a lower or merged directory moves it
-    /// with a redirect, and a copy-up copies data, as stratafs does.
+    /// with a redirect, as stratafs does. Metadata-only copy-up changes nothing a user sees, so
+    /// the oracle copies data (the kernel's `metacopy=on` also bumps the mtime of a file whose
+    /// data it fills on a plain open for writing — a kernel quirk stratafs does not copy).
     pub fn writable(
         lowers: &[PathBuf],
         upper: &Path,
@@ -550,6 +564,27 @@ impl<'a> KernelOverlay<'a> {
         let opts = format!(
             "lowerdir={},upperdir={},workdir={},userxattr,redirect_dir=nofollow,metacopy=off,\
              index=off",
+            lowers
+                .iter()
+                .map(|p| overlay_escape(p))
+                .collect::<Vec<_>>()
+                .join(":"),
+            overlay_escape(upper),
+            overlay_escape(work)
+        );
+        Self::mount(&opts, mnt)
+    }
+
+    /// Writable overlay with every kernel feature stratafs writes in its uppers
+    /// (`redirect_dir=on,metacopy=on`): the kernel taking over a stratafs upper.
+    pub fn writable_metacopy(
+        lowers: &[PathBuf],
+        upper: &Path,
+        work: &Path,
+        mnt: &Path,
+    ) -> Result<KernelOverlay<'a>, String> {
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={},redirect_dir=on,metacopy=on,index=off",
             lowers
                 .iter()
                 .map(|p| overlay_escape(p))
