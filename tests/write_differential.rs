@@ -576,6 +576,63 @@ fn recreated_directories_are_opaque() {
     );
 }
 
+/// Metadata-only copy-up (issue 8): chmod, chown, utimes, xattrs, link and rename of lower
+/// files keep their data in the lower layer until the first write, truncate or open for
+/// writing; reads, sizes, hard links and renames (of the file and of its directory) behave
+/// exactly as with a full copy-up. (The on-disk form — sparse placeholder, metacopy mark,
+/// redirect — is checked in write_scenarios.rs; the oracle copies data, see mounts.rs.)
+#[test]
+fn metadata_only_copy_up() {
+    require_root();
+    check_both_dialects(
+        "wd-metacopy",
+        vec![
+            chmod("big", 0o600).ok(),
+            lstat("big"),
+            read_file("big"),
+            chown("sparse", 1000, 1000).ok(),
+            read_file("sparse"),
+            setxattr("a/f3", "user.m", "1", 0).ok(),
+            read_file("a/f3").data("base a/f3\n"),
+            link("a/f3", "f3-link").ok(), // a metadata-only copy gets a second name
+            lstat("f3-link"),
+            open(0, "f3-link", O_WRONLY | O_APPEND).ok(), // fills it: both names see it
+            write(0, "+appended"),
+            close(0).ok(),
+            read_file("a/f3").data("base a/f3\n+appended"),
+            lstat("a/f3"),
+            rename("big", "a/sub/big2").ok(), // moves with its data still below
+            read_file("a/sub/big2"),
+            rename("a", "a-moved").ok(), // and its directory moves too
+            read_file("a-moved/sub/big2"),
+            open(1, "a-moved/sub/big2", O_RDWR).ok(),
+            pwrite(1, 10, "patched"),
+            pread(1, 0, 64),
+            close(1).ok(),
+            read_file("a-moved/sub/big2"),
+            utimens(
+                "sparse",
+                TimeArg::At(1_000_000_000, 0),
+                TimeArg::At(1_000_000_001, 0),
+                false,
+            )
+            .ok(),
+            truncate("sparse", 4096).ok(), // shrinks: data first
+            read_file("sparse"),
+            lstat("sparse"),
+            chmod("zero", 0o640).ok(), // empty: nothing to leave below
+            read_file("zero").data(""),
+            removexattr("xa", "user.a").ok(),
+            listxattr("xa"),
+            read_file("xa").data("xattrs\n"),
+            truncate("xa", 0).ok(),
+            read_file("xa").data(""),
+            readdir("a-moved/sub"),
+            readdir(""),
+        ],
+    );
+}
+
 /// Directory renames (issue 8): lower-only, merged and opaque directories move in O(1) with a
 /// redirect; chains (a→b, b/c→a, back again, into a sibling's subdirectory), deletes and
 /// creations under renamed directories, over empty directories (merged emptiness), with

@@ -1232,3 +1232,131 @@ fn lower_hard_links_seen_by_the_mount_survive_copy_up() {
     );
     m.unmount();
 }
+
+/// Metadata-only copy-up on disk and across remounts (issue 8): chmod of a 64 MiB lower file
+/// leaves a sparse placeholder (no data blocks) marked for the kernel's `metacopy=on` with a
+/// redirect to its data; st_ino, size and st_blocks stay the lower file's; reads come from the
+/// lower layer, also after a remount and after the directory holding it is renamed and the
+/// mount remounted again; the first write fills it in place and drops the marks.
+#[test]
+fn metadata_only_copy_up_on_disk_and_across_remounts() {
+    require_root();
+    let env = TestEnv::new("ws-metacopy");
+    let base = env.layer("base");
+    let content = gen_bytes(3, 64 << 20);
+    base.file("d/big", content.clone());
+    let stack = env.stack(&[&base]);
+    let (su, sw) = upper_work(&env.fresh_dir("rw"));
+    let spec = UpperSpec::new(&su, &sw);
+    let mut problems = Vec::new();
+    let mut expect = |what: String, ok: bool| {
+        if !ok {
+            problems.push(what);
+        }
+    };
+
+    let m = stack.stratafs_rw(&spec);
+    let before = fs::metadata(m.join("d/big")).unwrap();
+    fs::set_permissions(m.join("d/big"), fs::Permissions::from_mode(0o600)).unwrap();
+    let up = fs::metadata(su.join("d/big")).unwrap();
+    expect(
+        format!(
+            "placeholder holds {} blocks of data; want none (an xattr block at most)",
+            up.blocks()
+        ),
+        up.blocks() * 512 <= 8192 && up.len() == content.len() as u64,
+    );
+    expect(
+        "placeholder lacks trusted.overlay.metacopy or its redirect".into(),
+        lgetxattr(&su.join("d/big"), b"trusted.overlay.metacopy").is_ok()
+            && lgetxattr(&su.join("d/big"), b"trusted.overlay.redirect")
+                .as_deref()
+                .ok()
+                == Some(&b"/d/big"[..]),
+    );
+    let after = fs::metadata(m.join("d/big")).unwrap();
+    expect(
+        format!(
+            "after chmod: ino {} blocks {} size {} mode {:o}; want ino {} blocks {} size {} mode 100600",
+            after.ino(),
+            after.blocks(),
+            after.len(),
+            after.mode(),
+            before.ino(),
+            before.blocks(),
+            before.len()
+        ),
+        after.ino() == before.ino()
+            && after.blocks() == before.blocks()
+            && after.len() == before.len()
+            && after.mode() == 0o100600,
+    );
+    expect(
+        "read after chmod".into(),
+        fs::read(m.join("d/big")).unwrap() == content,
+    );
+    m.unmount();
+
+    let m = stack.stratafs_rw(&spec);
+    let again = fs::metadata(m.join("d/big")).unwrap();
+    expect(
+        format!("after remount: ino {} mode {:o}", again.ino(), again.mode()),
+        again.ino() == before.ino()
+            && again.mode() == 0o100600
+            && again.blocks() == before.blocks(),
+    );
+    expect(
+        "read after remount".into(),
+        fs::read(m.join("d/big")).unwrap() == content,
+    );
+    fs::rename(m.join("d"), m.join("d2")).unwrap();
+    expect(
+        "read after the directory moved".into(),
+        fs::read(m.join("d2/big")).unwrap() == content,
+    );
+    m.unmount();
+
+    let m = stack.stratafs_rw(&spec);
+    expect(
+        "read after the move and a remount".into(),
+        fs::read(m.join("d2/big")).unwrap() == content,
+    );
+    fs::OpenOptions::new()
+        .append(true)
+        .open(m.join("d2/big"))
+        .unwrap()
+        .write_all(b"x")
+        .unwrap();
+    let mut want = content.clone();
+    want.push(b'x');
+    expect(
+        "read after the first write".into(),
+        fs::read(m.join("d2/big")).unwrap() == want,
+    );
+    let filled = fs::metadata(m.join("d2/big")).unwrap();
+    expect(
+        format!(
+            "after the write: ino {} mode {:o}",
+            filled.ino(),
+            filled.mode()
+        ),
+        filled.ino() == before.ino() && filled.mode() == 0o100600,
+    );
+    m.unmount();
+    let up = su.join("d2/big");
+    expect(
+        "filled copy still carries a metacopy mark or redirect".into(),
+        lgetxattr(&up, b"trusted.overlay.metacopy").is_err()
+            && lgetxattr(&up, b"trusted.overlay.redirect").is_err(),
+    );
+    expect(
+        "filled copy has its data".into(),
+        fs::read(&up).unwrap() == want && fs::metadata(&up).unwrap().blocks() * 512 >= (64 << 20),
+    );
+    problems.extend(stack.check_layers());
+    assert!(
+        problems.is_empty(),
+        "{}",
+        format_problems("metadata-only copy-up", &problems)
+    );
+}
