@@ -446,7 +446,18 @@ def workloads(big_mib):
                  copy_native=["small"], check=check_append),
         Workload("rm-lower", "rm -rf of a 10k-file lower tree, cold", lambda r: ["rm", "-rf", f"{r}/rmtree"], True,
                  copy_native=["rmtree"], check=check_rm),
+        Workload("chmod-big", f"copy-up: chmod of the {big_mib} MiB lower file, cold",
+                 lambda r: ["chmod", "600", f"{r}/big/file"], True, copy_native=["big"],
+                 check=lambda r: check_mode(os.path.join(r, "big", "file"), 0o600)),
+        Workload("chmod-small", "copy-up: chmod of 2000 small lower files, cold",
+                 lambda r: ["bash", "-c", 'chmod 600 "$1"/small/*', "chmod", r], True, copy_native=["small"],
+                 check=lambda r: check_mode(os.path.join(r, "small", "f1999"), 0o600)),
     ]
+
+
+def check_mode(path, mode):
+    got = os.stat(path).st_mode & 0o7777
+    return None if got == mode else f"{path}: mode {got:o}, want {mode:o}"
 
 
 def measure(impl, wl, data, scratch):
