@@ -223,6 +223,14 @@ show_layer() {
                 what="${what:+$what; }<- copied up ($attr=$v)"
             fi
         done
+        for ns in trusted user; do
+            if getfattr -h --absolute-names -n "$ns.overlay.metacopy" "$p" >/dev/null 2>&1; then
+                what="${what:+$what; }<- metadata only: data stays at $(xattr "$ns.overlay.redirect" "$p") below"
+            fi
+            if [[ -d "$p" && -n "$(xattr "$ns.overlay.redirect" "$p")" ]]; then
+                what="${what:+$what; }<- renamed: lower contents at $(xattr "$ns.overlay.redirect" "$p")"
+            fi
+        done
         if [[ -n "$what" ]]; then
             printf '  %s  %-48s %s\n' "$kind" "$rel" "$what"
         else
@@ -449,7 +457,7 @@ ino_config="$(ino_of app/config.toml)"
 cd "$CMNT"
 note "# append to a base-layer file: copied up to upper/ first"
 in_container "echo 'app:x:1000:1000:demo app:/app:/bin/sh' >>etc/passwd"
-note "# chmod a mid-layer file: copied up, then its mode changed"
+note "# chmod a mid-layer file: a metadata-only copy-up, its data stays below"
 in_container "chmod 0750 usr/bin/hello"
 note "# delete a file that top and base have: a whiteout"
 in_container "rm etc/hostname"
@@ -634,7 +642,9 @@ if ((EUID == 0)); then
     printf '%s--- top-kernel/ ---%s\n' "$B" "$N"
     show_layer "$KTOP"
     echo
-    if run mount -t overlay overlay -o lowerdir=upper:top-kernel:mid:base view-kernel; then
+    # The upper holds metadata-only copies and may hold directory redirects,
+    # in the kernel's own format: the kernel follows them when asked to.
+    if run mount -t overlay overlay -o lowerdir=upper:top-kernel:mid:base,metacopy=on,redirect_dir=follow view-kernel; then
         run findmnt "$KVIEW"
         printf '%s$ diff <(listing view) <(listing view-kernel)%s\n' "$B" "$N"
         if diff -u --label view --label view-kernel <(listing "$ROVIEW") <(listing "$KVIEW"); then
