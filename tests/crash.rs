@@ -4,8 +4,10 @@
 //! - small lower files rewritten with the write-temp, fsync, rename-into-place protocol: each
 //!   shows one complete generation (contents are a deterministic function of name and
 //!   generation, self-describing);
-//! - lower files (small, and large ones of 2–4 MiB) appended to (copy-up by appending): the
-//!   whole lower content followed by a prefix of the appended stream (never a partial copy);
+//! - lower files (small, and large ones of 2–4 MiB) appended to (copy-up by appending; half
+//!   of the large ones first become metadata-only copies through a chmod, so the append fills
+//!   them in place): the whole lower content followed by a prefix of the appended stream
+//!   (never a partial copy);
 //! - upper files shuffled between two directories by rename: exactly one of the two names;
 //! - lower files renamed (copy-up + whiteout): exactly one of the two names;
 //! - no other names; the lower layers intact; the workdir clean after the remount.
@@ -114,6 +116,12 @@ fn crash_workload_child() {
                     let n = big(rng.below(BIG as u64) as usize);
                     let k = appended.entry(n.clone()).or_insert(0);
                     *k += 1;
+                    // Half of the big files become metadata-only copies first, so
+                    // that the append fills them in place (the crash may hit the fill).
+                    if *k == 1 && rng.below(2) == 0 {
+                        let mode = fs::metadata(p(&n))?.permissions();
+                        fs::set_permissions(p(&n), mode)?;
+                    }
                     append(&n, *k)?;
                 }
                 2 => {
