@@ -28,12 +28,16 @@ pub enum DialectChoice {
 }
 
 const LOCK_NAME: &CStr = c".stratafs.lock";
+/// Copies of lower files with several names, by lower inode: kept across
+/// mounts (not scratch), so that every name finds the one copy.
+const INDEX_NAME: &CStr = c"stratafs-index";
 
 /// The upper layer's companions: workdir fd (held locked for the life of
 /// the mount), the dialect and the private xattr namespace.
 #[derive(Debug)]
 pub struct Upper {
     work: OwnedFd,
+    index: OwnedFd,
     _lock: OwnedFd,
     dialect: Dialect,
     /// `trusted.stratafs.` when trusted xattrs can be written, else `user.stratafs.`.
@@ -98,6 +102,11 @@ impl Upper {
             ));
         }
         clean_workdir(work_fd.as_fd())?;
+        match rustix::fs::mkdirat(&work_fd, INDEX_NAME, Mode::from_raw_mode(0o700)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(LayerError::open(work_path, e.into())),
+        }
+        let index = super::open_subdir(work_fd.as_fd(), INDEX_NAME)?;
         let dialect = match choice {
             DialectChoice::Oci => Dialect::Oci,
             DialectChoice::Overlay if can_mknod_whiteout(work_fd.as_fd()) => Dialect::Overlay {
@@ -115,6 +124,7 @@ impl Upper {
         };
         Ok(Upper {
             work: work_fd,
+            index,
             _lock: lock,
             dialect,
             private_ns,
@@ -125,6 +135,11 @@ impl Upper {
 
     pub fn work(&self) -> BorrowedFd<'_> {
         self.work.as_fd()
+    }
+
+    /// The index of copied-up lower files that have several names.
+    pub fn index(&self) -> BorrowedFd<'_> {
+        self.index.as_fd()
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -180,7 +195,7 @@ impl Upper {
 fn clean_workdir(work: BorrowedFd<'_>) -> Result<(), LayerError> {
     let mut names = Vec::new();
     super::read_dir(work, |name, _, _| {
-        if name != LOCK_NAME {
+        if name != LOCK_NAME && name != INDEX_NAME {
             names.push(name.to_owned());
         }
         Ok(())

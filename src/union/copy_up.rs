@@ -12,6 +12,7 @@ use rustix::fs::{FileType, Mode, OFlags};
 use super::Union;
 use super::error::{Error, Result};
 use super::inode::{LayerDir, LowerData, Node, NodeBody};
+use super::links;
 use super::override_stat;
 use super::xattr::is_private_xattr;
 use crate::layer::{self, Redirect, Upper};
@@ -223,12 +224,29 @@ impl Union {
                 ),
             }
         };
-        let st = self.logical(
-            layer,
-            dir.as_fd(),
-            &lname,
-            layer::stat_at(dir.as_fd(), &lname)?,
-        );
+        let raw = layer::stat_at(dir.as_fd(), &lname)?;
+        let st = self.logical(layer, dir.as_fd(), &lname, raw);
+        // Another name of this lower inode was copied up before: share that copy.
+        let shared = links::has_other_names(&raw) && parent_fd.is_some();
+        if shared
+            && self.indexed(node.ino())
+            && let (Some(parent_fd), Some(parent)) = (&parent_fd, node.parent())
+        {
+            let parent_st = layer::stat_self(parent_fd.as_fd())?;
+            self.materialize(upper, node.ino(), parent_fd.as_fd(), &name)?;
+            keep_times(parent_fd.as_fd(), &parent_st);
+            let body = self.upper_leaf(&parent, parent_fd.as_fd(), &name)?;
+            let NodeBody::Upper { fd, data } = body.clone() else {
+                return Err(Error::NotFound);
+            };
+            node.update(|s| s.body = body);
+            self.link_other_names(upper, node, &fd);
+            node.forget_xattrs();
+            if let Some(d) = data.filter(|_| want != CopyData::Meta) {
+                self.fill_metacopy(upper, node, &fd, &d, want)?;
+            }
+            return Ok(fd);
+        }
         let tmp = self.scratch(upper);
         let work = upper.work();
         let mut data_fd = None;
@@ -315,6 +333,9 @@ impl Union {
         if let Some(dst) = &data_fd {
             upper.sync(dst.as_fd())?;
         }
+        if shared {
+            self.index_copy(upper, &tmp.name, node.ino(), raw.st_nlink - 1)?;
+        }
         let mut tmp = tmp;
         let fd = match parent_fd {
             Some(parent_fd) => {
@@ -362,6 +383,7 @@ impl Union {
                     rustix::fs::AtFlags::SYMLINK_FOLLOW,
                 )?;
                 upper.sync_dir(dir.as_fd())?;
+                self.one_less_lower_name(upper, dir.as_fd(), &name);
                 Ok(())
             });
             if let Err(e) = linked {
@@ -631,7 +653,7 @@ fn other_ns(attr: &CStr) -> CString {
 }
 
 /// Restores a directory's times after a copy-up, logging a failure.
-fn keep_times(dir: BorrowedFd<'_>, st: &rustix::fs::Stat) {
+pub(crate) fn keep_times(dir: BorrowedFd<'_>, st: &rustix::fs::Stat) {
     if let Err(e) = layer::restore_dir_times(dir, st) {
         tracing::warn!(error = %e, "cannot restore directory times after copy-up");
     }

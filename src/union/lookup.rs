@@ -103,6 +103,16 @@ impl Union {
         };
         let ino = self.entry_ino(top.ld.layer, top.ld.fd.as_fd(), &name, top.stat.st_ino);
         if let Some(node) = self.nodes.remember_known(ino) {
+            // A lower name of an inode already copied up joins the copy, so
+            // that every name the kernel knows is in the upper layer.
+            let copied = matches!(node.state().body, NodeBody::Upper { .. });
+            if copied
+                && !self.is_upper(top.ld.layer)
+                && let Err(e) = self.shared_copy(parent, &name, ino, &top.stat)
+            {
+                self.nodes.forget(ino, 1);
+                return Err(e);
+            }
             node.relocate(parent.clone(), name);
             if let Err(e) = self.refresh_attr(&node) {
                 self.nodes.forget(ino, 1);
@@ -121,6 +131,10 @@ impl Union {
                 {
                     attr.blocks = u64::try_from(lst.st_blocks).unwrap_or(0);
                 }
+                body
+            } else if let Some((body, st)) = self.shared_copy(parent, &name, ino, &top.stat)? {
+                // Another name of this lower inode was copied up: this one is that copy.
+                attr = attr_of(ino, &st)?;
                 body
             } else {
                 let body = self.lower_leaf(parent, top.ld.layer, &top.ld.fd, &name, &top.stat)?;

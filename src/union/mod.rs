@@ -8,6 +8,7 @@ mod error;
 mod file;
 mod handles;
 mod inode;
+mod links;
 mod lookup;
 mod override_stat;
 mod readdir;

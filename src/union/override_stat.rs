@@ -140,6 +140,9 @@ impl Union {
         {
             o.apply(&mut st);
         }
+        if self.is_upper(layer) {
+            self.union_nlink(dir, name, &mut st);
+        }
         st
     }
 
