@@ -1360,3 +1360,114 @@ fn metadata_only_copy_up_on_disk_and_across_remounts() {
         format_problems("metadata-only copy-up", &problems)
     );
 }
+
+/// Hard links of lower files (issue 8): two names of one lower inode stay one file after
+/// either is copied up — in the same mount, after a remount, and whichever name is looked up
+/// first; st_ino is shared, st_nlink counts every visible name (after unlink and link too);
+/// a metadata-only change through one name shows through the others.
+#[test]
+fn lower_hard_links_stay_one_file_across_copy_up_and_remount() {
+    require_root();
+    let env = TestEnv::new("ws-hardlinks");
+    let base = env.layer("base");
+    base.file("a", "data\n");
+    base.file("big", gen_bytes(5, 1 << 20));
+    fs::create_dir(base.path("d")).unwrap();
+    fs::hard_link(base.path("a"), base.path("b")).unwrap();
+    fs::hard_link(base.path("a"), base.path("d/c")).unwrap();
+    fs::hard_link(base.path("big"), base.path("d/big2")).unwrap();
+    let stack = env.stack(&[&base]);
+    let (su, sw) = upper_work(&env.fresh_dir("rw"));
+    let spec = UpperSpec::new(&su, &sw);
+    let mut problems = Vec::new();
+    let mut expect = |what: String, ok: bool| {
+        if !ok {
+            problems.push(what);
+        }
+    };
+    let links = |m: &StratafsMount, names: &[&str]| -> Vec<(u64, u64)> {
+        names
+            .iter()
+            .map(|n| {
+                let md = fs::symlink_metadata(m.join(n)).unwrap();
+                (md.ino(), md.nlink())
+            })
+            .collect()
+    };
+
+    // Only `a` is looked up before its copy-up.
+    let m = stack.stratafs_rw(&spec);
+    let ino = fs::metadata(m.join("a")).unwrap().ino();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(m.join("a"))
+        .unwrap()
+        .write_all(b"more\n")
+        .unwrap();
+    expect(
+        "b and d/c show the write through a".into(),
+        fs::read(m.join("b")).unwrap() == b"data\nmore\n"
+            && fs::read(m.join("d/c")).unwrap() == b"data\nmore\n",
+    );
+    let l = links(&m, &["a", "b", "d/c"]);
+    expect(
+        format!("inode/nlink of a, b, d/c: {l:?}"),
+        l.iter().all(|x| *x == (ino, 3)),
+    );
+    // A metadata-only change through one name of another lower inode.
+    fs::set_permissions(m.join("d/big2"), fs::Permissions::from_mode(0o600)).unwrap();
+    m.unmount();
+
+    // Remount: `d/c` first, then the others.
+    let m = stack.stratafs_rw(&spec);
+    expect(
+        "after remount, d/c (looked up first) is the copy".into(),
+        fs::read(m.join("d/c")).unwrap() == b"data\nmore\n",
+    );
+    let l = links(&m, &["d/c", "a", "b"]);
+    expect(
+        format!("after remount: {l:?}"),
+        l.iter().all(|x| *x == (ino, 3)),
+    );
+    let big = fs::metadata(m.join("big")).unwrap();
+    expect(
+        format!("big shares d/big2's chmod: mode {:o}", big.mode()),
+        big.mode() & 0o7777 == 0o600,
+    );
+    fs::remove_file(m.join("b")).unwrap();
+    fs::hard_link(m.join("a"), m.join("e")).unwrap();
+    let l = links(&m, &["a", "d/c", "e"]);
+    expect(
+        format!("after rm b, ln a e: {l:?}"),
+        l.iter().all(|x| *x == (ino, 3)),
+    );
+    m.unmount();
+
+    let m = stack.stratafs_rw(&spec);
+    let l = links(&m, &["e", "d/c", "a"]);
+    expect(
+        format!("after a second remount: {l:?}"),
+        l.iter().all(|x| *x == (ino, 3)),
+    );
+    expect(
+        "b stays deleted".into(),
+        fs::symlink_metadata(m.join("b")).is_err(),
+    );
+    fs::OpenOptions::new()
+        .append(true)
+        .open(m.join("e"))
+        .unwrap()
+        .write_all(b"e\n")
+        .unwrap();
+    expect(
+        "a sees a write through e".into(),
+        fs::read(m.join("a")).unwrap() == b"data\nmore\ne\n",
+    );
+    m.unmount();
+    problems.extend(stack.check_layers());
+    assert!(
+        problems.is_empty(),
+        "{}",
+        format_problems("lower hard links", &problems)
+    );
+}

@@ -37,7 +37,9 @@ const INDEX_NAME: &CStr = c"stratafs-index";
 #[derive(Debug)]
 pub struct Upper {
     work: OwnedFd,
-    index: OwnedFd,
+    /// Made on first use, so that a workdir holds only the lock until a
+    /// lower file with several names is copied up.
+    index: std::sync::OnceLock<OwnedFd>,
     _lock: OwnedFd,
     dialect: Dialect,
     /// `trusted.stratafs.` when trusted xattrs can be written, else `user.stratafs.`.
@@ -102,11 +104,10 @@ impl Upper {
             ));
         }
         clean_workdir(work_fd.as_fd())?;
-        match rustix::fs::mkdirat(&work_fd, INDEX_NAME, Mode::from_raw_mode(0o700)) {
-            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-            Err(e) => return Err(LayerError::open(work_path, e.into())),
+        let index = std::sync::OnceLock::new();
+        if let Ok(fd) = super::open_subdir(work_fd.as_fd(), INDEX_NAME) {
+            let _ = index.set(fd);
         }
-        let index = super::open_subdir(work_fd.as_fd(), INDEX_NAME)?;
         let dialect = match choice {
             DialectChoice::Oci => Dialect::Oci,
             DialectChoice::Overlay if can_mknod_whiteout(work_fd.as_fd()) => Dialect::Overlay {
@@ -137,9 +138,28 @@ impl Upper {
         self.work.as_fd()
     }
 
-    /// The index of copied-up lower files that have several names.
-    pub fn index(&self) -> BorrowedFd<'_> {
-        self.index.as_fd()
+    /// The index of copied-up lower files that have several names, if any
+    /// was made.
+    pub fn index(&self) -> Option<BorrowedFd<'_>> {
+        self.index.get().map(|fd| fd.as_fd())
+    }
+
+    /// The index, made if needed.
+    pub fn make_index(&self) -> Result<BorrowedFd<'_>, LayerError> {
+        if let Some(fd) = self.index.get() {
+            return Ok(fd.as_fd());
+        }
+        match rustix::fs::mkdirat(&self.work, INDEX_NAME, Mode::from_raw_mode(0o700)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(io(e)),
+        }
+        let fd = super::open_subdir(self.work.as_fd(), INDEX_NAME)?;
+        // A racing caller may have set it first: either fd names the same directory.
+        let _ = self.index.set(fd);
+        self.index
+            .get()
+            .map(|fd| fd.as_fd())
+            .ok_or_else(|| io(rustix::io::Errno::NOENT))
     }
 
     pub fn dialect(&self) -> Dialect {

@@ -14,8 +14,8 @@ use rustix::fs::{AtFlags, FileType, Stat};
 use std::sync::Arc;
 
 use super::Union;
-use super::inode::{Node, NodeBody};
 use super::error::Result;
+use super::inode::{Node, NodeBody};
 use crate::layer::{self, Upper};
 
 /// Private xattr on an indexed copy: lower names not yet in the upper layer.
@@ -36,7 +36,8 @@ impl Union {
     pub(crate) fn indexed(&self, key: u64) -> bool {
         self.upper
             .as_ref()
-            .is_some_and(|u| layer::stat_at(u.index(), &index_name(key)).is_ok())
+            .and_then(|u| u.index())
+            .is_some_and(|ix| layer::stat_at(ix, &index_name(key)).is_ok())
     }
 
     /// Links the fresh copy `tmp` (in the workdir) into the index for lower
@@ -50,8 +51,9 @@ impl Union {
             left.to_string().as_bytes(),
             rustix::fs::XattrFlags::empty(),
         )?;
-        rustix::fs::linkat(upper.work(), tmp, upper.index(), &index_name(key), AtFlags::empty())?;
-        upper.sync_dir(upper.index())?;
+        let index = upper.make_index()?;
+        rustix::fs::linkat(upper.work(), tmp, index, index_name(key), AtFlags::empty())?;
+        upper.sync_dir(index)?;
         Ok(())
     }
 
@@ -65,7 +67,8 @@ impl Union {
         name: &CStr,
     ) -> Result<()> {
         let tmp = upper.temp_name();
-        rustix::fs::linkat(upper.index(), &index_name(key), upper.work(), &tmp, AtFlags::empty())?;
+        let index = upper.make_index()?;
+        rustix::fs::linkat(index, index_name(key), upper.work(), &tmp, AtFlags::empty())?;
         if let Err(e) = upper.publish(&tmp, dir, name, false, false) {
             upper.discard(&tmp);
             return Err(e.into());
@@ -97,7 +100,7 @@ impl Union {
             return;
         }
         if let Some(left) = read_count(dir, name, &upper.private_xattr(LOWER_LEFT)) {
-            st.st_nlink = st.st_nlink - 1 + left as u64;
+            st.st_nlink = st.st_nlink - 1 + left;
         }
     }
 }

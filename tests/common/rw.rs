@@ -19,6 +19,10 @@ use super::sys::set_times_nofollow;
 /// choice to the implementation; `docs/upper-and-workdir.md` says: the lock file only.
 pub const WORKDIR_KEEP: &[&str] = &[".stratafs.lock"];
 
+/// The index of copied-up lower files with several names (`docs/upper-and-workdir.md`): kept
+/// across mounts; only regular files named by a decimal inode number may be in it.
+pub const WORKDIR_INDEX: &str = "stratafs-index";
+
 /// Entries of the workdir that should not be there when no operation is in progress: anything
 /// not in [`WORKDIR_KEEP`], and anything inside a kept directory.
 pub fn workdir_leftovers(work: &Path) -> Vec<String> {
@@ -32,6 +36,16 @@ pub fn workdir_leftovers(work: &Path) -> Vec<String> {
     for n in names {
         let s = n.to_string_lossy().into_owned();
         let p = work.join(&n);
+        if s == WORKDIR_INDEX {
+            for e in fs::read_dir(&p).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let regular = e.file_type().is_ok_and(|t| t.is_file());
+                if !regular || name.is_empty() || !name.bytes().all(|b| b.is_ascii_digit()) {
+                    out.push(format!("{s}/{name}"));
+                }
+            }
+            continue;
+        }
         if WORKDIR_KEEP.contains(&s.as_str()) {
             let md = fs::symlink_metadata(&p).unwrap();
             if md.is_dir() {
