@@ -633,6 +633,62 @@ fn metadata_only_copy_up() {
     );
 }
 
+/// Layers with hard links: the standard ones plus `h1`, `h2` and `a/h3`, one lower inode.
+fn hard_link_layers(env: &TestEnv) -> Vec<Layer> {
+    let layers = standard_layers(env, LowerMarkers::Kernel);
+    let base = &layers[1];
+    base.file("h1", "one inode, three names\n");
+    std::fs::hard_link(base.path("h1"), base.path("h2")).unwrap();
+    std::fs::hard_link(base.path("h1"), base.path("a/h3")).unwrap();
+    fix_times(&base.root);
+    layers
+}
+
+/// Issue 8 against the kernel with every feature on (`redirect_dir=on,index=on,metacopy=on`):
+/// lower hard links stay one file across copy-up (write through one name, read the others,
+/// nlink, link and unlink), metadata-only copies (written, so that the kernel's mtime quirk
+/// on fills does not apply — see `DiffConfig::kernel_all`), and directory renames.
+#[test]
+fn hard_links_metacopy_and_renames_vs_kernel_index_metacopy() {
+    require_root();
+    let mut c = DiffConfig::new("wd-kernel-all", hard_link_layers);
+    c.kernel_all = true;
+    check_script(
+        &c,
+        vec![
+            lstat("h1"),
+            lstat("h2"),
+            open(0, "h1", O_WRONLY | O_APPEND).ok(),
+            write(0, "appended through h1\n"),
+            close(0).ok(),
+            read_file("h2").data("one inode, three names\nappended through h1\n"),
+            read_file("a/h3"),
+            lstat("h1"),
+            lstat("h2"),
+            lstat("a/h3"),
+            chmod("h2", 0o600).ok(),
+            lstat("a/h3"),
+            link("h2", "h4").ok(),
+            lstat("h1"),
+            unlink("h1").ok(),
+            lstat("h2"),
+            lstat("h4"),
+            chmod("big", 0o600).ok(), // metadata only, on both
+            lstat("big"),
+            open(1, "big", O_WRONLY).ok(),
+            pwrite(1, 7, "written"), // filled, and written: fresh mtime on both
+            close(1).ok(),
+            read_file("big"),
+            lstat("big"),
+            rename("a", "a-moved").ok(),
+            read_file("a-moved/h3"),
+            lstat("a-moved/h3"),
+            readdir("a-moved"),
+            readdir(""),
+        ],
+    );
+}
+
 /// Directory renames (issue 8): lower-only, merged and opaque directories move in O(1) with a
 /// redirect; chains (a→b, b/c→a, back again, into a sibling's subdirectory), deletes and
 /// creations under renamed directories, over empty directories (merged emptiness), with

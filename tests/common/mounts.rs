@@ -596,6 +596,27 @@ impl<'a> KernelOverlay<'a> {
         Self::mount(&opts, mnt)
     }
 
+    /// Writable overlay with `redirect_dir=on,index=on,metacopy=on`: hard links kept across
+    /// copy-up as well.
+    pub fn writable_all(
+        lowers: &[PathBuf],
+        upper: &Path,
+        work: &Path,
+        mnt: &Path,
+    ) -> Result<KernelOverlay<'a>, String> {
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={},redirect_dir=on,metacopy=on,index=on",
+            lowers
+                .iter()
+                .map(|p| overlay_escape(p))
+                .collect::<Vec<_>>()
+                .join(":"),
+            overlay_escape(upper),
+            overlay_escape(work)
+        );
+        Self::mount(&opts, mnt)
+    }
+
     /// Writable overlay (upperdir + workdir), as container engines build layers.
     pub fn with_upper(
         lower: &Path,

@@ -103,7 +103,7 @@ pub struct Entry {
 }
 
 /// A walked tree: relative path bytes (root = empty) → entry.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub root: PathBuf,
     pub entries: BTreeMap<Vec<u8>, Entry>,
