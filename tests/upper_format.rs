@@ -188,6 +188,23 @@ fn overlay_upper_is_a_kernel_overlay_upper() {
             "kernel (upper as lower)",
         ));
     }
+    // As a lower layer through stratafs: metadata-only copies read through to their data
+    // below, renamed directories followed.
+    {
+        let lowers: Vec<_> = std::iter::once(su.clone())
+            .chain(stack.lowers.iter().cloned())
+            .collect();
+        let ustack = env.stack_paths(lowers);
+        let m = ustack.stratafs();
+        problems.extend(diff(
+            &view,
+            &stripped(m.path()),
+            "stratafs rw",
+            "stratafs (upper as lower)",
+        ));
+        drop(m);
+        problems.extend(ustack.check_layers());
+    }
     // As the upper of a writable kernel mount, which then writes into it.
     let kwork = env.fresh_dir("rw/kwork");
     let after_kernel = {

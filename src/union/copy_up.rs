@@ -205,6 +205,7 @@ impl Union {
             Some(parent) => Some(self.upper_dir(&parent)?),
             None => None,
         };
+        self.resolve_lower_data(node)?;
         let (name, layer, dir, lname, below) = {
             let state = node.state();
             match &state.body {
@@ -215,6 +216,7 @@ impl Union {
                     dir,
                     name,
                     data,
+                    ..
                 } => (
                     state.name.clone(),
                     *layer,
@@ -566,26 +568,50 @@ impl Union {
     }
 
     /// The node body of non-directory `name` in directory `dir` of lower
-    /// layer `layer` (of union directory `parent`).
-    pub(crate) fn lower_leaf(
-        &self,
-        parent: &Arc<Node>,
-        layer: usize,
-        dir: &Arc<OwnedFd>,
-        name: &CStr,
-        st: &rustix::fs::Stat,
-    ) -> Result<NodeBody> {
-        let data = if maybe_metacopy(st) && layer::is_metacopy(dir.as_fd(), name) {
-            Some(self.metacopy_data(layer, parent, dir.as_fd(), name)?)
-        } else {
-            None
-        };
-        Ok(NodeBody::Lower {
+    /// layer `layer`; whether it is a metadata-only copy is found on first use.
+    pub(crate) fn lower_leaf(layer: usize, dir: &Arc<OwnedFd>, name: &CStr) -> NodeBody {
+        NodeBody::Lower {
             layer,
             dir: dir.clone(),
             name: name.to_owned(),
-            data,
-        })
+            data: None,
+            checked: false,
+        }
+    }
+
+    /// Finds out, once, whether lower file `node` is a metadata-only copy
+    /// whose data is in a layer further down.
+    pub(crate) fn resolve_lower_data(&self, node: &Arc<Node>) -> Result<()> {
+        let (layer, dir, name) = match &node.state().body {
+            NodeBody::Lower {
+                layer,
+                dir,
+                name,
+                checked: false,
+                ..
+            } => (*layer, dir.clone(), name.clone()),
+            _ => return Ok(()),
+        };
+        let attr = node.attr();
+        let data = if attr.kind == super::attr::Kind::File
+            && attr.size > 0
+            && layer::is_metacopy(dir.as_fd(), &name)
+            && let Some(parent) = node.parent()
+        {
+            Some(self.metacopy_data(layer, &parent, dir.as_fd(), &name)?)
+        } else {
+            None
+        };
+        node.update(|s| {
+            if let NodeBody::Lower {
+                data: d, checked, ..
+            } = &mut s.body
+            {
+                *d = data;
+                *checked = true;
+            }
+        });
+        Ok(())
     }
 
     /// Where the data of metadata-only copy `name` in `dir` (of layer

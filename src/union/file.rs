@@ -79,6 +79,7 @@ impl Union {
             node.forget_xattrs();
             OpenFile::new(fd)
         } else {
+            self.resolve_lower_data(&node)?;
             let body = node.state().body.clone();
             match body {
                 NodeBody::Lower { data: Some(d), .. } if self.is_writable() => {

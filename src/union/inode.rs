@@ -85,6 +85,9 @@ pub enum NodeBody {
         /// For a metadata-only copy in a lower layer (a kernel or stratafs
         /// upper stacked as a lower): the file below holding its data.
         data: Option<LowerData>,
+        /// Whether `data` was looked for: on first open or copy-up, not at
+        /// lookup, which must stay cheap for the files never opened.
+        checked: bool,
     },
     /// A non-directory in the upper layer, held by an O_PATH fd so that
     /// renames, hard links and unlinks of its names never lose it. A

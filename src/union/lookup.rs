@@ -137,13 +137,7 @@ impl Union {
                 attr = attr_of(ino, &st)?;
                 body
             } else {
-                let body = self.lower_leaf(parent, top.ld.layer, &top.ld.fd, &name, &top.stat)?;
-                if let NodeBody::Lower { data: Some(d), .. } = &body
-                    && let Ok(lst) = layer::stat_at(d.dir.as_fd(), &d.name)
-                {
-                    attr.blocks = u64::try_from(lst.st_blocks).unwrap_or(0);
-                }
-                body
+                Union::lower_leaf(top.ld.layer, &top.ld.fd, &name)
             }
         } else {
             let dirs = self.collect_dirs(&layers[top.index..], &name)?;

@@ -68,8 +68,7 @@ impl Union {
         let body = if self.is_upper(ld.layer) {
             self.upper_leaf(&dir_node, ld.fd.as_fd(), &name)?
         } else {
-            let st = layer::stat_at(ld.fd.as_fd(), &name)?;
-            self.lower_leaf(&dir_node, ld.layer, &ld.fd, &name, &st)?
+            Union::lower_leaf(ld.layer, &ld.fd, &name)
         };
         Ok(self.nodes.remember(Node::new(NodeState {
             parent: Some(dir_node),
