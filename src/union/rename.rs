@@ -130,6 +130,14 @@ impl Union {
             _ => {}
         }
         let src_dir = src.is_dir();
+        // Where the lower contents of each moving directory are, taken before
+        // anything moves; recorded on its upper copy. Without redirects this
+        // is EXDEV, which overlayfs answers before looking at the target.
+        let src_redirect = self.redirect_for(src)?;
+        let dst_redirect = match dst.filter(|_| exchange) {
+            Some(d) => self.redirect_for(d)?,
+            None => None,
+        };
         if let Some(d) = dst {
             let dst_dir = d.is_dir();
             if exchange {
@@ -145,13 +153,6 @@ impl Union {
             return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EINVAL)));
         }
 
-        // Where the lower contents of each moving directory are, taken before
-        // anything moves; recorded on its upper copy.
-        let src_redirect = self.redirect_for(src)?;
-        let dst_redirect = match dst.filter(|_| exchange) {
-            Some(d) => self.redirect_for(d)?,
-            None => None,
-        };
         let from = self.upper_dir(parent)?;
         let to = self.upper_dir(newparent)?;
         if let Some(r) = &src_redirect {
