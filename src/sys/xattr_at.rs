@@ -26,6 +26,13 @@ struct XattrArgs {
 
 static AT_CALLS_MISSING: AtomicBool = AtomicBool::new(false);
 
+/// The inode an fd refers to (any fd, O_PATH included), by its magic link:
+/// for an empty `name`, which the `*xattrat` calls take only for fds that
+/// are not O_PATH.
+fn fd_path(fd: BorrowedFd<'_>) -> CString {
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
+}
+
 fn proc_path(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<CString> {
     let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
     p.extend_from_slice(name.to_bytes());
@@ -55,13 +62,23 @@ fn buf_len(buf: &[u8]) -> u32 {
 }
 
 /// Reads xattr `attr` of `name` beneath `dir` into `buf`; with an empty `buf`
-/// returns the value's size. `name` may be `.` for the directory itself.
+/// returns the value's size. `name` may be `.` for the directory itself, or
+/// empty for whatever `dir` is (an O_PATH fd to a file, too).
 pub fn getxattr_at(
     dir: BorrowedFd<'_>,
     name: &CStr,
     attr: &CStr,
     buf: &mut [u8],
 ) -> io::Result<usize> {
+    if name.is_empty() {
+        let path = fd_path(dir);
+        let r = if buf.is_empty() {
+            rustix::fs::getxattr_query(path.as_c_str(), attr)
+        } else {
+            rustix::fs::getxattr(path.as_c_str(), attr, buf)
+        };
+        return r.map_err(io::Error::from);
+    }
     let mut args = XattrArgs {
         value: if buf.is_empty() {
             0
@@ -126,8 +143,18 @@ pub fn listxattr_at(dir: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> io::Res
 }
 
 /// Sets xattr `attr` of `name` beneath `dir` to `value`, not following a
-/// final symlink.
+/// final symlink; an empty `name` means `dir` itself, as in [`getxattr_at`].
 pub fn setxattr_at(dir: BorrowedFd<'_>, name: &CStr, attr: &CStr, value: &[u8]) -> io::Result<()> {
+    if name.is_empty() {
+        let path = fd_path(dir);
+        return rustix::fs::setxattr(
+            path.as_c_str(),
+            attr,
+            value,
+            rustix::fs::XattrFlags::empty(),
+        )
+        .map_err(io::Error::from);
+    }
     let args = XattrArgs {
         value: value.as_ptr() as u64,
         size: u32::try_from(value.len()).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?,

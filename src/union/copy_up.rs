@@ -231,13 +231,9 @@ impl Union {
         // Another name of this lower inode was copied up before: share that copy.
         let shared = links::has_other_names(&raw) && parent_fd.is_some();
         if shared
-            && self.indexed(node.ino())
-            && let (Some(parent_fd), Some(parent)) = (&parent_fd, node.parent())
+            && let Some(parent) = node.parent()
+            && let Some((body, _)) = self.shared_copy(&parent, &name, node.ino(), &raw)?
         {
-            let parent_st = layer::stat_self(parent_fd.as_fd())?;
-            self.materialize(upper, node.ino(), parent_fd.as_fd(), &name)?;
-            keep_times(parent_fd.as_fd(), &parent_st);
-            let body = self.upper_leaf(&parent, parent_fd.as_fd(), &name)?;
             let NodeBody::Upper { fd, data } = body.clone() else {
                 return Err(Error::NotFound);
             };
@@ -549,15 +545,16 @@ impl Union {
     /// The node body of non-directory `name` in upper directory `dir` (of
     /// union directory `parent`): a metadata-only copy finds its lower data by
     /// its redirect, or at its own path when it has none (as the kernel's).
+    /// `st` is the entry's stat, which the caller has.
     pub(crate) fn upper_leaf(
         &self,
         parent: &Arc<Node>,
         dir: BorrowedFd<'_>,
         name: &CStr,
+        st: &rustix::fs::Stat,
     ) -> Result<NodeBody> {
         let fd = Arc::new(layer::open_path(dir, name)?);
-        let st = layer::stat_self(fd.as_fd())?;
-        if self.upper.is_none() || !maybe_metacopy(&st) || !layer::is_metacopy(dir, name) {
+        if self.upper.is_none() || !maybe_metacopy(st) || !layer::is_metacopy(dir, name) {
             return Ok(NodeBody::Upper { fd, data: None });
         }
         let data = self.metacopy_data(0, parent, dir, name)?;

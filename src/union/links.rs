@@ -33,7 +33,7 @@ pub(crate) fn has_other_names(st: &Stat) -> bool {
 
 impl Union {
     /// Whether an earlier copy-up indexed lower inode `key`.
-    pub(crate) fn indexed(&self, key: u64) -> bool {
+    fn indexed(&self, key: u64) -> bool {
         self.upper
             .as_ref()
             .and_then(|u| u.index())
@@ -43,13 +43,11 @@ impl Union {
     /// Links the fresh copy `tmp` (in the workdir) into the index for lower
     /// inode `key`, `left` of whose lower names are not in upper.
     pub(crate) fn index_copy(&self, upper: &Upper, tmp: &CStr, key: u64, left: u64) -> Result<()> {
-        let copy = layer::open_path(upper.work(), tmp)?;
-        let path = layer::proc_fd_path(copy.as_fd());
-        rustix::fs::setxattr(
-            path.as_c_str(),
-            upper.private_xattr(LOWER_LEFT).as_c_str(),
+        crate::sys::setxattr_at(
+            upper.work(),
+            tmp,
+            &upper.private_xattr(LOWER_LEFT),
             left.to_string().as_bytes(),
-            rustix::fs::XattrFlags::empty(),
         )?;
         let index = upper.make_index()?;
         rustix::fs::linkat(upper.work(), tmp, index, index_name(key), AtFlags::empty())?;
@@ -59,13 +57,7 @@ impl Union {
 
     /// Gives `name` in upper directory `dir` the indexed copy of lower inode
     /// `key`: one more of its lower names is now in the upper layer.
-    pub(crate) fn materialize(
-        &self,
-        upper: &Upper,
-        key: u64,
-        dir: BorrowedFd<'_>,
-        name: &CStr,
-    ) -> Result<()> {
+    fn materialize(&self, upper: &Upper, key: u64, dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
         let tmp = upper.temp_name();
         let index = upper.make_index()?;
         rustix::fs::linkat(index, index_name(key), upper.work(), &tmp, AtFlags::empty())?;
@@ -125,20 +117,15 @@ impl Union {
         let dir_st = layer::stat_self(dir.as_fd())?;
         self.materialize(upper, key, dir.as_fd(), name)?;
         super::copy_up::keep_times(dir.as_fd(), &dir_st);
-        let body = self.upper_leaf(parent, dir.as_fd(), name)?;
-        let st = self.logical(0, dir.as_fd(), name, layer::stat_at(dir.as_fd(), name)?);
-        Ok(Some((body, st)))
+        let raw = layer::stat_at(dir.as_fd(), name)?;
+        let body = self.upper_leaf(parent, dir.as_fd(), name, &raw)?;
+        Ok(Some((body, self.logical(0, dir.as_fd(), name, raw))))
     }
 }
 
 /// A decimal counter xattr of `name` in `dir` (empty `name`: `dir` itself).
 fn read_count(dir: BorrowedFd<'_>, name: &CStr, x: &CStr) -> Option<u64> {
     let mut buf = [0u8; 24];
-    let n = if name.is_empty() {
-        let path = layer::proc_fd_path(dir);
-        rustix::fs::getxattr(path.as_c_str(), x, &mut buf).ok()?
-    } else {
-        crate::sys::getxattr_at(dir, name, x, &mut buf).ok()?
-    };
+    let n = crate::sys::getxattr_at(dir, name, x, &mut buf).ok()?;
     std::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok()
 }

@@ -124,7 +124,7 @@ impl Union {
         let mut attr = attr_of(ino, &st)?;
         let body = if attr.kind != Kind::Dir {
             if self.is_upper(top.ld.layer) {
-                let body = self.upper_leaf(parent, top.ld.fd.as_fd(), &name)?;
+                let body = self.upper_leaf(parent, top.ld.fd.as_fd(), &name, &top.stat)?;
                 // A metadata-only copy is sparse: its blocks are the lower file's.
                 if let NodeBody::Upper { data: Some(d), .. } = &body
                     && let Ok(lst) = layer::stat_at(d.dir.as_fd(), &d.name)

@@ -79,29 +79,13 @@ pub(crate) fn detect(layer: &Layer) -> Option<&'static CStr> {
 /// (any fd, O_PATH included).
 pub(crate) fn read(dir: BorrowedFd<'_>, name: &CStr, xattr: &CStr) -> Option<Override> {
     let mut buf = [0u8; 64];
-    let n = if name.is_empty() {
-        let path = layer::proc_fd_path(dir);
-        rustix::fs::getxattr(path.as_c_str(), xattr, &mut buf).ok()?
-    } else {
-        sys::getxattr_at(dir, name, xattr, &mut buf).ok()?
-    };
+    let n = sys::getxattr_at(dir, name, xattr, &mut buf).ok()?;
     Override::parse(&buf[..n])
 }
 
 /// Records `o` on `name` in `dir` (empty `name`: `dir` itself).
 pub(crate) fn write(dir: BorrowedFd<'_>, name: &CStr, xattr: &CStr, o: Override) -> Result<()> {
-    let value = o.format();
-    if name.is_empty() {
-        let path = layer::proc_fd_path(dir);
-        rustix::fs::setxattr(
-            path.as_c_str(),
-            xattr,
-            value.as_bytes(),
-            rustix::fs::XattrFlags::empty(),
-        )?;
-    } else {
-        sys::setxattr_at(dir, name, xattr, value.as_bytes())?;
-    }
+    sys::setxattr_at(dir, name, xattr, o.format().as_bytes())?;
     Ok(())
 }
 

@@ -65,11 +65,8 @@ impl Union {
         }
         let layers = dir_node.dir_layers()?;
         let ld = layers.get(source).ok_or(Error::NotFound)?;
-        let body = if self.is_upper(ld.layer) {
-            self.upper_leaf(&dir_node, ld.fd.as_fd(), &name)?
-        } else {
-            Union::lower_leaf(ld.layer, &ld.fd, &name)
-        };
+        // Only read-only unions get here: every layer is a lower one.
+        let body = Union::lower_leaf(ld.layer, &ld.fd, &name);
         Ok(self.nodes.remember(Node::new(NodeState {
             parent: Some(dir_node),
             name,

@@ -14,7 +14,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use super::env::{CmdOutput, is_mounted, run_timeout};
-use super::mounts::{pids_with_arg, process_alive, stratafs_bin, wait_until};
+use super::mounts::{pids_with_arg, process_alive, stratafs_bin, unmount_or_detach, wait_until};
 
 /// `stratafs` (or `$STRATAFS_TEST_BIN`) with no arguments yet: add the drop-in form's.
 pub fn dropin_cmd() -> Command {
@@ -202,43 +202,11 @@ impl DropinMount {
         self.done = true;
         let mut problems = Vec::new();
         if is_mounted(&self.mnt) {
-            let mut out = run_timeout(
+            problems.extend(unmount_or_detach(
+                &self.mnt,
                 Command::new("umount").arg(&self.mnt),
-                Duration::from_secs(30),
-            );
-            for _ in 0..5 {
-                if !is_mounted(&self.mnt) || !out.stderr_str().contains("busy") {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(200));
-                out = run_timeout(
-                    Command::new("umount").arg(&self.mnt),
-                    Duration::from_secs(30),
-                );
-            }
-            if is_mounted(&self.mnt) {
-                problems.push(format!(
-                    "`umount {}` left it mounted: {}",
-                    self.mnt.display(),
-                    out.describe()
-                ));
-                let _ = run_timeout(
-                    Command::new("fusermount3").arg("-u").arg(&self.mnt),
-                    Duration::from_secs(30),
-                );
-            }
-            if is_mounted(&self.mnt) {
-                let _ = run_timeout(
-                    Command::new("umount").arg("-l").arg(&self.mnt),
-                    Duration::from_secs(30),
-                );
-            }
-            if is_mounted(&self.mnt) {
-                problems.push(format!(
-                    "{} still mounted after umount -l",
-                    self.mnt.display()
-                ));
-            }
+                false,
+            ));
         }
         if let Some(mut child) = self.child.take() {
             let start = Instant::now();

@@ -378,46 +378,11 @@ impl<'a> StratafsMount<'a> {
         self.done = true;
         let mut problems = Vec::new();
         if is_mounted(&self.mnt) {
-            let mut out = run_timeout(
+            problems.extend(unmount_or_detach(
+                &self.mnt,
                 Command::new(stratafs_bin()).arg("umount").arg(&self.mnt),
-                Duration::from_secs(30),
-            );
-            // Under `cargo test` (tests as threads of one process) another thread's fork can
-            // briefly hold fds into this mount until its child execs: retry a busy unmount a
-            // few times. A mount that stays busy is still reported.
-            for _ in 0..5 {
-                if !is_mounted(&self.mnt) || !out.stderr_str().contains("busy") {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(200));
-                out = run_timeout(
-                    Command::new(stratafs_bin()).arg("umount").arg(&self.mnt),
-                    Duration::from_secs(30),
-                );
-            }
-            if is_mounted(&self.mnt) {
-                problems.push(format!(
-                    "`stratafs umount {}` left it mounted: {}",
-                    self.mnt.display(),
-                    out.describe()
-                ));
-                let _ = run_timeout(
-                    Command::new("fusermount3").arg("-u").arg(&self.mnt),
-                    Duration::from_secs(30),
-                );
-            }
-            if is_mounted(&self.mnt) {
-                let _ = run_timeout(
-                    Command::new("umount").arg("-l").arg(&self.mnt),
-                    Duration::from_secs(30),
-                );
-            }
-            if is_mounted(&self.mnt) {
-                problems.push(format!(
-                    "{} is still mounted after umount -l",
-                    self.mnt.display()
-                ));
-            }
+                false,
+            ));
         }
         match self.child.take() {
             Some(mut child) => {
@@ -489,6 +454,50 @@ pub fn overlay_escape(p: &Path) -> String {
     out
 }
 
+/// Unmounts `mnt` by running `cmd`, again while the mount is busy (under `cargo test` another
+/// thread's fork can briefly hold fds into it until its child execs), then, if it is still
+/// mounted, with `fusermount3 -u` and `umount -l`. Returns the problems: `cmd` failing (when
+/// `strict`), a mount left behind.
+pub fn unmount_or_detach(mnt: &Path, cmd: &mut Command, strict: bool) -> Vec<String> {
+    let mut problems = Vec::new();
+    let desc = format!("{cmd:?}");
+    let mut out = run_timeout(cmd, Duration::from_secs(30));
+    for _ in 0..5 {
+        if !is_mounted(mnt) || !out.stderr_str().contains("busy") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        out = run_timeout(cmd, Duration::from_secs(30));
+    }
+    if strict && !out.success() {
+        problems.push(format!("{desc} failed: {}", out.describe()));
+    }
+    if is_mounted(mnt) {
+        problems.push(format!(
+            "{desc} left {} mounted: {}",
+            mnt.display(),
+            out.describe()
+        ));
+        let _ = run_timeout(
+            Command::new("fusermount3").arg("-u").arg(mnt),
+            Duration::from_secs(30),
+        );
+    }
+    if is_mounted(mnt) {
+        let _ = run_timeout(
+            Command::new("umount").arg("-l").arg(mnt),
+            Duration::from_secs(30),
+        );
+    }
+    if is_mounted(mnt) {
+        problems.push(format!(
+            "{} is still mounted after umount -l",
+            mnt.display()
+        ));
+    }
+    problems
+}
+
 /// A kernel overlayfs mount. Drop: umount, fallback umount -l.
 pub struct KernelOverlay<'a> {
     pub mnt: PathBuf,
@@ -520,17 +529,13 @@ impl<'a> KernelOverlay<'a> {
         work: &Path,
         mnt: &Path,
     ) -> Result<KernelOverlay<'a>, String> {
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={},redirect_dir=on,metacopy=off,index=off",
-            lowers
-                .iter()
-                .map(|p| overlay_escape(p))
-                .collect::<Vec<_>>()
-                .join(":"),
-            overlay_escape(upper),
-            overlay_escape(work)
-        );
-        Self::mount(&opts, mnt)
+        Self::over_upper(
+            lowers,
+            upper,
+            work,
+            mnt,
+            "redirect_dir=on,metacopy=off,index=off",
+        )
     }
 
     /// Read-only overlay of `lowers` (top first) with `userxattr`: the kernel reads (and
@@ -561,18 +566,13 @@ impl<'a> KernelOverlay<'a> {
         work: &Path,
         mnt: &Path,
     ) -> Result<KernelOverlay<'a>, String> {
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={},userxattr,redirect_dir=nofollow,metacopy=off,\
-             index=off",
-            lowers
-                .iter()
-                .map(|p| overlay_escape(p))
-                .collect::<Vec<_>>()
-                .join(":"),
-            overlay_escape(upper),
-            overlay_escape(work)
-        );
-        Self::mount(&opts, mnt)
+        Self::over_upper(
+            lowers,
+            upper,
+            work,
+            mnt,
+            "userxattr,redirect_dir=nofollow,metacopy=off,index=off",
+        )
     }
 
     /// Writable overlay with every kernel feature stratafs writes in its uppers
@@ -583,17 +583,13 @@ impl<'a> KernelOverlay<'a> {
         work: &Path,
         mnt: &Path,
     ) -> Result<KernelOverlay<'a>, String> {
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={},redirect_dir=on,metacopy=on,index=off",
-            lowers
-                .iter()
-                .map(|p| overlay_escape(p))
-                .collect::<Vec<_>>()
-                .join(":"),
-            overlay_escape(upper),
-            overlay_escape(work)
-        );
-        Self::mount(&opts, mnt)
+        Self::over_upper(
+            lowers,
+            upper,
+            work,
+            mnt,
+            "redirect_dir=on,metacopy=on,index=off",
+        )
     }
 
     /// Writable overlay with `redirect_dir=on,index=on,metacopy=on`: hard links kept across
@@ -604,17 +600,13 @@ impl<'a> KernelOverlay<'a> {
         work: &Path,
         mnt: &Path,
     ) -> Result<KernelOverlay<'a>, String> {
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={},redirect_dir=on,metacopy=on,index=on",
-            lowers
-                .iter()
-                .map(|p| overlay_escape(p))
-                .collect::<Vec<_>>()
-                .join(":"),
-            overlay_escape(upper),
-            overlay_escape(work)
-        );
-        Self::mount(&opts, mnt)
+        Self::over_upper(
+            lowers,
+            upper,
+            work,
+            mnt,
+            "redirect_dir=on,metacopy=on,index=on",
+        )
     }
 
     /// Writable overlay (upperdir + workdir), as container engines build layers.
@@ -624,9 +616,28 @@ impl<'a> KernelOverlay<'a> {
         work: &Path,
         mnt: &Path,
     ) -> Result<KernelOverlay<'a>, String> {
+        let lowers = [lower.to_path_buf()];
+        Self::over_upper(
+            &lowers,
+            upper,
+            work,
+            mnt,
+            "index=off,metacopy=off,redirect_dir=off",
+        )
+    }
+
+    /// A writable overlay of `lowers` (top first) with kernel options `features`.
+    fn over_upper(
+        lowers: &[PathBuf],
+        upper: &Path,
+        work: &Path,
+        mnt: &Path,
+        features: &str,
+    ) -> Result<KernelOverlay<'a>, String> {
+        let lowerdir: Vec<String> = lowers.iter().map(|p| overlay_escape(p)).collect();
         let opts = format!(
-            "lowerdir={},upperdir={},workdir={},index=off,metacopy=off,redirect_dir=off",
-            overlay_escape(lower),
+            "lowerdir={},upperdir={},workdir={},{features}",
+            lowerdir.join(":"),
             overlay_escape(upper),
             overlay_escape(work)
         );

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::env::{is_mounted, mounts_at, run_status_timeout, run_timeout};
-use super::mounts::{pids_with_arg, process_alive, stratafs_bin, wait_until};
+use super::mounts::{pids_with_arg, process_alive, stratafs_bin, unmount_or_detach, wait_until};
 use super::oracle::Stack;
 use super::snapshot::{Entry, Kind, Snapshot, show_path};
 
@@ -532,41 +532,7 @@ impl RootlessMount {
         let mut problems = Vec::new();
         if is_mounted(&self.mnt) {
             let mut cmd = Self::command(self.user, &[OsStr::new("umount"), self.mnt.as_os_str()]);
-            let desc = format!("{cmd:?}");
-            let mut out = run_timeout(&mut cmd, Duration::from_secs(30));
-            for _ in 0..5 {
-                if !is_mounted(&self.mnt) || !out.stderr_str().contains("busy") {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(200));
-                out = run_timeout(&mut cmd, Duration::from_secs(30));
-            }
-            if !out.success() {
-                problems.push(format!("{desc} failed: {}", out.describe()));
-            }
-            if is_mounted(&self.mnt) {
-                problems.push(format!(
-                    "{desc} left {} mounted: {}",
-                    self.mnt.display(),
-                    out.describe()
-                ));
-                let _ = run_timeout(
-                    Command::new("fusermount3").arg("-uz").arg(&self.mnt),
-                    Duration::from_secs(30),
-                );
-            }
-            if is_mounted(&self.mnt) {
-                let _ = run_timeout(
-                    Command::new("umount").arg("-l").arg(&self.mnt),
-                    Duration::from_secs(30),
-                );
-            }
-            if is_mounted(&self.mnt) {
-                problems.push(format!(
-                    "{} is still mounted after umount -l",
-                    self.mnt.display()
-                ));
-            }
+            problems.extend(unmount_or_detach(&self.mnt, &mut cmd, true));
         }
         for &pid in &self.daemon_pids {
             if !wait_until(Duration::from_secs(15), || !process_alive(pid)) {
