@@ -7,5 +7,6 @@
 pub mod fuse;
 pub mod layer;
 pub mod mount;
+pub mod store;
 pub mod sys;
 pub mod union;

@@ -102,7 +102,7 @@ pub fn run(args: Vec<OsString>, helper: bool) -> anyhow::Result<()> {
         (None, None) => None,
     };
     let debug = inv.debug || opts.debug;
-    super::logging::init(debug);
+    super::logging::init(debug, None);
     let mut fuse = opts.fuse;
     if inv.single_thread {
         fuse.threads = Some(1);
@@ -111,12 +111,11 @@ pub fn run(args: Vec<OsString>, helper: bool) -> anyhow::Result<()> {
         fuse.fsname = source.map(|s| s.to_string_lossy().into_owned());
     }
     let spec = MountSpec {
-        lowers: opts.lowers,
         upper,
-        mountpoint,
         foreground: inv.foreground || debug,
         fuse,
         view: opts.view,
+        ..MountSpec::new(opts.lowers, mountpoint)
     };
     if inv.fake {
         return Ok(());

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::FmtSpan;
 
-pub fn init(debug: bool) {
+pub fn init(debug: bool, file: Option<&std::path::Path>) {
     let filter = if debug {
         EnvFilter::new("stratafs=debug")
     } else {
@@ -13,11 +13,28 @@ pub fn init(debug: bool) {
     };
     // Each request is a span: with --debug, one line as it starts.
     let spans = if debug { FmtSpan::NEW } else { FmtSpan::NONE };
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_span_events(spans)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let opened = file.map(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+    });
+    let _ = match opened {
+        Some(Ok(f)) => builder
+            .with_writer(std::sync::Mutex::new(f))
+            .with_ansi(false)
+            .try_init(),
+        Some(Err(e)) => {
+            eprintln!("stratafs: warning: cannot open the log file: {e}");
+            builder.with_writer(std::io::stderr).try_init()
+        }
+        None => builder
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+    };
 }

@@ -3,6 +3,8 @@
 mod dropin;
 mod logging;
 mod overlay_options;
+mod progress;
+mod store_cmds;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,20 +52,49 @@ enum WhiteoutArg {
                   mount.fuse.stratafs it serves mount(8) and /etc/fstab."
 )]
 struct Cli {
+    /// The layer store (default: $STRATAFS_STORE, else /var/lib/stratafs
+    /// for root, else $XDG_DATA_HOME/stratafs).
+    #[arg(long, global = true, value_name = "DIR")]
+    store: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum VerifyArg {
+    None,
+    Lazy,
+    Full,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Mount a stack of layers as one merged tree.
+    /// Mount a stored image, or a stack of layer directories, as one merged tree.
+    #[command(override_usage = "stratafs mount IMAGE MOUNTPOINT [OPTIONS]\n       \
+                                stratafs mount --lower DIR [--lower DIR...] MOUNTPOINT [OPTIONS]")]
     Mount {
         /// A lower layer directory; repeat it, top layer first (like overlayfs' lowerdir=).
-        #[arg(long = "lower", value_name = "DIR", required = true)]
+        /// Above a stored image's layers when both are given.
+        #[arg(long = "lower", value_name = "DIR")]
         lowers: Vec<PathBuf>,
         /// The writable layer; without it the mount is read-only.
-        #[arg(long, value_name = "DIR", requires = "work")]
+        #[arg(
+            long,
+            value_name = "DIR",
+            requires = "work",
+            conflicts_with = "ephemeral"
+        )]
         upper: Option<PathBuf>,
+        /// A private writable layer in a temporary directory, removed at unmount.
+        #[arg(long)]
+        ephemeral: bool,
+        /// How much of a stored image to check: none; lazy (each file on first
+        /// open, EIO on a mismatch); full (every layer before mounting).
+        #[arg(long, value_enum, default_value_t = VerifyArg::Lazy)]
+        verify: VerifyArg,
+        /// Append the daemon's log to FILE (a background daemon has no stderr).
+        #[arg(long, value_name = "FILE")]
+        log: Option<PathBuf>,
         /// Scratch directory on the same filesystem as --upper.
         #[arg(long, value_name = "DIR", requires = "upper")]
         work: Option<PathBuf>,
@@ -91,12 +122,21 @@ enum Command {
         /// Log every request (same as RUST_LOG=stratafs=debug); implies --foreground.
         #[arg(short, long)]
         debug: bool,
-        /// Where to mount the merged tree.
-        mountpoint: PathBuf,
+        /// IMAGE (a stored image's name) and MOUNTPOINT, or MOUNTPOINT alone with --lower.
+        #[arg(num_args = 1..=2, required = true, value_name = "[IMAGE] MOUNTPOINT")]
+        targets: Vec<String>,
     },
-    /// Work on layer directories.
+    /// Import, list, check, export and remove stored layers.
     #[command(subcommand)]
     Layer(LayerCommand),
+    /// Import, name, list and remove images (stacks of stored layers).
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Remove stored layers that no image uses and no mount holds.
+    Gc {
+        #[arg(long)]
+        json: bool,
+    },
     /// Unmount a stratafs mount.
     Umount {
         /// Detach now and clean up when no longer busy.
@@ -110,6 +150,8 @@ const SUBCOMMANDS: &[&str] = &[
     "mount",
     "umount",
     "layer",
+    "image",
+    "gc",
     "help",
     "-h",
     "--help",
@@ -119,6 +161,44 @@ const SUBCOMMANDS: &[&str] = &[
 
 #[derive(Debug, Subcommand)]
 enum LayerCommand {
+    /// Store a layer from a directory tree or a layer tar (.tar, .tar.gz,
+    /// .tar.zst) and print its digest.
+    Import {
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List stored layers.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a layer's metadata (JSON), or its canonical manifest.
+    Inspect {
+        digest: String,
+        #[arg(long)]
+        manifest: bool,
+    },
+    /// Re-read layers and check them against their digests.
+    Verify {
+        digests: Vec<String>,
+        #[arg(long, conflicts_with = "digests")]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a layer as a deterministic OCI layer tar.
+    Export {
+        digest: String,
+        /// Write to FILE instead of stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Remove layers that no image uses and no mount holds.
+    Rm {
+        #[arg(required = true)]
+        digests: Vec<String>,
+    },
     /// Add user.overlay.* markers beside every trusted.overlay.* one (opaque
     /// directories, xattr whiteouts), so that mounts without privileges,
     /// which cannot read trusted xattrs, see them. Run as root; idempotent.
@@ -128,18 +208,61 @@ enum LayerCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// Import an OCI image layout (DIR or DIR:TAG) or a `docker save` tarball.
+    Import {
+        source: String,
+        /// Store the image under NAME (default: its tag, or the source's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// os/arch[/variant] to pick from a multi-platform index (default: this machine's).
+        #[arg(long)]
+        platform: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Name a stack of stored layers, bottom layer first (as in OCI manifests).
+    Create {
+        name: String,
+        #[arg(required = true)]
+        layers: Vec<String>,
+    },
+    /// List images.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an image (JSON).
+    Inspect { name: String },
+    /// Remove image names (their layers stay until `gc`).
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
 pub fn main() -> ExitCode {
     let mut args = std::env::args_os();
     let argv0 = args.next().unwrap_or_default();
     let rest: Vec<_> = args.collect();
     let helper = dropin::is_mount_helper(&argv0);
-    let first = rest.first().and_then(|a| a.to_str()).unwrap_or("");
+    // The global `--store DIR` may come before the sub-command.
+    let first = match rest.first().and_then(|a| a.to_str()) {
+        Some("--store") => rest.get(2).and_then(|a| a.to_str()).unwrap_or(""),
+        Some(a) if a.starts_with("--store=") => rest.get(1).and_then(|a| a.to_str()).unwrap_or(""),
+        other => other.unwrap_or(""),
+    };
     if helper || !SUBCOMMANDS.contains(&first) && !rest.is_empty() {
         return exit(dropin::run(rest, helper));
     }
     let cli = Cli::parse();
     let debug = matches!(cli.command, Command::Mount { debug: true, .. });
-    logging::init(debug);
+    let log = match &cli.command {
+        Command::Mount { log, .. } => log.clone(),
+        _ => None,
+    };
+    logging::init(debug, log.as_deref());
     exit(run(cli))
 }
 
@@ -154,10 +277,14 @@ fn exit(r: anyhow::Result<()>) -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    let store = cli.store;
     match cli.command {
         Command::Mount {
-            lowers,
+            mut lowers,
             upper,
+            ephemeral,
+            verify,
+            log: _,
             work,
             whiteout,
             volatile,
@@ -166,8 +293,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             foreground,
             threads,
             debug,
-            mountpoint,
+            targets,
         } => {
+            let (image, mountpoint) = match targets.as_slice() {
+                [m] => (None, PathBuf::from(m)),
+                [i, m] => (Some(i.clone()), PathBuf::from(m)),
+                _ => anyhow::bail!("give IMAGE MOUNTPOINT, or MOUNTPOINT with --lower"),
+            };
+            let mut checks = vec![None; lowers.len()];
+            let mut keep_alive: Vec<std::sync::Arc<dyn std::fmt::Debug + Send + Sync>> = Vec::new();
+            if let Some(image) = &image {
+                let store = store_cmds::open(&store)?;
+                let prepared = store
+                    .prepare_image(image, verify.into(), &progress::Bar::new(false))
+                    .with_context(|| format!("preparing image {image}"))?;
+                lowers.extend(prepared.lowers);
+                checks.extend(prepared.checks);
+                keep_alive.extend(prepared.held.into_iter().map(|h| {
+                    std::sync::Arc::new(h) as std::sync::Arc<dyn std::fmt::Debug + Send + Sync>
+                }));
+            } else if lowers.is_empty() {
+                anyhow::bail!("nothing to mount: name a stored IMAGE or give --lower DIR");
+            }
+            let (upper, work, remove_after) = if ephemeral {
+                let dir = ephemeral_dir()?;
+                (Some(dir.join("upper")), Some(dir.join("work")), Some(dir))
+            } else {
+                (upper, work, None)
+            };
             let upper = match (upper, work) {
                 (Some(upper), Some(work)) => Some(UpperSpec {
                     upper,
@@ -183,15 +336,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 _ => None,
             };
             let spec = MountSpec {
-                lowers,
                 upper,
-                mountpoint,
                 foreground: foreground || debug,
                 fuse: FuseOptions {
                     threads: Some(threads),
                     ..FuseOptions::default()
                 },
                 view: ViewOptions::default(),
+                checks,
+                keep_alive,
+                remove_after,
+                ..MountSpec::new(lowers, mountpoint)
             };
             mount::run(&spec).context("mount failed")
         }
@@ -210,8 +365,81 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Layer(LayerCommand::Import { path, json }) => {
+            store_cmds::layer_import(&store_cmds::open(&store)?, &path, json)
+        }
+        Command::Layer(LayerCommand::Ls { json }) => {
+            store_cmds::layer_ls(&store_cmds::open(&store)?, json)
+        }
+        Command::Layer(LayerCommand::Inspect { digest, manifest }) => {
+            store_cmds::layer_inspect(&store_cmds::open(&store)?, &digest, manifest)
+        }
+        Command::Layer(LayerCommand::Verify { digests, all, json }) => {
+            store_cmds::layer_verify(&store_cmds::open(&store)?, &digests, all, json)
+        }
+        Command::Layer(LayerCommand::Export { digest, output }) => {
+            store_cmds::layer_export(&store_cmds::open(&store)?, &digest, output.as_deref())
+        }
+        Command::Layer(LayerCommand::Rm { digests }) => {
+            store_cmds::layer_rm(&store_cmds::open(&store)?, &digests)
+        }
+        Command::Image(ImageCommand::Import {
+            source,
+            name,
+            platform,
+            json,
+        }) => store_cmds::image_import(
+            &store_cmds::open(&store)?,
+            &source,
+            name.as_deref(),
+            platform.as_deref(),
+            json,
+        ),
+        Command::Image(ImageCommand::Create { name, layers }) => {
+            store_cmds::image_create(&store_cmds::open(&store)?, &name, &layers)
+        }
+        Command::Image(ImageCommand::Ls { json }) => {
+            store_cmds::image_ls(&store_cmds::open(&store)?, json)
+        }
+        Command::Image(ImageCommand::Inspect { name }) => {
+            store_cmds::image_inspect(&store_cmds::open(&store)?, &name)
+        }
+        Command::Image(ImageCommand::Rm { names }) => {
+            store_cmds::image_rm(&store_cmds::open(&store)?, &names)
+        }
+        Command::Gc { json } => store_cmds::gc(&store_cmds::open(&store)?, json),
         Command::Umount { lazy, mountpoint } => {
             mount::unmount(&mountpoint, lazy).context("umount failed")
         }
     }
+}
+
+impl From<VerifyArg> for stratafs::store::VerifyMode {
+    fn from(v: VerifyArg) -> Self {
+        match v {
+            VerifyArg::None => stratafs::store::VerifyMode::None,
+            VerifyArg::Lazy => stratafs::store::VerifyMode::Lazy,
+            VerifyArg::Full => stratafs::store::VerifyMode::Full,
+        }
+    }
+}
+
+/// A private directory for an ephemeral upper and workdir.
+fn ephemeral_dir() -> anyhow::Result<PathBuf> {
+    let base = std::env::temp_dir();
+    for n in 0..1000u32 {
+        let dir = base.join(format!("stratafs-ephemeral-{}-{n}", std::process::id()));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+                std::fs::create_dir(dir.join("upper"))?;
+                std::fs::create_dir(dir.join("work"))?;
+                return Ok(dir);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).context("creating the ephemeral upper"),
+        }
+    }
+    anyhow::bail!("could not create an ephemeral upper in {}", base.display())
 }

@@ -2,6 +2,7 @@
 //! access is relative to directory fds beneath the layer root; nothing here
 //! knows about other layers.
 
+mod content_check;
 mod copy;
 mod error;
 mod markers;
@@ -10,6 +11,7 @@ mod upper;
 mod user_markers;
 mod walk;
 mod write_markers;
+mod xattrs;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -17,6 +19,7 @@ use std::sync::Arc;
 
 use rustix::fs::{Mode, OFlags};
 
+pub use content_check::ContentCheck;
 pub use copy::{copy_data, copy_mode_times, copy_owner, copy_xattrs, restore_dir_times};
 pub use error::LayerError;
 pub use markers::{
@@ -32,6 +35,7 @@ pub use walk::{
     open_file, open_path, open_subdir, proc_fd_path, read_dir, remove_tree, reopen, stat_at,
     stat_self,
 };
+pub use xattrs::{content_xattrs, is_private_xattr, read_sized};
 
 /// A read-only layer directory.
 #[derive(Debug)]

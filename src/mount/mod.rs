@@ -34,6 +34,30 @@ pub struct MountSpec {
     pub foreground: bool,
     pub fuse: FuseOptions,
     pub view: ViewOptions,
+    /// Per lower layer (top first): a check of file content on first open.
+    pub checks: Vec<Option<Arc<dyn crate::layer::ContentCheck>>>,
+    /// Kept for as long as the mount serves (locks on stored layers).
+    pub keep_alive: Vec<Arc<dyn std::fmt::Debug + Send + Sync>>,
+    /// Removed once the mount is gone (an ephemeral upper and workdir).
+    pub remove_after: Option<PathBuf>,
+}
+
+impl MountSpec {
+    /// A read-only mount of `lowers` (top first) at `mountpoint`, with
+    /// default options.
+    pub fn new(lowers: Vec<PathBuf>, mountpoint: PathBuf) -> Self {
+        MountSpec {
+            lowers,
+            upper: None,
+            mountpoint,
+            foreground: false,
+            fuse: FuseOptions::default(),
+            view: ViewOptions::default(),
+            checks: Vec::new(),
+            keep_alive: Vec::new(),
+            remove_after: None,
+        }
+    }
 }
 
 /// Mounts and serves until unmounted. Without `foreground`, returns in the
@@ -45,17 +69,34 @@ pub fn run(spec: &MountSpec) -> Result<(), MountError> {
     spec.mountpoint = std::path::absolute(&spec.mountpoint)
         .map_err(|e| MountError::io("resolving the mount point", e))?;
     let spec = &spec;
-    let union = Union::new(&spec.lowers, spec.upper.as_ref(), spec.view.clone())?;
+    let mut union = Union::new(&spec.lowers, spec.upper.as_ref(), spec.view.clone())?;
+    union.set_content_checks(spec.checks.clone());
     warn_unreadable_markers(&spec.lowers);
     raise_fd_limit();
     // Entries are created with exactly the mode the caller asked for (its
     // umask already applied); the daemon's own umask must not cut more.
     rustix::process::umask(rustix::fs::Mode::empty());
-    if spec.foreground {
+    let cleanup = || {
+        if let Some(dir) = &spec.remove_after
+            && let Err(e) = std::fs::remove_dir_all(dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not remove the ephemeral upper");
+        }
+    };
+    let served = if spec.foreground {
         serve(spec, union, None)
     } else {
-        daemon::spawn(|ready| serve(spec, union, Some(ready)))
+        daemon::spawn(|ready| {
+            let r = serve(spec, union, Some(ready));
+            cleanup();
+            r
+        })
+    };
+    if spec.foreground || served.is_err() {
+        cleanup();
     }
+    served
 }
 
 /// Without CAP_SYS_ADMIN in the initial user namespace, trusted.* xattrs

@@ -14,7 +14,7 @@ use super::error::{Error, Result};
 use super::inode::{LayerDir, LowerData, Node, NodeBody};
 use super::links;
 use super::override_stat;
-use super::xattr::is_private_xattr;
+use crate::layer::is_private_xattr;
 use crate::layer::{self, Redirect, Upper};
 use crate::sys;
 
@@ -260,8 +260,8 @@ impl Union {
                 match want {
                     CopyData::Full => {
                         let src = match &below {
-                            Some(d) => layer::open_file(d.dir.as_fd(), &d.name)?,
-                            None => layer::open_file(dir.as_fd(), &lname)?,
+                            Some(d) => self.open_lower(d.layer, d.dir.as_fd(), &d.name)?,
+                            None => self.open_lower(layer, dir.as_fd(), &lname)?,
                         };
                         layer::copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64)?;
                     }
@@ -500,7 +500,7 @@ impl Union {
         let before = layer::stat_self(fd.as_fd())?;
         let w = layer::reopen(fd.as_fd(), OFlags::WRONLY)?;
         if want == CopyData::Full {
-            let src = layer::open_file(d.dir.as_fd(), &d.name)?;
+            let src = self.open_lower(d.layer, d.dir.as_fd(), &d.name)?;
             layer::copy_data(src.as_fd(), w.as_fd(), before.st_size as u64)?;
         } else {
             rustix::fs::ftruncate(&w, 0)?;

@@ -38,6 +38,8 @@ pub enum Error {
     UnmappedOwner,
     #[error("the caller's id has no mapping in this mount")]
     UnmappedCaller,
+    #[error("lower file content does not match its layer's manifest")]
+    Corrupt,
     #[error(transparent)]
     Layer(#[from] LayerError),
     #[error(transparent)]
@@ -63,6 +65,7 @@ impl Error {
             Error::NotSupported => libc::EOPNOTSUPP,
             Error::UnmappedOwner => libc::EINVAL,
             Error::UnmappedCaller => libc::EOVERFLOW,
+            Error::Corrupt => libc::EIO,
             Error::Layer(e) => e.errno(),
             Error::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
         }

@@ -82,21 +82,25 @@ impl Union {
             self.resolve_lower_data(&node)?;
             let body = node.state().body.clone();
             match body {
-                NodeBody::Lower { data: Some(d), .. } if self.is_writable() => {
-                    OpenFile::following(layer::open_file(d.dir.as_fd(), &d.name)?, node.clone())
-                }
+                NodeBody::Lower { data: Some(d), .. } if self.is_writable() => OpenFile::following(
+                    self.open_lower(d.layer, d.dir.as_fd(), &d.name)?,
+                    node.clone(),
+                ),
                 NodeBody::Lower { data: Some(d), .. } => {
-                    OpenFile::new(layer::open_file(d.dir.as_fd(), &d.name)?)
+                    OpenFile::new(self.open_lower(d.layer, d.dir.as_fd(), &d.name)?)
                 }
-                NodeBody::Lower { dir, name, .. } if self.is_writable() => {
-                    OpenFile::following(layer::open_file(dir.as_fd(), &name)?, node.clone())
+                NodeBody::Lower {
+                    layer, dir, name, ..
+                } if self.is_writable() => {
+                    OpenFile::following(self.open_lower(layer, dir.as_fd(), &name)?, node.clone())
                 }
-                NodeBody::Lower { dir, name, .. } => {
-                    OpenFile::new(layer::open_file(dir.as_fd(), &name)?)
-                }
-                NodeBody::Upper { data: Some(d), .. } => {
-                    OpenFile::following(layer::open_file(d.dir.as_fd(), &d.name)?, node.clone())
-                }
+                NodeBody::Lower {
+                    layer, dir, name, ..
+                } => OpenFile::new(self.open_lower(layer, dir.as_fd(), &name)?),
+                NodeBody::Upper { data: Some(d), .. } => OpenFile::following(
+                    self.open_lower(d.layer, d.dir.as_fd(), &d.name)?,
+                    node.clone(),
+                ),
                 NodeBody::Upper { fd, .. } => {
                     OpenFile::new(layer::reopen(fd.as_fd(), real_flags(flags))?)
                 }

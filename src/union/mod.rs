@@ -21,6 +21,7 @@ mod xattr;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 
+pub use crate::layer::is_private_xattr;
 pub use attr::{Attr, Kind, Time};
 pub use create::{Caller, NewEntry};
 pub use error::{Error, Result};
@@ -28,7 +29,6 @@ pub use inode::{Node, ROOT_INO};
 pub use readdir::DirEntry;
 pub use setattr::{SetAttr, SetTime};
 pub use view::{IdMap, IdRange, OVERFLOW_ID, OverrideStat, ViewOptions};
-pub use xattr::is_private_xattr;
 
 use crate::layer::{self, DialectChoice, Layer, LayerError, Upper};
 use handles::HandleTable;
@@ -78,6 +78,8 @@ pub struct Union {
     metacopy: bool,
     /// Per layer: the xattr holding owner and mode (`xattr_permissions`).
     overrides: Vec<Option<&'static std::ffi::CStr>>,
+    /// Per layer: a check of file content on open (`--verify=lazy`).
+    checks: Vec<Option<std::sync::Arc<dyn crate::layer::ContentCheck>>>,
 }
 
 impl Union {
@@ -156,10 +158,37 @@ impl Union {
             files: HandleTable::default(),
             dirs: HandleTable::default(),
             view,
+            checks: Vec::new(),
             overrides,
             redirect_dir: upper_spec.is_some_and(|s| s.redirect_dir),
             metacopy: upper_spec.is_some_and(|s| s.metacopy),
         })
+    }
+
+    /// Installs content checks for the lower layers (top first, as given
+    /// to [`Union::new`]); `None` leaves a layer unchecked.
+    pub fn set_content_checks(
+        &mut self,
+        lowers: Vec<Option<std::sync::Arc<dyn layer::ContentCheck>>>,
+    ) {
+        let skip = usize::from(self.upper.is_some());
+        self.checks = (0..skip).map(|_| None).chain(lowers).collect();
+    }
+
+    /// Opens the lower file `name` in `dir` (of layer `layer`) for reading,
+    /// checking its content the first time if the layer asks for it.
+    pub(crate) fn open_lower(
+        &self,
+        layer: usize,
+        dir: std::os::fd::BorrowedFd<'_>,
+        name: &std::ffi::CStr,
+    ) -> Result<std::os::fd::OwnedFd> {
+        let fd = layer::open_file(dir, name)?;
+        if let Some(Some(check)) = self.checks.get(layer) {
+            let ino = layer::stat_self(fd.as_fd())?.st_ino;
+            check.check(fd.as_fd(), ino).map_err(|_| Error::Corrupt)?;
+        }
+        Ok(fd)
     }
 
     /// The attributes the mount shows for `attr` (id mapping, squashing...).

@@ -9,21 +9,8 @@ use std::sync::Arc;
 use super::Union;
 use super::error::{Error, Result};
 use super::inode::{Node, NodeBody};
+use crate::layer::is_private_xattr;
 use crate::{layer, sys};
-
-const PRIVATE_PREFIXES: [&[u8]; 6] = [
-    b"trusted.overlay.",
-    b"security.fuseoverlayfs.",
-    b"user.overlay.",
-    b"user.fuseoverlayfs.",
-    b"user.stratafs.",
-    b"trusted.stratafs.",
-];
-
-/// Xattrs that belong to the union's own bookkeeping and never show through.
-pub fn is_private_xattr(name: &[u8]) -> bool {
-    PRIVATE_PREFIXES.iter().any(|p| name.starts_with(p))
-}
 
 fn filter_list(raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(raw.len());
@@ -36,21 +23,8 @@ fn filter_list(raw: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Calls `read` with a buffer of the size `read(&mut [])` reports, retrying
-/// if the value grew in between.
-fn read_sized(mut read: impl FnMut(&mut [u8]) -> std::io::Result<usize>) -> Result<Vec<u8>> {
-    loop {
-        let size = read(&mut [])?;
-        let mut buf = vec![0u8; size];
-        match read(&mut buf) {
-            Ok(n) => {
-                buf.truncate(n);
-                return Ok(buf);
-            }
-            Err(e) if e.raw_os_error() == Some(libc::ERANGE) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
+fn read_sized(read: impl FnMut(&mut [u8]) -> std::io::Result<usize>) -> Result<Vec<u8>> {
+    Ok(layer::read_sized(read)?)
 }
 
 fn no_data(e: Error) -> Error {

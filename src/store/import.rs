@@ -1,0 +1,310 @@
+//! Importing layers: from a directory tree (any whiteout dialect) or a layer
+//! tar (plain, gzip, zstd). Everything is built under `<store>/tmp/` and
+//! renamed into place only once complete and flushed.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+
+use rustix::fs::{FileType, Mode, OFlags};
+
+use super::compress::decompress;
+use super::digest::{Digest, HashingReader};
+use super::layout::{Scratch, Store, sync_fs};
+use super::meta::{LayerMeta, now};
+use super::tree_walk::{self, Item, meta_of};
+use super::tree_writer::{EntryPath, Special, TreeWriter};
+use super::{StoreError, tar_read};
+use crate::layer;
+
+/// Progress of a long operation, for a bar on a terminal. All optional.
+pub trait Progress {
+    fn start(&self, _what: &str, _total: Option<u64>) {}
+    fn advance(&self, _bytes: u64) {}
+    fn finish(&self) {}
+}
+
+/// No progress shown.
+pub struct Quiet;
+impl Progress for Quiet {}
+
+/// The result of an import.
+#[derive(Debug, Clone)]
+pub struct Imported {
+    pub digest: Digest,
+    /// The layer was in the store already; nothing new was stored.
+    pub existed: bool,
+}
+
+/// What an OCI manifest says a blob must hash to.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Expect {
+    pub blob: Option<Digest>,
+    pub diff_id: Option<Digest>,
+}
+
+struct Counting<'a, R> {
+    inner: R,
+    progress: &'a dyn Progress,
+}
+
+impl<R: Read> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.advance(n as u64);
+        Ok(n)
+    }
+}
+
+fn open_path_dir(path: &Path) -> Result<OwnedFd, StoreError> {
+    rustix::fs::open(
+        path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| StoreError::path(path, e.into()))
+}
+
+fn entry_path(manifest_path: &[u8]) -> Result<EntryPath, StoreError> {
+    EntryPath::parse(manifest_path.strip_prefix(b"/").unwrap_or(manifest_path))
+}
+
+impl Store {
+    fn new_tree(&self) -> Result<(Scratch, TreeWriter), StoreError> {
+        let scratch = self.scratch()?;
+        let tree = scratch.path().join("tree");
+        fs::create_dir(&tree).map_err(|e| StoreError::path(&tree, e))?;
+        let writer = TreeWriter::new(open_path_dir(&tree)?)?;
+        Ok((scratch, writer))
+    }
+
+    /// Imports a directory tree. Its whiteouts and opaque markers may be in
+    /// any dialect; symlinks are stored, never followed.
+    pub fn import_dir(&self, src: &Path, progress: &dyn Progress) -> Result<Imported, StoreError> {
+        let source = layer::Layer::open(src)?;
+        let root = source.root().as_fd();
+        let expected = tree_walk::manifest_of(root, |v, _| tree_walk::hash_file(v))?;
+        let digest = expected.digest();
+        if self.has_layer(&digest) {
+            return Ok(Imported {
+                digest,
+                existed: true,
+            });
+        }
+        progress.start("copying", Some(expected.content_size()));
+        let (scratch, mut writer) = self.new_tree()?;
+        let mut first_name: HashMap<u64, EntryPath> = HashMap::new();
+        tree_walk::walk(root, &mut |v| {
+            let path = entry_path(v.path)?;
+            let stat = match v.item {
+                Item::Whiteout => return writer.whiteout(&path),
+                Item::Entry { stat, opaque } => {
+                    if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
+                        writer.dir(&path, meta_of(v.dir, v.name, stat)?)?;
+                        if opaque {
+                            writer.opaque(&path)?;
+                        }
+                        return Ok(());
+                    }
+                    stat
+                }
+            };
+            if stat.st_nlink > 1 {
+                if let Some(first) = first_name.get(&stat.st_ino) {
+                    return writer.hardlink(&path, first);
+                }
+                first_name.insert(stat.st_ino, path.clone());
+            }
+            let meta = meta_of(v.dir, v.name, stat)?;
+            let dev = (
+                rustix::fs::major(stat.st_rdev),
+                rustix::fs::minor(stat.st_rdev),
+            );
+            match FileType::from_raw_mode(stat.st_mode) {
+                FileType::RegularFile => {
+                    let file = fs::File::from(layer::open_file(v.dir, v.name)?);
+                    let mut counting = Counting {
+                        inner: file,
+                        progress,
+                    };
+                    writer.file(&path, &meta, stat.st_size as u64, &mut counting)
+                }
+                FileType::Symlink => {
+                    let target = rustix::fs::readlinkat(v.dir, v.name, Vec::new())?;
+                    writer.symlink(&path, &meta, target.as_bytes())
+                }
+                FileType::CharacterDevice => {
+                    writer.special(&path, &meta, Special::Char(dev.0, dev.1))
+                }
+                FileType::BlockDevice => writer.special(&path, &meta, Special::Block(dev.0, dev.1)),
+                FileType::Fifo => writer.special(&path, &meta, Special::Fifo),
+                FileType::Socket => writer.special(&path, &meta, Special::Socket),
+                _ => Err(StoreError::entry(v.path, "unsupported file type")),
+            }
+        })?;
+        progress.finish();
+        let digests = writer.finish()?;
+        let imported = self.publish(scratch, &digests, Vec::new(), src.display().to_string())?;
+        if imported.digest != digest {
+            // Only where the tree could not be copied faithfully (owners
+            // without privileges): the stored tree's own digest names it.
+            tracing::warn!(source = %digest, stored = %imported.digest, "stored tree differs from its source");
+        }
+        Ok(imported)
+    }
+
+    /// Imports a layer tar file (plain, gzip or zstd). A tar whose digest
+    /// (compressed or not) names a stored layer is not extracted again.
+    pub fn import_tar_file(
+        &self,
+        path: &Path,
+        progress: &dyn Progress,
+    ) -> Result<Imported, StoreError> {
+        let open = || fs::File::open(path).map_err(|e| StoreError::path(path, e));
+        let len = open()?.metadata().map(|m| m.len()).ok();
+        let (blob, _) = HashingReader::new(open()?)
+            .finish()
+            .map_err(|e| StoreError::path(path, e))?;
+        if let Some(digest) = self.find_alias(&blob)? {
+            return Ok(Imported {
+                digest,
+                existed: true,
+            });
+        }
+        progress.start("importing", len);
+        let r = self.import_tar_stream(
+            &mut open()?,
+            Expect {
+                blob: Some(blob),
+                diff_id: None,
+            },
+            path.display().to_string(),
+            progress,
+        );
+        progress.finish();
+        r
+    }
+
+    /// Imports one layer tar from a stream, checking the digests `expect`
+    /// gives for the compressed and the uncompressed bytes.
+    pub fn import_tar_stream(
+        &self,
+        reader: &mut dyn Read,
+        expect: Expect,
+        source: String,
+        progress: &dyn Progress,
+    ) -> Result<Imported, StoreError> {
+        let (scratch, mut writer) = self.new_tree()?;
+        let mut blob = HashingReader::new(Counting {
+            inner: reader,
+            progress,
+        });
+        let diff_id = {
+            let mut plain = HashingReader::new(decompress(&mut blob)?);
+            tar_read::extract(&mut plain, &mut writer)?;
+            plain
+                .finish()
+                .map_err(|e| {
+                    StoreError::Invalid(format!("corrupt or truncated layer stream: {e}"))
+                })?
+                .0
+        };
+        let (blob_digest, _) = blob
+            .finish()
+            .map_err(|e| StoreError::Invalid(format!("reading the layer: {e}")))?;
+        let want_blob = expect.blob.unwrap_or(blob_digest);
+        if want_blob != blob_digest {
+            return Err(StoreError::Mismatch {
+                what: "blob",
+                blob: want_blob.to_string(),
+                actual: blob_digest.to_string(),
+            });
+        }
+        if let Some(want) = expect.diff_id
+            && want != diff_id
+        {
+            return Err(StoreError::Mismatch {
+                what: "layer diff_id",
+                blob: want.to_string(),
+                actual: diff_id.to_string(),
+            });
+        }
+        let digests = writer.finish()?;
+        let mut aliases = vec![diff_id];
+        if blob_digest != diff_id {
+            aliases.push(blob_digest);
+        }
+        self.publish(scratch, &digests, aliases, source)
+    }
+
+    /// Computes the manifest of a finished tree, writes it and meta.json,
+    /// flushes, and renames the whole into place unless the layer exists.
+    fn publish(
+        &self,
+        scratch: Scratch,
+        digests: &HashMap<u64, Digest>,
+        aliases: Vec<Digest>,
+        source: String,
+    ) -> Result<Imported, StoreError> {
+        let tree = open_path_dir(&scratch.path().join("tree"))?;
+        let manifest =
+            tree_walk::manifest_of(tree.as_fd(), |v, st| match digests.get(&st.st_ino) {
+                Some(d) => Ok(*d),
+                None => tree_walk::hash_file(v),
+            })?;
+        let digest = manifest.digest();
+        let mpath = scratch.path().join("manifest");
+        fs::write(&mpath, manifest.to_bytes()).map_err(|e| StoreError::path(&mpath, e))?;
+        let aliases: Vec<String> = aliases
+            .iter()
+            .filter(|a| **a != digest)
+            .map(|a| a.to_string())
+            .collect();
+        let meta = LayerMeta {
+            digest: digest.to_string(),
+            size: manifest.content_size(),
+            entries: manifest.records.len() as u64,
+            created: now(),
+            aliases: aliases.clone(),
+            source,
+        };
+        self.write_layer_meta(scratch.path(), &meta)?;
+        make_read_only(&mpath)?;
+        sync_fs(&super::layout::open_dir(scratch.path())?)?;
+        let _lock = self.lock()?;
+        let dest = self.layer_dir(&digest);
+        if self.has_layer(&digest) {
+            let mut old = self.layer_meta(&digest)?;
+            let before = old.aliases.len();
+            for a in aliases {
+                if !old.aliases.contains(&a) {
+                    old.aliases.push(a);
+                }
+            }
+            if old.aliases.len() != before {
+                self.write_layer_meta(&dest, &old)?;
+            }
+            return Ok(Imported {
+                digest,
+                existed: true,
+            });
+        }
+        fs::rename(scratch.path(), &dest).map_err(|e| StoreError::path(&dest, e))?;
+        scratch.keep();
+        fs::File::open(self.layers_dir())
+            .and_then(|f| f.sync_all())
+            .map_err(|e| StoreError::path(&self.layers_dir(), e))?;
+        Ok(Imported {
+            digest,
+            existed: false,
+        })
+    }
+}
+
+fn make_read_only(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o444))
+        .map_err(|e| StoreError::path(path, e))
+}
