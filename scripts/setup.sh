@@ -41,6 +41,8 @@ packages=(
     fuse-overlayfs # the peer implementation we compare against
     util-linux     # mountpoint, unshare, mount, setpriv
     bubblewrap     # a real container client over a stratafs root (tests)
+    umoci          # OCI image layouts: building, unpacking (store tests, bench)
+    skopeo         # copying images between OCI layouts and docker archives (store tests)
     gcc            # linker for rustc
     libc6-dev
 )

@@ -81,7 +81,9 @@ impl Store {
                     .and_then(|r| manifest.resolve(r))
                     .map(|r| &r.body)
             {
-                expected.insert(stat.st_ino, (*sha256, *size, v.path.to_vec()));
+                expected
+                    .entry(stat.st_ino)
+                    .or_insert_with(|| (*sha256, *size, v.path.to_vec()));
             }
             Ok(())
         })?;
