@@ -86,6 +86,16 @@ fn add_entry(
                     meta.xattrs
                         .push((attr.as_bytes().to_vec(), ext.value_bytes().to_vec()));
                 }
+            } else if key == "uid" || key == "gid" {
+                let v = ext.value().map_err(|e| bad(raw, e))?;
+                let id: u32 = v
+                    .parse()
+                    .map_err(|_| bad(raw, format!("bad PAX {key} {v:?}")))?;
+                if key == "uid" {
+                    meta.uid = id;
+                } else {
+                    meta.gid = id;
+                }
             } else if key == "mtime" {
                 let v = ext.value().map_err(|e| bad(raw, e))?;
                 (meta.mtime, meta.mtime_nsec) =

@@ -93,6 +93,7 @@ pub struct TreeWriter {
     dialect: StoreDialect,
     /// Paths given by the input, to refuse duplicates.
     explicit: HashSet<EntryPath>,
+    whiteouts: HashSet<EntryPath>,
     /// Directory metadata, applied last (children change mtimes, and a
     /// read-only directory must still be filled).
     dirs: HashMap<EntryPath, Meta>,
@@ -157,6 +158,7 @@ impl TreeWriter {
             root,
             dialect,
             explicit: HashSet::new(),
+            whiteouts: HashSet::new(),
             dirs,
             digests: HashMap::new(),
             cached: None,
@@ -344,7 +346,10 @@ impl TreeWriter {
 
     /// Another name for the (non-directory) entry `target`, written earlier.
     pub fn hardlink(&mut self, path: &EntryPath, target: &EntryPath) -> Result<(), StoreError> {
-        if !self.explicit.contains(target) || self.dirs.contains_key(target) {
+        if !self.explicit.contains(target)
+            || self.dirs.contains_key(target)
+            || self.whiteouts.contains(target)
+        {
             return Err(StoreError::entry(
                 &path.display(),
                 format!(
@@ -421,6 +426,7 @@ impl TreeWriter {
             return Err(StoreError::entry(b"/", "whiteout of the layer root"));
         }
         self.claim(path)?;
+        self.whiteouts.insert(path.clone());
         let dialect = self.dialect;
         let parent = self.open_dir(&path.parent())?;
         let r = match dialect {
@@ -477,12 +483,8 @@ impl TreeWriter {
     pub fn finish(mut self) -> Result<HashMap<u64, Digest>, StoreError> {
         self.cached = None;
         let mut dirs: Vec<(EntryPath, Meta)> = self.dirs.drain().collect();
-        dirs.sort_by(|a, b| {
-            b.0.0
-                .len()
-                .cmp(&a.0.0.len())
-                .then(b.0.cmp_key().cmp(&a.0.cmp_key()))
-        });
+        // Deepest first: a parent's mtime is set after its children's.
+        dirs.sort_by(|a, b| b.0.0.len().cmp(&a.0.0.len()).then_with(|| b.0.0.cmp(&a.0.0)));
         for (path, meta) in dirs {
             let fd = self.open_dir(&path)?;
             let fd = rustix::io::dup(fd).map_err(io)?;
@@ -493,11 +495,5 @@ impl TreeWriter {
             self.cached = None;
         }
         Ok(self.digests)
-    }
-}
-
-impl EntryPath {
-    fn cmp_key(&self) -> &[Vec<u8>] {
-        &self.0
     }
 }
