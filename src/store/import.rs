@@ -272,6 +272,7 @@ impl Store {
         };
         self.write_layer_meta(scratch.path(), &meta)?;
         make_read_only(&mpath)?;
+        make_read_only(&scratch.path().join("meta.json"))?;
         sync_fs(&super::layout::open_dir(scratch.path())?)?;
         let _lock = self.lock()?;
         let dest = self.layer_dir(&digest);
@@ -284,13 +285,19 @@ impl Store {
                 }
             }
             if old.aliases.len() != before {
-                self.write_layer_meta(&dest, &old)?;
+                set_mode(&dest, 0o755)?;
+                let written = self.write_layer_meta(&dest, &old);
+                set_mode(&dest, 0o555)?;
+                written?;
             }
             return Ok(Imported {
                 digest,
                 existed: true,
             });
         }
+        // Nothing is added to or taken from a stored layer's directory; its
+        // files' own modes are content (covered by the digest) and kept.
+        set_mode(scratch.path(), 0o555)?;
         fs::rename(scratch.path(), &dest).map_err(|e| StoreError::path(&dest, e))?;
         scratch.keep();
         fs::File::open(self.layers_dir())

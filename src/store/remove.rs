@@ -60,6 +60,12 @@ impl Store {
         // in between leaves only scratch that the next run clears.
         let scratch = self.scratch()?;
         let trash = scratch.path().join("layer");
+        // Moving a directory to another parent rewrites its `..`: it must be writable.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| StoreError::path(&dir, e))?;
+        }
         std::fs::rename(&dir, &trash).map_err(|e| StoreError::path(&dir, e))?;
         drop(fd);
         remove_all(scratch.path())?;
