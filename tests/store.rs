@@ -144,7 +144,11 @@ impl StoreDir {
 
     fn manifest(&self, digest: &str) -> Vec<u8> {
         let out = self.run(&["layer", "inspect", digest, "--manifest"]);
-        assert!(out.success(), "layer inspect --manifest: {}", out.describe());
+        assert!(
+            out.success(),
+            "layer inspect --manifest: {}",
+            out.describe()
+        );
         out.stdout
     }
 
@@ -207,7 +211,10 @@ fn parse_import(stdout: &str) -> (String, bool) {
     let line = stdout
         .strip_suffix('\n')
         .unwrap_or_else(|| panic!("import output is not one line: {stdout:?}"));
-    assert!(!line.contains('\n'), "import output is not one line: {stdout:?}");
+    assert!(
+        !line.contains('\n'),
+        "import output is not one line: {stdout:?}"
+    );
     let (d, existed) = match line.strip_suffix(" Already exists") {
         Some(d) => (d, true),
         None => (line, false),
@@ -394,7 +401,10 @@ fn build_rich(layer: &Layer, wh: Whiteout, opq: Opaque, reverse: bool, change: C
     type Step<'a> = Box<dyn Fn(&Layer) + 'a>;
     let mut steps: Vec<Step> = Vec::new();
     steps.push(Box::new(|l: &Layer| {
-        l.dir(b"").owner(0, 0).mode(0o755).xattr("user.root", b"r00t");
+        l.dir(b"")
+            .owner(0, 0)
+            .mode(0o755)
+            .xattr("user.root", b"r00t");
     }));
     steps.push(Box::new(|l: &Layer| {
         l.dir(b"etc").owner(0, 0).mode(0o755);
@@ -532,10 +542,7 @@ fn manifest_records(m: &[u8]) -> BTreeMap<String, String> {
         let path = line.split(' ').next().unwrap().to_string();
         let raw = unescape_manifest(&path);
         if let Some(prev) = &last {
-            assert!(
-                *prev < raw,
-                "manifest not sorted by path bytes at {line:?}"
-            );
+            assert!(*prev < raw, "manifest not sorted by path bytes at {line:?}");
         }
         last = Some(raw);
         assert!(
@@ -588,7 +595,10 @@ impl RawTar {
 
     fn header(&mut self, name: &[u8], typ: u8, mode: u32, size: u64, link: &[u8], dev: (u32, u32)) {
         let mut h = [0u8; 512];
-        assert!(name.len() <= 100 && link.len() <= 100, "test bug: long name");
+        assert!(
+            name.len() <= 100 && link.len() <= 100,
+            "test bug: long name"
+        );
         h[..name.len()].copy_from_slice(name);
         octal(&mut h[100..108], u64::from(mode));
         octal(&mut h[108..116], 0);
@@ -691,7 +701,10 @@ fn mount_refused(store: &StoreDir, image: &str, mnt: &Path, extra: &[&str], need
         unsafe { libc::kill(*pid, libc::SIGKILL) };
     }
     assert!(!mounted, "mount {extra:?} should have mounted nothing");
-    assert!(daemons.is_empty(), "mount {extra:?} left daemons {daemons:?}");
+    assert!(
+        daemons.is_empty(),
+        "mount {extra:?} left daemons {daemons:?}"
+    );
     let line = one_line_error(&out, &format!("mount {image} {extra:?}"));
     assert!(
         line.contains(needle),
@@ -711,8 +724,18 @@ fn same_tree_same_digest_whatever_the_order_and_dialect() {
     let variants = [
         ("chardev", Whiteout::CharDev, Opaque::Trusted, false),
         ("oci", Whiteout::Oci, Opaque::Oci, true),
-        ("xattr-trusted", Whiteout::XattrTrusted, Opaque::UserOverlay, true),
-        ("xattr-user", Whiteout::XattrUser, Opaque::UserFuseOverlayfs, false),
+        (
+            "xattr-trusted",
+            Whiteout::XattrTrusted,
+            Opaque::UserOverlay,
+            true,
+        ),
+        (
+            "xattr-user",
+            Whiteout::XattrUser,
+            Opaque::UserFuseOverlayfs,
+            false,
+        ),
     ];
     let mut layers = Vec::new();
     for (name, wh, opq, reverse) in variants {
@@ -755,11 +778,7 @@ fn same_tree_same_digest_whatever_the_order_and_dialect() {
     let expect = [
         (
             "/".to_string(),
-            format!(
-                "/ d 0755 0 0 {} - user.root={}",
-                t(b""),
-                hex_bytes(b"r00t")
-            ),
+            format!("/ d 0755 0 0 {} - user.root={}", t(b""), hex_bytes(b"r00t")),
         ),
         (
             "/etc/hosts".into(),
@@ -787,7 +806,10 @@ fn same_tree_same_digest_whatever_the_order_and_dialect() {
         ),
         (
             "/home/user".into(),
-            format!("/home/user d 0700 1000 100 {} - user.dir=00ff", t(b"home/user")),
+            format!(
+                "/home/user d 0700 1000 100 {} - user.dir=00ff",
+                t(b"home/user")
+            ),
         ),
         (
             "/big-id".into(),
@@ -858,10 +880,15 @@ fn same_tree_same_digest_whatever_the_order_and_dialect() {
     let mut dst = tree.clone();
     for w in [&b"gone"[..], b"etc/old"] {
         for s in [&mut src, &mut dst] {
-            let e = s.entries.remove(w).unwrap_or_else(|| {
-                panic!("{} missing from {}", show_path(w), s.root.display())
-            });
-            assert!(e.kind == Kind::CharDev && e.rdev == 0, "{} is not char 0/0", show_path(w));
+            let e = s
+                .entries
+                .remove(w)
+                .unwrap_or_else(|| panic!("{} missing from {}", show_path(w), s.root.display()));
+            assert!(
+                e.kind == Kind::CharDev && e.rdev == 0,
+                "{} is not char 0/0",
+                show_path(w)
+            );
         }
     }
     let d = exact_copy_problems(&src, &dst);
@@ -873,7 +900,13 @@ fn same_tree_same_digest_whatever_the_order_and_dialect() {
 
     // The sources were only read.
     for (l, before) in layers.iter().zip(&sources) {
-        assert_snapshots_eq(before, &Snapshot::take(&l.root), Mode::Raw, "before", "after");
+        assert_snapshots_eq(
+            before,
+            &Snapshot::take(&l.root),
+            Mode::Raw,
+            "before",
+            "after",
+        );
     }
 }
 
@@ -887,7 +920,13 @@ fn every_single_change_changes_the_digest() {
     let env = TestEnv::new("store-changes");
     let store = StoreDir::new(&env, "store");
     let base_layer = env.layer("base");
-    build_rich(&base_layer, Whiteout::CharDev, Opaque::Trusted, false, Change::None);
+    build_rich(
+        &base_layer,
+        Whiteout::CharDev,
+        Opaque::Trusted,
+        false,
+        Change::None,
+    );
     let base = store.import(&base_layer.root);
     let base_recs = manifest_records(&store.manifest(&base));
 
@@ -953,8 +992,15 @@ fn export_is_deterministic_and_round_trips() {
         OsStr::new("-o"),
         tar_path.as_os_str(),
     ]);
-    assert!(fs::read(&tar_path).unwrap() == tar1, "export -o differs from stdout");
-    assert_eq!(names_in(&out), vec!["layer.tar"], "export -o left other files");
+    assert!(
+        fs::read(&tar_path).unwrap() == tar1,
+        "export -o differs from stdout"
+    );
+    assert_eq!(
+        names_in(&out),
+        vec!["layer.tar"],
+        "export -o left other files"
+    );
     // The short-prefix spelling exports the same layer.
     assert!(store.export(&hex_of(&digest)[..8]) == tar1);
 
@@ -971,7 +1017,11 @@ fn export_is_deterministic_and_round_trips() {
         assert_eq!(store.import_existing(f), digest, "{}", f.display());
     }
     assert_eq!(store.layer_hexes(), vec![hex_of(&digest).to_string()]);
-    assert!(store.tmp_names().is_empty(), "tmp/ not empty: {:?}", store.tmp_names());
+    assert!(
+        store.tmp_names().is_empty(),
+        "tmp/ not empty: {:?}",
+        store.tmp_names()
+    );
     let meta: serde_json::Value =
         serde_json::from_slice(&fs::read(store.layer_dir(&digest).join("meta.json")).unwrap())
             .unwrap();
@@ -982,10 +1032,14 @@ fn export_is_deterministic_and_round_trips() {
         .map(|a| a.as_str().unwrap().to_string())
         .collect();
     let want: BTreeSet<String> = [&diff_id, &gz_id, &zst_id].into_iter().cloned().collect();
-    assert_eq!(aliases, want, "aliases after importing the tar, .gz and .zst");
+    assert_eq!(
+        aliases, want,
+        "aliases after importing the tar, .gz and .zst"
+    );
     // An alias names the layer.
     for a in [&diff_id, &gz_id, &zst_id] {
-        let v: serde_json::Value = serde_json::from_str(&store.ok(&["layer", "inspect", a])).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&store.ok(&["layer", "inspect", a])).unwrap();
         assert_eq!(v["digest"], digest.as_str(), "inspect {a}");
     }
 
@@ -1004,7 +1058,10 @@ fn export_is_deterministic_and_round_trips() {
         assert_eq!(fresh.import(f), digest, "{} in a fresh store", f.display());
         let d = exact_copy_problems(&tree, &Snapshot::take(&fresh.tree(&digest)));
         assert!(d.is_empty(), "tree imported from {}: {d:#?}", f.display());
-        assert!(fresh.export(&digest) == tar1, "export from the fresh store differs");
+        assert!(
+            fresh.export(&digest) == tar1,
+            "export from the fresh store differs"
+        );
         let meta: serde_json::Value =
             serde_json::from_slice(&fs::read(fresh.layer_dir(&digest).join("meta.json")).unwrap())
                 .unwrap();
@@ -1037,8 +1094,15 @@ fn export_is_deterministic_and_round_trips() {
         OsStr::new("-o"),
         sock_out.join("s.tar").as_os_str(),
     ]);
-    assert!(line.contains("/s.sock"), "export error should name the socket: {line}");
-    assert_eq!(names_in(&sock_out), Vec::<String>::new(), "a failed export left files");
+    assert!(
+        line.contains("/s.sock"),
+        "export error should name the socket: {line}"
+    );
+    assert_eq!(
+        names_in(&sock_out),
+        Vec::<String>::new(),
+        "a failed export left files"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1053,13 +1117,20 @@ fn build_image_layers(env: &TestEnv) -> (Layer, Layer) {
     bottom.file(b"etc/old", b"to be whited out\n");
     bottom.file(b"etc/passwd", b"root:x:0:0::/root:/bin/sh\n");
     bottom.file(b"usr/bin/tool", b"#!/bin/sh\n").mode(0o755);
-    bottom.file(b"usr/lib/libx.so.1", b"\x7fELF libx").mode(0o755);
+    bottom
+        .file(b"usr/lib/libx.so.1", b"\x7fELF libx")
+        .mode(0o755);
     bottom.hardlink(b"usr/lib/libx.so.1", b"usr/lib/libx.so");
     bottom.file(b"var/cache/a", b"a\n");
     bottom.file(b"var/cache/b", b"b\n");
-    bottom.file(b"home/user/notes", b"notes\n").owner(1000, 100).mode(0o600);
+    bottom
+        .file(b"home/user/notes", b"notes\n")
+        .owner(1000, 100)
+        .mode(0o600);
     bottom.dir(b"home/user").owner(1000, 100).mode(0o750);
-    bottom.file(b"data/file", b"data\n").xattr("user.tag", b"v1");
+    bottom
+        .file(b"data/file", b"data\n")
+        .xattr("user.tag", b"v1");
     bottom.symlink(b"link", b"etc/hosts");
     bottom.fifo(b"run/fifo");
     stamp_times(&bottom.root);
@@ -1069,7 +1140,8 @@ fn build_image_layers(env: &TestEnv) -> (Layer, Layer) {
     top.file(b"etc/hosts", b"new hosts\n").xattr("user.v", b"2");
     top.opaque(b"var/cache", Opaque::Oci);
     top.file(b"var/cache/new", b"new\n");
-    top.file(b"opt/app/run.sh", b"#!/bin/sh\nexit 0\n").mode(0o755);
+    top.file(b"opt/app/run.sh", b"#!/bin/sh\nexit 0\n")
+        .mode(0o755);
     top.file(b"home/user/todo", b"todo\n").owner(1000, 100);
     top.dir(b"home/user").owner(1000, 100).mode(0o750);
     stamp_times(&top.root);
@@ -1160,7 +1232,8 @@ fn mounted_image_matches_kernel_overlay() {
                 .append(true)
                 .open(root.join("etc/passwd"))
                 .unwrap();
-            f.write_all(b"user:x:1000:100::/home/user:/bin/sh\n").unwrap();
+            f.write_all(b"user:x:1000:100::/home/user:/bin/sh\n")
+                .unwrap();
             drop(f);
             fs::remove_file(root.join("data/file")).unwrap();
             fs::create_dir(root.join("newdir")).unwrap();
@@ -1227,7 +1300,11 @@ fn mounted_image_matches_kernel_overlay() {
         )
         .unwrap_or_else(|e| panic!("{e}"));
         let dirs = names_in(&tmpdir);
-        assert_eq!(dirs.len(), 1, "round {round}: ephemeral dirs in $TMPDIR: {dirs:?}");
+        assert_eq!(
+            dirs.len(),
+            1,
+            "round {round}: ephemeral dirs in $TMPDIR: {dirs:?}"
+        );
         let eph = tmpdir.join(&dirs[0]);
         assert_eq!(
             fs::metadata(&eph).unwrap().mode() & 0o777,
@@ -1273,14 +1350,20 @@ fn mounted_image_matches_kernel_overlay() {
 // ---------------------------------------------------------------------------------------------
 
 fn patterned(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect()
 }
 
 /// Rewrites one byte of `p` in place, keeping its mtime (a bit flip on disk, not a write).
 fn flip_byte(p: &Path, at: u64) {
     use std::os::unix::fs::FileExt;
     let md = fs::symlink_metadata(p).unwrap();
-    let f = fs::OpenOptions::new().read(true).write(true).open(p).unwrap();
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(p)
+        .unwrap();
     let mut b = [0u8; 1];
     f.read_exact_at(&mut b, at).unwrap();
     b[0] ^= 0x01;
@@ -1341,13 +1424,27 @@ fn verification_catches_corrupt_and_added_files() {
 
     // Lazy (the default): /a and its other name fail with EIO, the rest reads fine.
     {
-        let m = mount_image(&store, "v", &mnt, &[OsStr::new("--log"), log.as_os_str()], &[])
-            .unwrap_or_else(|e| panic!("{e}"));
+        let m = mount_image(
+            &store,
+            "v",
+            &mnt,
+            &[OsStr::new("--log"), log.as_os_str()],
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(read_errno(&m.join("a")), Err(libc::EIO), "corrupt /a");
-        assert_eq!(read_errno(&m.join("z-link")), Err(libc::EIO), "corrupt /a as z-link");
+        assert_eq!(
+            read_errno(&m.join("z-link")),
+            Err(libc::EIO),
+            "corrupt /a as z-link"
+        );
         assert_eq!(read_errno(&m.join("b")), Ok(b.clone()));
         assert_eq!(read_errno(&m.join("sub/c")), Ok(b"c\n".to_vec()));
-        assert_eq!(read_errno(&m.join("a")), Err(libc::EIO), "corrupt /a, second open");
+        assert_eq!(
+            read_errno(&m.join("a")),
+            Err(libc::EIO),
+            "corrupt /a, second open"
+        );
         assert_eq!(fs::symlink_metadata(m.join("a")).unwrap().len(), 8192);
         m.unmount();
     }
@@ -1358,7 +1455,10 @@ fn verification_catches_corrupt_and_added_files() {
             && l.contains(&format!("layer={d}"))
             && l.contains("path=/a")
     });
-    assert!(hit.is_some(), "the log should name the layer and /a:\n{logtext}");
+    assert!(
+        hit.is_some(),
+        "the log should name the layer and /a:\n{logtext}"
+    );
 
     // Lazy with an upper: no copy-up of the corrupt file.
     {
@@ -1378,7 +1478,10 @@ fn verification_catches_corrupt_and_added_files() {
         .unwrap_or_else(|e| panic!("{e}"));
         let r = fs::OpenOptions::new().append(true).open(m.join("a"));
         assert_eq!(errno_of(r), Some(libc::EIO), "append to corrupt /a");
-        let mut f = fs::OpenOptions::new().append(true).open(m.join("b")).unwrap();
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(m.join("b"))
+            .unwrap();
         f.write_all(b"+").unwrap();
         drop(f);
         m.unmount();
@@ -1408,8 +1511,15 @@ fn verification_catches_corrupt_and_added_files() {
         OsStr::new("-o"),
         outdir.join("v.tar").as_os_str(),
     ]);
-    assert!(line.contains("/a"), "export of a corrupt layer should name /a: {line}");
-    assert_eq!(names_in(&outdir), Vec::<String>::new(), "a failed export left files");
+    assert!(
+        line.contains("/a"),
+        "export of a corrupt layer should name /a: {line}"
+    );
+    assert_eq!(
+        names_in(&outdir),
+        Vec::<String>::new(),
+        "a failed export left files"
+    );
 
     // Repaired: OK again.
     flip_byte(&tree.join("a"), 5000);
@@ -1441,7 +1551,11 @@ fn verification_catches_corrupt_and_added_files() {
     mount_refused(&store, "v", &mnt, &["--verify=full"], "/sub/extra");
     {
         let m = mount_image(&store, "v", &mnt, &[], &[]).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(read_errno(&m.join("sub/extra")), Err(libc::EIO), "added file");
+        assert_eq!(
+            read_errno(&m.join("sub/extra")),
+            Err(libc::EIO),
+            "added file"
+        );
         assert_eq!(read_errno(&m.join("a")), Ok(a.clone()));
         assert_eq!(read_errno(&m.join("sub/c")), Ok(b"c\n".to_vec()));
         m.unmount();
@@ -1475,13 +1589,21 @@ fn rm_and_gc_respect_images_and_mounts() {
     store.image_create("img", &[&l1, &l2]);
     let line = store.refused(&["image", "create", "img", &l2, &l1]);
     assert!(line.contains("img"), "{line}");
-    let line = store.refused(&["image", "create", "other", &format!("sha256:{}", "0".repeat(64))]);
+    let line = store.refused(&[
+        "image",
+        "create",
+        "other",
+        &format!("sha256:{}", "0".repeat(64)),
+    ]);
     assert!(line.contains("no layer"), "{line}");
 
     // A layer an image uses is not removed.
     let before = store.state();
     let line = store.refused(&["layer", "rm", &l1]);
-    assert!(line.contains("img"), "rm should name the image using it: {line}");
+    assert!(
+        line.contains("img"),
+        "rm should name the image using it: {line}"
+    );
     assert_store_unchanged(&before, &store.state(), "refused layer rm");
 
     // gc removes the unused one only.
@@ -1542,9 +1664,17 @@ fn rm_and_gc_respect_images_and_mounts() {
         "2 layer(s) removed".to_string(),
     ]
     .into();
-    assert_eq!(lines, want.iter().map(|s| s.as_str()).collect(), "gc after umount");
+    assert_eq!(
+        lines,
+        want.iter().map(|s| s.as_str()).collect(),
+        "gc after umount"
+    );
     assert!(store.layer_hexes().is_empty());
-    assert!(store.tmp_names().is_empty(), "tmp/: {:?}", store.tmp_names());
+    assert!(
+        store.tmp_names().is_empty(),
+        "tmp/: {:?}",
+        store.tmp_names()
+    );
     assert_eq!(store.ok(&["image", "ls", "--json"]).trim(), "[]");
 
     // layer rm of an unused layer, by prefix.
@@ -1603,7 +1733,11 @@ fn digest_prefixes_aliases_and_ambiguity() {
     let line = store.refused(&["layer", "inspect", &format!("sha256:{common}")]);
     assert!(line.contains("ambiguous"), "{line}");
     // The shortest unique prefixes (at least four digits) name each.
-    let split = h1.bytes().zip(h2.bytes()).position(|(a, b)| a != b).unwrap();
+    let split = h1
+        .bytes()
+        .zip(h2.bytes())
+        .position(|(a, b)| a != b)
+        .unwrap();
     let n = (split + 1).max(4);
     for (h, d) in [(&h1, &digests[0]), (&h2, &digests[1])] {
         for spec in [h[..n].to_string(), format!("sha256:{}", &h[..n]), d.clone()] {
@@ -1862,7 +1996,10 @@ fn bad_tars_are_refused_and_leave_the_store_untouched() {
         problems.join("\n")
     );
     assert_eq!(store.layer_hexes(), vec![hex_of(&keep).to_string()]);
-    assert_eq!(store.ok(&["layer", "verify", "--all"]), format!("{keep} OK\n"));
+    assert_eq!(
+        store.ok(&["layer", "verify", "--all"]),
+        format!("{keep} OK\n")
+    );
 }
 
 #[test]
@@ -1898,7 +2035,11 @@ fn device_nodes_need_root() {
     let (ud, _) = parse_import(&String::from_utf8_lossy(&out.stdout));
     let tree = ustore.tree(&ud);
     let md = fs::symlink_metadata(tree.join("hello")).unwrap();
-    assert_eq!((md.uid(), md.gid()), (uid, gid), "unprivileged tree keeps the user's ids");
+    assert_eq!(
+        (md.uid(), md.gid()),
+        (uid, gid),
+        "unprivileged tree keeps the user's ids"
+    );
     let m = String::from_utf8(ustore.manifest(&ud)).unwrap();
     assert!(
         m.contains(&format!("/hello f 0644 {uid} {gid} ")),
@@ -1906,9 +2047,16 @@ fn device_nodes_need_root() {
     );
 
     let before = ustore.state();
-    let out = user_cmd(&[OsStr::new("layer"), OsStr::new("import"), with_dev.as_os_str()]);
+    let out = user_cmd(&[
+        OsStr::new("layer"),
+        OsStr::new("import"),
+        with_dev.as_os_str(),
+    ]);
     let line = one_line_error(&out, "unprivileged import of a device node");
-    assert!(line.contains("dev/null"), "the error should name dev/null: {line}");
+    assert!(
+        line.contains("dev/null"),
+        "the error should name dev/null: {line}"
+    );
     assert_store_unchanged(&before, &ustore.state(), "refused device node");
 
     // Root imports it.
@@ -1916,7 +2064,8 @@ fn device_nodes_need_root() {
     let d = store.import(&with_dev);
     let m = String::from_utf8(store.manifest(&d)).unwrap();
     assert!(
-        m.lines().any(|l| l.starts_with("/dev/null c 0666 0 0 ") && l.contains(" 1:3 ")),
+        m.lines()
+            .any(|l| l.starts_with("/dev/null c 0666 0 0 ") && l.contains(" 1:3 ")),
         "root's manifest should have the device:\n{m}"
     );
     let md = fs::symlink_metadata(store.tree(&d).join("dev/null")).unwrap();
@@ -1953,7 +2102,11 @@ fn concurrent_imports_store_one_layer() {
     let spawn = || {
         store
             .cmd()
-            .args([OsStr::new("layer"), OsStr::new("import"), OsStr::new("--json")])
+            .args([
+                OsStr::new("layer"),
+                OsStr::new("import"),
+                OsStr::new("--json"),
+            ])
             .arg(&tar)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -1985,7 +2138,11 @@ fn concurrent_imports_store_one_layer() {
     );
     let d = &results[0].0;
     assert_eq!(store.layer_hexes(), vec![hex_of(d).to_string()]);
-    assert!(store.tmp_names().is_empty(), "tmp/: {:?}", store.tmp_names());
+    assert!(
+        store.tmp_names().is_empty(),
+        "tmp/: {:?}",
+        store.tmp_names()
+    );
     let meta: serde_json::Value =
         serde_json::from_slice(&fs::read(store.layer_dir(d).join("meta.json")).unwrap()).unwrap();
     assert_eq!(
@@ -2050,11 +2207,19 @@ fn killed_import_leaves_nothing_after_the_next_command() {
         left.iter().any(|n| n.starts_with(&prefix)),
         "expected the killed import's scratch in tmp/: {left:?}"
     );
-    assert_eq!(store.layer_hexes(), before_layers, "a killed import published a layer");
+    assert_eq!(
+        store.layer_hexes(),
+        before_layers,
+        "a killed import published a layer"
+    );
 
     // The next command clears the dead process's scratch.
     store.ok(&["layer", "ls"]);
-    assert!(store.tmp_names().is_empty(), "tmp/ after the next command: {:?}", store.tmp_names());
+    assert!(
+        store.tmp_names().is_empty(),
+        "tmp/ after the next command: {:?}",
+        store.tmp_names()
+    );
     assert_eq!(store.layer_hexes(), before_layers);
     // And the import works afterwards.
     let d = store.import(&tar);
@@ -2136,7 +2301,12 @@ fn json_outputs_and_store_selection() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| (r["digest"].as_str().unwrap().to_string(), r["ok"].as_bool().unwrap()))
+        .map(|r| {
+            (
+                r["digest"].as_str().unwrap().to_string(),
+                r["ok"].as_bool().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(oks, BTreeSet::from([(d.clone(), true), (td.clone(), true)]));
     let v: serde_json::Value = serde_json::from_str(&store.ok(&["gc", "--json"])).unwrap();
@@ -2147,11 +2317,21 @@ fn json_outputs_and_store_selection() {
     let out = run_ok(
         Command::new(stratafs_bin())
             .env("STRATAFS_STORE", &env_store)
-            .args([OsStr::new("layer"), OsStr::new("import"), l.root.as_os_str()]),
+            .args([
+                OsStr::new("layer"),
+                OsStr::new("import"),
+                l.root.as_os_str(),
+            ]),
         CMD_TIMEOUT,
     );
-    assert_eq!(parse_import(&String::from_utf8_lossy(&out.stdout)), (d.clone(), false));
-    assert_eq!(names_in(&env_store.join("layers/sha256")), vec![hex_of(&d).to_string()]);
+    assert_eq!(
+        parse_import(&String::from_utf8_lossy(&out.stdout)),
+        (d.clone(), false)
+    );
+    assert_eq!(
+        names_in(&env_store.join("layers/sha256")),
+        vec![hex_of(&d).to_string()]
+    );
     let out = run_ok(
         Command::new(stratafs_bin())
             .env("STRATAFS_STORE", &env_store)
@@ -2170,8 +2350,14 @@ fn json_outputs_and_store_selection() {
             .arg(&after_store),
         CMD_TIMEOUT,
     );
-    assert_eq!(parse_import(&String::from_utf8_lossy(&out.stdout)), (td.clone(), false));
-    assert_eq!(names_in(&after_store.join("layers/sha256")), vec![hex_of(&td).to_string()]);
+    assert_eq!(
+        parse_import(&String::from_utf8_lossy(&out.stdout)),
+        (td.clone(), false)
+    );
+    assert_eq!(
+        names_in(&after_store.join("layers/sha256")),
+        vec![hex_of(&td).to_string()]
+    );
     assert_eq!(
         names_in(&env_store.join("layers/sha256")),
         vec![hex_of(&d).to_string()],

@@ -311,7 +311,11 @@ impl Store {
 }
 
 fn make_read_only(path: &Path) -> Result<(), StoreError> {
+    set_mode(path, 0o444)
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), StoreError> {
     use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o444))
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .map_err(|e| StoreError::path(path, e))
 }

@@ -484,7 +484,12 @@ impl TreeWriter {
         self.cached = None;
         let mut dirs: Vec<(EntryPath, Meta)> = self.dirs.drain().collect();
         // Deepest first: a parent's mtime is set after its children's.
-        dirs.sort_by(|a, b| b.0.0.len().cmp(&a.0.0.len()).then_with(|| b.0.0.cmp(&a.0.0)));
+        dirs.sort_by(|a, b| {
+            b.0.0
+                .len()
+                .cmp(&a.0.0.len())
+                .then_with(|| b.0.0.cmp(&a.0.0))
+        });
         for (path, meta) in dirs {
             let fd = self.open_dir(&path)?;
             let fd = rustix::io::dup(fd).map_err(io)?;
