@@ -30,7 +30,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::Write as _;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -182,9 +182,9 @@ impl StoreDir {
         out.stdout
     }
 
-    fn image_create(&self, name: &str, bottom_first: &[&str]) {
+    fn image_create<S: AsRef<str>>(&self, name: &str, bottom_first: &[S]) {
         let mut args = vec!["image", "create", name];
-        args.extend_from_slice(bottom_first);
+        args.extend(bottom_first.iter().map(|s| s.as_ref()));
         let out = self.ok(&args);
         assert_eq!(out.trim(), name, "image create prints the name");
     }
@@ -238,6 +238,15 @@ fn assert_store_unchanged(before: &Snapshot, after: &Snapshot, what: &str) {
         "{}",
         format_problems(&format!("{what}: the store changed"), &d)
     );
+}
+
+/// The snapshot without its char 0/0 whiteouts (their mode, owner and mtime are no part of a
+/// layer: the store makes them with mode 0 at import time).
+fn without_whiteouts(s: &Snapshot) -> Snapshot {
+    let mut s = s.clone();
+    s.entries
+        .retain(|_, e| !(e.kind == Kind::CharDev && e.rdev == 0));
+    s
 }
 
 fn sha256_file(p: &Path) -> String {
@@ -1056,7 +1065,10 @@ fn export_is_deterministic_and_round_trips() {
     for (i, f) in [&tar_path, &gz, &zst].into_iter().enumerate() {
         let fresh = StoreDir::new(&env, &format!("fresh{i}"));
         assert_eq!(fresh.import(f), digest, "{} in a fresh store", f.display());
-        let d = exact_copy_problems(&tree, &Snapshot::take(&fresh.tree(&digest)));
+        let d = exact_copy_problems(
+            &without_whiteouts(&tree),
+            &without_whiteouts(&Snapshot::take(&fresh.tree(&digest))),
+        );
         assert!(d.is_empty(), "tree imported from {}: {d:#?}", f.display());
         assert!(
             fresh.export(&digest) == tar1,
@@ -1420,7 +1432,7 @@ fn verification_catches_corrupt_and_added_files() {
         "{v}"
     );
 
-    mount_refused(&store, "v", &mnt, &["--verify=full"], "/a");
+    mount_refused(&store, "v", &mnt, &["--verify=full"], "/a differs (content)");
 
     // Lazy (the default): /a and its other name fail with EIO, the rest reads fine.
     {
@@ -1548,7 +1560,7 @@ fn verification_catches_corrupt_and_added_files() {
         "{}",
         out.describe()
     );
-    mount_refused(&store, "v", &mnt, &["--verify=full"], "/sub/extra");
+    mount_refused(&store, "v", &mnt, &["--verify=full"], "/sub/extra was added");
     {
         let m = mount_image(&store, "v", &mnt, &[], &[]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
@@ -1851,8 +1863,8 @@ fn bad_cases(env: &TestEnv) -> Vec<BadCase> {
         },
         BadCase {
             name: "hard link to itself",
-            bytes: RawTar::new().hardlink(b"self", b"self").bytes(),
-            needle: "self",
+            bytes: RawTar::new().hardlink(b"selfref", b"selfref").bytes(),
+            needle: "selfref",
         },
         BadCase {
             name: "hard link to a directory",
@@ -1869,13 +1881,16 @@ fn bad_cases(env: &TestEnv) -> Vec<BadCase> {
         },
         BadCase {
             name: "duplicate entry",
-            bytes: RawTar::new().file(b"dup", b"1").file(b"dup", b"2").bytes(),
-            needle: "dup",
+            bytes: RawTar::new()
+                .file(b"dupfile", b"1")
+                .file(b"dupfile", b"2")
+                .bytes(),
+            needle: "dupfile",
         },
         BadCase {
             name: "duplicate directory",
-            bytes: RawTar::new().dir(b"dd/").dir(b"dd/").bytes(),
-            needle: "dd",
+            bytes: RawTar::new().dir(b"dupdir/").dir(b"dupdir/").bytes(),
+            needle: "dupdir",
         },
         BadCase {
             name: "entry below a symlink",
@@ -1896,13 +1911,16 @@ fn bad_cases(env: &TestEnv) -> Vec<BadCase> {
         },
         BadCase {
             name: "entry below a file",
-            bytes: RawTar::new().file(b"f", b"x").file(b"f/g", b"y").bytes(),
-            needle: "f",
+            bytes: RawTar::new()
+                .file(b"plainfile", b"x")
+                .file(b"plainfile/inner", b"y")
+                .bytes(),
+            needle: "plainfile",
         },
         BadCase {
             name: "char 0/0 entry",
-            bytes: RawTar::new().chardev(b"wh", 0, 0).bytes(),
-            needle: "wh",
+            bytes: RawTar::new().chardev(b"zeronode", 0, 0).bytes(),
+            needle: "zeronode",
         },
         BadCase {
             name: "whiteout marker that is a directory",
@@ -2072,7 +2090,6 @@ fn device_nodes_need_root() {
     assert!(md.file_type().is_char_device() && md.rdev() == libc::makedev(1, 3));
 }
 
-use std::os::unix::fs::FileTypeExt;
 
 // ---------------------------------------------------------------------------------------------
 // 8. Concurrency and crashes
