@@ -43,6 +43,7 @@ packages=(
     bubblewrap     # a real container client over a stratafs root (tests)
     umoci          # OCI image layouts: building, unpacking (store tests, bench)
     skopeo         # copying images between OCI layouts and docker archives (store tests)
+    zstd           # .tar.zst layers for the store's round-trip tests
     gcc            # linker for rustc
     libc6-dev
 )

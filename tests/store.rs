@@ -1482,6 +1482,18 @@ fn flip_byte(p: &Path, at: u64) {
     set_times_nofollow(p, md.mtime(), md.mtime_nsec()).unwrap();
 }
 
+/// A store tree is bit-identical to its snapshot taken before a mount (raw: ctime and inode
+/// numbers included, atime aside).
+fn assert_tree_unchanged(before: &Snapshot, tree: &Path) {
+    assert_snapshots_eq(
+        before,
+        &Snapshot::take(tree),
+        Mode::Raw,
+        "before the mount",
+        "after",
+    );
+}
+
 fn read_errno(p: &Path) -> Result<Vec<u8>, i32> {
     fs::read(p).map_err(|e| e.raw_os_error().unwrap_or(-1))
 }
@@ -1540,6 +1552,7 @@ fn verification_catches_corrupt_and_added_files() {
 
     // Lazy (the default): /a and its other name fail with EIO, the rest reads fine.
     {
+        let tree_before = Snapshot::take(&tree);
         let m = mount_image(
             &store,
             "v",
@@ -1563,6 +1576,7 @@ fn verification_catches_corrupt_and_added_files() {
         );
         assert_eq!(fs::symlink_metadata(m.join("a")).unwrap().len(), 8192);
         m.unmount();
+        assert_tree_unchanged(&tree_before, &tree);
     }
     let logtext = fs::read_to_string(&log).unwrap_or_default();
     let hit = logtext.lines().find(|l| {
@@ -1579,6 +1593,7 @@ fn verification_catches_corrupt_and_added_files() {
     // Lazy with an upper: no copy-up of the corrupt file.
     {
         let (upper, work) = upper_work(&env.fresh_dir("rw"));
+        let tree_before = Snapshot::take(&tree);
         let m = mount_image(
             &store,
             "v",
@@ -1601,6 +1616,7 @@ fn verification_catches_corrupt_and_added_files() {
         f.write_all(b"+").unwrap();
         drop(f);
         m.unmount();
+        assert_tree_unchanged(&tree_before, &tree);
         assert!(
             fs::symlink_metadata(upper.join("a")).is_err(),
             "the corrupt file was copied up"
@@ -1612,10 +1628,12 @@ fn verification_catches_corrupt_and_added_files() {
 
     // --verify=none trusts the store.
     {
+        let tree_before = Snapshot::take(&tree);
         let m = mount_image(&store, "v", &mnt, &[OsStr::new("--verify=none")], &[])
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(read_errno(&m.join("a")), Ok(corrupt.clone()));
         m.unmount();
+        assert_tree_unchanged(&tree_before, &tree);
     }
 
     // Export checks content as it writes: refused (the leftover check comes last, so that
@@ -1669,6 +1687,7 @@ fn verification_catches_corrupt_and_added_files() {
         "/sub/extra was added",
     );
     {
+        let tree_before = Snapshot::take(&tree);
         let m = mount_image(&store, "v", &mnt, &[], &[]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             read_errno(&m.join("sub/extra")),
@@ -1678,6 +1697,7 @@ fn verification_catches_corrupt_and_added_files() {
         assert_eq!(read_errno(&m.join("a")), Ok(a.clone()));
         assert_eq!(read_errno(&m.join("sub/c")), Ok(b"c\n".to_vec()));
         m.unmount();
+        assert_tree_unchanged(&tree_before, &tree);
     }
     fs::remove_file(tree.join("sub/extra")).unwrap();
     set_times_nofollow(&tree.join("sub"), sub_md.mtime(), sub_md.mtime_nsec()).unwrap();
@@ -1739,6 +1759,10 @@ fn rm_and_gc_respect_images_and_mounts() {
 
     // Mounted, then its image removed: the mount holds the layers.
     let mnt = env.fresh_dir("mnt/g");
+    let trees_before = [
+        Snapshot::take(&store.tree(&l1)),
+        Snapshot::take(&store.tree(&l2)),
+    ];
     let m = mount_image(&store, "img", &mnt, &[], &[]).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(store.ok(&["image", "rm", "img"]), "Untagged: img\n");
     let out = store.ok(&["gc"]);
@@ -1778,6 +1802,9 @@ fn rm_and_gc_respect_images_and_mounts() {
         CMD_TIMEOUT,
     );
     m.unmount();
+    for (before, l) in trees_before.iter().zip([&l1, &l2]) {
+        assert_tree_unchanged(before, &store.tree(l));
+    }
 
     // Unmounted: gc removes both.
     let out = store.ok(&["gc"]);
