@@ -1093,6 +1093,30 @@ fn export_is_deterministic_and_round_trips() {
         assert_eq!(aliases, want, "aliases of {}", f.display());
     }
 
+    // Not to a terminal.
+    let out = run_timeout(
+        Command::new("script").args([
+            "-qec",
+            &format!(
+                "{} --store {} layer export {digest}",
+                stratafs_bin().display(),
+                store.root.display()
+            ),
+            "/dev/null",
+        ]),
+        CMD_TIMEOUT,
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.and_then(|s| s.code()),
+        Some(1),
+        "export to a terminal: {text:?}"
+    );
+    assert!(
+        text.contains("stratafs: refusing to write a tar to a terminal") && text.len() < 200,
+        "export to a terminal: {text:?}"
+    );
+
     // A socket can be stored but not written to a tar: export says so and writes no file.
     let sock = env.layer("sock");
     sock.file(b"f", b"x");
@@ -2330,29 +2354,66 @@ fn killed_import_leaves_nothing_after_the_next_command() {
     let env = TestEnv::new("store-kill");
     let store = StoreDir::new(&env, "store");
     let keep = store.import(&small_layer(&env, "keep").root);
+    store.image_create("keep", &[&keep]);
     let tar = env.path("big.tar");
     big_tar(&tar, 128);
     let before_layers = store.layer_hexes();
 
-    let mut child = store
-        .cmd()
-        .args([OsStr::new("layer"), OsStr::new("import")])
-        .arg(&tar)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let spawn = || {
+        store
+            .cmd()
+            .args([OsStr::new("layer"), OsStr::new("import")])
+            .arg(&tar)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // The scratch directory of `pid` with a file of the tree written in it (extracting), or
+    // the process gone.
+    let extracting =
+        |child: &mut std::process::Child| {
+            let prefix = format!("{}-", child.id());
+            wait_until(Duration::from_secs(120), || {
+                store.tmp_names().iter().any(|n| {
+                    n.starts_with(&prefix) && has_file_below(&store.root.join("tmp").join(n))
+                }) || child.try_wait().unwrap().is_some()
+            })
+        };
+
+    // While an import runs, other commands (which clear tmp/ of dead processes) and gc leave
+    // its scratch alone, and it completes.
+    let mut child = spawn();
+    let prefix = format!("{}-", child.id());
+    assert!(
+        extracting(&mut child),
+        "the first import never started extracting"
+    );
+    store.ok(&["layer", "ls"]);
+    assert_eq!(store.ok(&["gc"]), "0 layer(s) removed\n");
+    let running = child.try_wait().unwrap().is_none();
+    let scratch_kept = store.tmp_names().iter().any(|n| n.starts_with(&prefix));
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "an import during gc failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !running || scratch_kept,
+        "gc removed the scratch of a running import"
+    );
+    let (d, _) = parse_import(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(store.ok(&["layer", "verify", &d]), format!("{d} OK\n"));
+    assert_eq!(store.ok(&["layer", "rm", &d]), format!("Deleted: {d}\n"));
+    assert_eq!(store.layer_hexes(), before_layers);
+
+    // Killed while extracting.
+    let mut child = spawn();
     let pid = child.id();
     let prefix = format!("{pid}-");
-    // Killed once it is extracting (a file of the tree written in its scratch directory).
-    let extracting = wait_until(Duration::from_secs(120), || {
-        store
-            .tmp_names()
-            .iter()
-            .any(|n| n.starts_with(&prefix) && has_file_below(&store.root.join("tmp").join(n)))
-            || child.try_wait().unwrap().is_some()
-    });
+    let extracting = extracting(&mut child);
     // SAFETY: kill(2) of our own child.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     let st = child.wait().unwrap();
