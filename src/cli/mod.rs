@@ -270,7 +270,9 @@ fn exit(r: anyhow::Result<()>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("stratafs: {e:#}");
+            // One line, whatever the causes quote.
+            let text = format!("{e:#}").replace('\n', "\\n");
+            eprintln!("stratafs: {text}");
             ExitCode::FAILURE
         }
     }

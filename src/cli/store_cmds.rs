@@ -147,13 +147,22 @@ pub fn layer_export(store: &Store, spec: &str, output: Option<&Path>) -> anyhow:
     let d = store.resolve_layer(spec)?;
     match output {
         Some(path) => {
-            let tmp = path.with_extension("partial");
-            let mut file = std::io::BufWriter::new(
-                std::fs::File::create(&tmp).with_context(|| format!("{}", tmp.display()))?,
-            );
-            store.export_layer(&d, &mut file)?;
-            file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-            std::fs::rename(&tmp, path)?;
+            let mut tmp = path.as_os_str().to_owned();
+            tmp.push(".partial");
+            let tmp = PathBuf::from(tmp);
+            let written = (|| -> anyhow::Result<()> {
+                let mut file = std::io::BufWriter::new(
+                    std::fs::File::create(&tmp).with_context(|| format!("{}", tmp.display()))?,
+                );
+                store.export_layer(&d, &mut file)?;
+                file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+                std::fs::rename(&tmp, path)?;
+                Ok(())
+            })();
+            if written.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            written?;
         }
         None => {
             if std::io::stdout().is_terminal() {

@@ -11,8 +11,8 @@ use crate::layer::LayerError;
 pub enum StoreError {
     #[error("{0}")]
     Io(#[from] io::Error),
-    #[error("{path}: {source}")]
-    Path { path: PathBuf, source: io::Error },
+    #[error("{path}: {cause}")]
+    Path { path: PathBuf, cause: io::Error },
     #[error(transparent)]
     Layer(#[from] LayerError),
     #[error("entry {entry:?}: {why}")]
@@ -50,7 +50,7 @@ impl StoreError {
     pub fn path(path: &Path, source: io::Error) -> Self {
         StoreError::Path {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         }
     }
 }

@@ -163,7 +163,20 @@ impl Store {
         progress: &dyn Progress,
     ) -> Result<Imported, StoreError> {
         let open = || fs::File::open(path).map_err(|e| StoreError::path(path, e));
-        let len = open()?.metadata().map(|m| m.len()).ok();
+        let meta = open()?.metadata().map_err(|e| StoreError::path(path, e))?;
+        if !meta.is_file() {
+            // A pipe can be read once: no look-ahead for a known digest.
+            progress.start("importing", None);
+            let r = self.import_tar_stream(
+                &mut open()?,
+                Expect::default(),
+                path.display().to_string(),
+                progress,
+            );
+            progress.finish();
+            return r;
+        }
+        let len = Some(meta.len());
         let (blob, _) = HashingReader::new(open()?)
             .finish()
             .map_err(|e| StoreError::path(path, e))?;
@@ -203,13 +216,12 @@ impl Store {
         });
         let diff_id = {
             let mut plain = HashingReader::new(decompress(&mut blob)?);
-            tar_read::extract(&mut plain, &mut writer)?;
-            plain
-                .finish()
-                .map_err(|e| {
-                    StoreError::Invalid(format!("corrupt or truncated layer stream: {e}"))
-                })?
-                .0
+            let end = tar_read::extract(&mut plain, &mut writer)?;
+            let (diff_id, len) = plain.finish().map_err(|e| {
+                StoreError::Invalid(format!("corrupt or truncated layer stream: {e}"))
+            })?;
+            tar_read::check_end(&end, len)?;
+            diff_id
         };
         let (blob_digest, _) = blob
             .finish()
@@ -297,9 +309,10 @@ impl Store {
         }
         // Nothing is added to or taken from a stored layer's directory; its
         // files' own modes are content (covered by the digest) and kept.
-        set_mode(scratch.path(), 0o555)?;
+        // (After the move: moving a directory needs it writable.)
         fs::rename(scratch.path(), &dest).map_err(|e| StoreError::path(&dest, e))?;
         scratch.keep();
+        set_mode(&dest, 0o555)?;
         fs::File::open(self.layers_dir())
             .and_then(|f| f.sync_all())
             .map_err(|e| StoreError::path(&self.layers_dir(), e))?;

@@ -202,7 +202,10 @@ impl Store {
             fs::create_dir(&unpacked).map_err(|e| StoreError::path(&unpacked, e))?;
             let mut writer = TreeWriter::new(open_dir(&unpacked)?)?;
             let mut file = fs::File::open(&path).map_err(|e| StoreError::path(&path, e))?;
-            tar_read::extract(&mut file, &mut writer)
+            let end = tar_read::extract(&mut file, &mut writer)
+                .map_err(|e| StoreError::Invalid(format!("{}: {e}", path.display())))?;
+            let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+            tar_read::check_end(&end, len)
                 .map_err(|e| StoreError::Invalid(format!("{}: {e}", path.display())))?;
             writer.finish()?;
             let fd = open_dir(&unpacked)?;

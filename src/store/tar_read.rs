@@ -23,23 +23,50 @@ fn id(path: &[u8], v: std::io::Result<u64>) -> Result<u32, StoreError> {
     u32::try_from(v).map_err(|_| bad(path, format!("id {v} out of range")))
 }
 
+/// Where the last entry of an archive ended, to check that an
+/// end-of-archive marker follows.
+pub struct End {
+    offset: u64,
+    last: String,
+}
+
+/// A tar ends with zero blocks; a stream that stops right after an entry's
+/// data was cut short (and an empty stream is no archive at all).
+pub fn check_end(end: &End, stream_len: u64) -> Result<(), StoreError> {
+    if stream_len == 0 {
+        return Err(StoreError::Invalid("empty input: not a tar archive".into()));
+    }
+    if stream_len < end.offset + 512 {
+        return Err(StoreError::Invalid(format!(
+            "truncated tar: no end-of-archive marker after {}",
+            end.last
+        )));
+    }
+    Ok(())
+}
+
 /// Extracts every entry of `reader` (an uncompressed tar) into `out`.
 /// Truncated or corrupt archives are errors naming the last good entry.
-pub fn extract(reader: &mut dyn Read, out: &mut TreeWriter) -> Result<(), StoreError> {
+pub fn extract(reader: &mut dyn Read, out: &mut TreeWriter) -> Result<End, StoreError> {
     let mut archive = tar::Archive::new(reader);
     let mut last = String::from("(start of archive)");
+    let mut offset = 0u64;
     let entries = archive
         .entries()
-        .map_err(|e| StoreError::Invalid(format!("not a tar archive: {e}")))?;
+        .map_err(|e| StoreError::Invalid(format!("not a tar archive: {}", one_line(&e))))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| {
-            StoreError::Invalid(format!("corrupt or truncated tar after {last}: {e}"))
+            StoreError::Invalid(format!(
+                "corrupt or truncated tar after {last}: {}",
+                one_line(&e)
+            ))
         })?;
         let raw = entry.path_bytes().into_owned();
         last = format!("entry {:?}", String::from_utf8_lossy(&raw));
+        offset = entry.raw_file_position() + entry.size().div_ceil(512) * 512;
         add_entry(&mut entry, &raw, out)?;
     }
-    Ok(())
+    Ok(End { offset, last })
 }
 
 fn add_entry(
@@ -143,4 +170,9 @@ fn add_entry(
         EntryType::Fifo => out.special(&path, &meta, Special::Fifo),
         other => Err(bad(raw, format!("unsupported tar entry type {other:?}"))),
     }
+}
+
+/// The tar crate quotes raw header bytes in its errors.
+fn one_line(e: &dyn std::fmt::Display) -> String {
+    e.to_string().escape_debug().to_string()
 }

@@ -207,11 +207,31 @@ impl TreeWriter {
         }
     }
 
+    /// Records that the input gave `path`. A real entry and a whiteout of
+    /// the same name may both come (in either order): an OCI whiteout hides
+    /// only lower layers, so the entry is what the layer holds, as when a
+    /// directory tree with both is read.
     fn claim(&mut self, path: &EntryPath) -> Result<(), StoreError> {
+        if self.whiteouts.remove(path) {
+            self.drop_whiteout(path)?;
+        }
         if !self.explicit.insert(path.clone()) {
             return Err(StoreError::entry(&path.display(), "duplicate entry"));
         }
         Ok(())
+    }
+
+    fn drop_whiteout(&mut self, path: &EntryPath) -> Result<(), StoreError> {
+        let name = match self.dialect {
+            StoreDialect::Overlay => cname(path)?,
+            StoreDialect::Oci => {
+                let mut wh = b".wh.".to_vec();
+                wh.extend_from_slice(path.name());
+                CString::new(wh).map_err(|_| StoreError::entry(&path.display(), "NUL in path"))?
+            }
+        };
+        let parent = self.open_dir(&path.parent())?;
+        rustix::fs::unlinkat(parent, name.as_c_str(), AtFlags::empty()).map_err(io)
     }
 
     fn exists_error(path: &EntryPath, e: rustix::io::Errno) -> StoreError {
@@ -425,7 +445,13 @@ impl TreeWriter {
         if path.is_root() {
             return Err(StoreError::entry(b"/", "whiteout of the layer root"));
         }
-        self.claim(path)?;
+        if self.whiteouts.contains(path) {
+            return Err(StoreError::entry(&path.display(), "duplicate whiteout"));
+        }
+        if self.explicit.contains(path) {
+            // The layer has a real entry of that name: it wins (see `claim`).
+            return Ok(());
+        }
         self.whiteouts.insert(path.clone());
         let dialect = self.dialect;
         let parent = self.open_dir(&path.parent())?;
