@@ -10,16 +10,21 @@
 //!
 //! Everything else is copied exactly: type, mode, owner, mtime, xattrs, symlink targets, device
 //! numbers, hard links (within the layer), and holes of sparse files.
+//!
+//! [`convert_to_oci`] goes the other way: a kernel-dialect layer (as a container engine's
+//! overlay upper directory holds it) to the OCI dialect a layer tar carries, for GNU tar.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt, lchown};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, PermissionsExt, lchown};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
-use super::sys::{lgetxattr, llistxattr, lseek, lsetxattr, mknod, set_times_nofollow};
+use super::sys::{
+    lgetxattr, llistxattr, lremovexattr, lseek, lsetxattr, mknod, set_times_nofollow,
+};
 
 fn is_user_marker(name: &[u8]) -> bool {
     name.starts_with(b"user.overlay.") || name.starts_with(b"user.fuseoverlayfs.")
@@ -198,4 +203,79 @@ fn copy_dir(src: &Path, dst: &Path, links: &mut HashMap<(u64, u64), std::path::P
         lsetxattr(dst, b"trusted.overlay.opaque", b"y").unwrap();
     }
     set_times_nofollow(dst, md.mtime(), md.mtime_nsec()).unwrap();
+}
+
+/// Copies the kernel-dialect layer `src` to the new directory `dst` in the OCI dialect, the
+/// form a layer tar carries (for `tar -c`): char 0/0 whiteouts become empty `.wh.NAME` files
+/// (mode 0644, owner 0:0, mtime 0, as docker and `stratafs layer export` write them),
+/// `trusted.overlay.opaque=y` becomes a `.wh..wh..opq` file, and every `trusted.overlay.*`
+/// xattr (the kernel's bookkeeping: origin, impure, uuid, ...) is dropped. Everything else is
+/// copied by `cp -a` (owners, modes, nanosecond mtimes, xattrs, hard links, devices, holes);
+/// directories whose entries were changed get their mtime back.
+pub fn convert_to_oci(src: &Path, dst: &Path) {
+    let out = std::process::Command::new("cp")
+        .arg("-a")
+        .arg("--")
+        .arg(src)
+        .arg(dst)
+        .output()
+        .expect("spawn cp");
+    assert!(
+        out.status.success(),
+        "cp -a {} {}: {}",
+        src.display(),
+        dst.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fix_oci(src, dst);
+}
+
+fn drop_overlay_xattrs(p: &Path) -> bool {
+    let mut opaque = false;
+    for name in llistxattr(p).unwrap() {
+        if name.starts_with(b"trusted.overlay.") {
+            if name == b"trusted.overlay.opaque" && lgetxattr(p, &name).unwrap() == b"y" {
+                opaque = true;
+            }
+            lremovexattr(p, &name).unwrap();
+        }
+    }
+    opaque
+}
+
+fn oci_marker(p: &Path) {
+    fs::write(p, b"").unwrap();
+    fs::set_permissions(p, fs::Permissions::from_mode(0o644)).unwrap();
+    lchown(p, Some(0), Some(0)).unwrap();
+    set_times_nofollow(p, 0, 0).unwrap();
+}
+
+fn fix_oci(src: &Path, dst: &Path) {
+    let mut names: Vec<_> = fs::read_dir(dst)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    for name in names {
+        let d = dst.join(&name);
+        let md = fs::symlink_metadata(&d).unwrap();
+        let ft = md.file_type();
+        if ft.is_char_device() && md.rdev() == 0 {
+            fs::remove_file(&d).unwrap();
+            let mut wh = b".wh.".to_vec();
+            wh.extend_from_slice(name.as_bytes());
+            oci_marker(&dst.join(OsStr::from_bytes(&wh)));
+            continue;
+        }
+        if ft.is_dir() {
+            fix_oci(&src.join(&name), &d);
+        } else {
+            drop_overlay_xattrs(&d);
+        }
+    }
+    if drop_overlay_xattrs(dst) {
+        oci_marker(&dst.join(".wh..wh..opq"));
+    }
+    let smd = fs::symlink_metadata(src).unwrap();
+    set_times_nofollow(dst, smd.mtime(), smd.mtime_nsec()).unwrap();
 }

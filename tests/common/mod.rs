@@ -16,6 +16,7 @@ pub mod dropin;
 pub mod env;
 pub mod layer;
 pub mod mounts;
+pub mod oci;
 pub mod ops;
 pub mod oracle;
 pub mod rw;

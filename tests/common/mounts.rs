@@ -209,8 +209,20 @@ impl<'a> StratafsMount<'a> {
         log: &Path,
         mode: MountMode,
     ) -> Result<StratafsMount<'a>, String> {
+        let cmd = mount_command_with(lowers, upper, mnt, mode == MountMode::Foreground);
+        Self::start_command(cmd, mnt, log, mode)
+    }
+
+    /// Runs a mount command line built by the caller (e.g. `stratafs --store S mount IMAGE
+    /// MNT`, with `--foreground` for [`MountMode::Foreground`]) and guards the mount like
+    /// [`StratafsMount::start`]: Drop unmounts with `stratafs umount`.
+    pub fn start_command(
+        mut cmd: Command,
+        mnt: &Path,
+        log: &Path,
+        mode: MountMode,
+    ) -> Result<StratafsMount<'a>, String> {
         let logf = fs::File::create(log).unwrap();
-        let mut cmd = mount_command_with(lowers, upper, mnt, mode == MountMode::Foreground);
         cmd.stdin(Stdio::null())
             .stdout(logf.try_clone().unwrap())
             .stderr(logf);
