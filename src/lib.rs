@@ -10,3 +10,5 @@ pub mod mount;
 pub mod store;
 pub mod sys;
 pub mod union;
+
+pub use mount::{Mount, MountBuilder};

@@ -4,6 +4,7 @@ mod dropin;
 mod logging;
 mod overlay_options;
 mod progress;
+mod run;
 mod store_cmds;
 
 use std::path::PathBuf;
@@ -132,6 +133,31 @@ enum Command {
     /// Import, name, list and remove images (stacks of stored layers).
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Run a command in a throwaway writable view of layers or a stored
+    /// image (working directory inside it); unmounts and cleans up however
+    /// it ends, and exits with its status.
+    #[command(
+        override_usage = "stratafs run [--lower DIR]... [IMAGE] [--keep-upper DIR] [--at DIR] -- COMMAND [ARGS...]"
+    )]
+    Run {
+        /// A lower layer directory; repeat it, top layer first.
+        #[arg(long = "lower", value_name = "DIR")]
+        lowers: Vec<PathBuf>,
+        /// Keep the changes in DIR (created if missing) instead of discarding them.
+        #[arg(long, value_name = "DIR")]
+        keep_upper: Option<PathBuf>,
+        /// Mount on DIR (an existing empty directory) instead of a temporary one.
+        #[arg(long, value_name = "DIR")]
+        at: Option<PathBuf>,
+        /// How much of a stored image to check (as for mount).
+        #[arg(long, value_enum, default_value_t = VerifyArg::Lazy)]
+        verify: VerifyArg,
+        /// A stored image, below any --lower.
+        image: Option<String>,
+        /// The command and its arguments.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<std::ffi::OsString>,
+    },
     /// Remove stored layers that no image uses and no mount holds.
     Gc {
         #[arg(long)]
@@ -152,6 +178,7 @@ const SUBCOMMANDS: &[&str] = &[
     "layer",
     "image",
     "gc",
+    "run",
     "help",
     "-h",
     "--help",
@@ -263,6 +290,33 @@ pub fn main() -> ExitCode {
         _ => None,
     };
     logging::init(debug, log.as_deref());
+    if let Command::Run {
+        lowers,
+        keep_upper,
+        at,
+        verify,
+        image,
+        command,
+    } = cli.command
+    {
+        let args = run::RunArgs {
+            lowers,
+            image,
+            store: cli.store,
+            verify: verify.into(),
+            keep_upper,
+            at,
+            command,
+        };
+        return match run::run(args) {
+            Ok(code) => code,
+            Err(e) => {
+                let _ = exit(Err(e));
+                // Not the command's own status: 125, as `env`/`timeout` say.
+                ExitCode::from(125)
+            }
+        };
+    }
     exit(run(cli))
 }
 
@@ -410,6 +464,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             store_cmds::image_rm(&store_cmds::open(&store)?, &names)
         }
         Command::Gc { json } => store_cmds::gc(&store_cmds::open(&store)?, json),
+        Command::Run { .. } => anyhow::bail!("run is dispatched before this point"),
         Command::Umount { lazy, mountpoint } => {
             mount::unmount(&mountpoint, lazy).context("umount failed")
         }

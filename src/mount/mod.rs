@@ -4,6 +4,7 @@
 mod daemon;
 mod direct;
 mod error;
+mod library;
 mod mountpoint;
 mod options;
 mod unmount;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use fuser::{Config, MountOption, Session, SessionACL};
 
 pub use error::MountError;
+pub use library::{Mount, MountBuilder};
 pub use mountpoint::check_mountpoint;
 pub use options::{Access, FuseOptions};
 pub use unmount::unmount;
@@ -224,35 +226,40 @@ fn raise_fd_limit() {
     }
 }
 
+/// Mounts `union` at the spec's mount point and returns the session (not
+/// yet serving), and whether the mount was made here with mount(2) (then
+/// it is ours to unmount; fuser's own mounts are fuser's).
+fn open_session(spec: &MountSpec, union: Union) -> Result<(Session<StrataFs>, bool), MountError> {
+    let fs = StrataFs::new(Arc::new(union), adapter_config(spec));
+    let config = session_config(spec);
+    let fuse_err = |err: std::io::Error| MountError::Fuse {
+        path: spec.mountpoint.clone(),
+        err,
+    };
+    let direct = direct::mount(&direct::DirectMount {
+        mountpoint: &spec.mountpoint,
+        options: &spec.fuse,
+        read_only: spec.upper.is_none() || spec.fuse.read_only,
+        acl: config.acl,
+        privileged: rustix::process::geteuid().is_root(),
+    })
+    .map_err(fuse_err)?;
+    let here = direct.is_some();
+    let session = match direct {
+        Some(fd) => Session::from_fd(fs, fd, config.acl, config.clone()).inspect_err(|_| {
+            let _ = unmount(&spec.mountpoint, true);
+        }),
+        None => Session::new(fs, &spec.mountpoint, &config),
+    };
+    Ok((session.map_err(fuse_err)?, here))
+}
+
 fn serve(spec: &MountSpec, union: Union, ready: Option<daemon::Ready>) -> Result<(), MountError> {
     // Block termination signals before any thread exists, so every thread
     // inherits the mask and only the signal thread below receives them.
     let signals = crate::sys::block_termination_signals()
         .map_err(|e| MountError::io("blocking signals", e))?;
-    let fs = StrataFs::new(Arc::new(union), adapter_config(spec));
-    let config = session_config(spec);
-    let mounted = (|| -> Result<(Session<StrataFs>, bool), MountError> {
-        let fuse_err = |err: std::io::Error| MountError::Fuse {
-            path: spec.mountpoint.clone(),
-            err,
-        };
-        let direct = direct::mount(&direct::DirectMount {
-            mountpoint: &spec.mountpoint,
-            options: &spec.fuse,
-            read_only: spec.upper.is_none() || spec.fuse.read_only,
-            acl: config.acl,
-            privileged: rustix::process::geteuid().is_root(),
-        })
-        .map_err(fuse_err)?;
-        let here = direct.is_some();
-        let session = match direct {
-            Some(fd) => Session::from_fd(fs, fd, config.acl, config.clone()).inspect_err(|_| {
-                let _ = unmount(&spec.mountpoint, true);
-            }),
-            None => Session::new(fs, &spec.mountpoint, &config),
-        };
-        Ok((session.map_err(fuse_err)?, here))
-    })();
+    let mounted = open_session(spec, union);
     let (mut session, mounted_here) = match mounted {
         Ok(m) => m,
         Err(e) => {

@@ -1,0 +1,275 @@
+//! Mounting from Rust code, served by threads of the calling process: what
+//! test suites use for a throwaway writable view of read-only fixtures.
+//! The mount goes away when the [`Mount`] is dropped, even while panicking.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use fuser::BackgroundSession;
+
+use super::{MountError, MountSpec, check_mountpoint, open_session, unmount};
+use crate::layer::DialectChoice;
+use crate::union::{Union, UpperSpec};
+
+/// A live union mount; unmounted (and its temporary directories removed)
+/// on drop.
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let mnt = stratafs::Mount::builder()
+///     .lower("tests/fixtures")
+///     .ephemeral_upper()
+///     .mount_temp()?;
+/// std::fs::write(mnt.path().join("x"), b"...")?;
+/// drop(mnt); // unmounted; the temporary upper is gone
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Mount {
+    path: PathBuf,
+    lowers: Vec<PathBuf>,
+    upper: Option<PathBuf>,
+    session: Option<BackgroundSession>,
+    mounted_here: bool,
+    /// Removed after unmounting: a temporary mount point, an ephemeral upper.
+    temporary: Vec<PathBuf>,
+    /// Locks on stored layers, released with the mount.
+    _keep_alive: Vec<std::sync::Arc<dyn std::fmt::Debug + Send + Sync>>,
+}
+
+/// Options for a [`Mount`]; from [`Mount::builder`].
+#[derive(Debug, Default, Clone)]
+#[must_use]
+pub struct MountBuilder {
+    lowers: Vec<PathBuf>,
+    upper: Option<PathBuf>,
+    work: Option<PathBuf>,
+    ephemeral: bool,
+    checks: Vec<Option<std::sync::Arc<dyn crate::layer::ContentCheck>>>,
+    keep_alive: Vec<std::sync::Arc<dyn std::fmt::Debug + Send + Sync>>,
+}
+
+static NEXT: AtomicU64 = AtomicU64::new(0);
+
+/// A new private directory under the system's temporary directory.
+fn temp_dir(what: &str) -> Result<PathBuf, MountError> {
+    let base = std::env::temp_dir();
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = base.join(format!("stratafs-{what}-{}-{n}", std::process::id()));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                    .map_err(|e| MountError::io("creating a temporary directory", e))?;
+                return Ok(dir);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(MountError::io("creating a temporary directory", e)),
+        }
+    }
+}
+
+impl MountBuilder {
+    /// Adds a lower layer directory; the first given is the top one.
+    pub fn lower(mut self, dir: impl AsRef<Path>) -> Self {
+        self.lowers.push(dir.as_ref().to_path_buf());
+        self.checks.push(None);
+        self
+    }
+
+    /// Adds the layers of a stored image below those given so far, held
+    /// against removal while mounted and checked as `verify` says.
+    pub fn image(
+        mut self,
+        store: &crate::store::Store,
+        name: &str,
+        verify: crate::store::VerifyMode,
+    ) -> Result<Self, crate::store::StoreError> {
+        let prepared = store.prepare_image(name, verify, &crate::store::Quiet)?;
+        self.lowers.extend(prepared.lowers);
+        self.checks.extend(prepared.checks);
+        for held in prepared.held {
+            self.keep_alive.push(std::sync::Arc::new(held));
+        }
+        Ok(self)
+    }
+
+    /// The writable layer (needs [`MountBuilder::work`]).
+    pub fn upper(mut self, dir: impl AsRef<Path>) -> Self {
+        self.upper = Some(dir.as_ref().to_path_buf());
+        self
+    }
+
+    /// Scratch space for the writable layer, on the same filesystem.
+    pub fn work(mut self, dir: impl AsRef<Path>) -> Self {
+        self.work = Some(dir.as_ref().to_path_buf());
+        self
+    }
+
+    /// A private writable layer in a temporary directory, removed with the mount.
+    pub fn ephemeral_upper(mut self) -> Self {
+        self.ephemeral = true;
+        self
+    }
+
+    /// Mounts on a new temporary directory, removed with the mount.
+    pub fn mount_temp(self) -> Result<Mount, MountError> {
+        let dir = temp_dir("mnt")?;
+        self.mount_on(dir.clone(), vec![dir])
+    }
+
+    /// Mounts on `dir`, an existing empty directory.
+    pub fn mount_at(self, dir: impl AsRef<Path>) -> Result<Mount, MountError> {
+        self.mount_on(dir.as_ref().to_path_buf(), Vec::new())
+    }
+
+    fn mount_on(
+        self,
+        mountpoint: PathBuf,
+        mut temporary: Vec<PathBuf>,
+    ) -> Result<Mount, MountError> {
+        check_mountpoint(&mountpoint)?;
+        let mountpoint = std::path::absolute(&mountpoint)
+            .map_err(|e| MountError::io("resolving the mount point", e))?;
+        let (upper, work) = match (self.ephemeral, self.upper, self.work) {
+            (true, _, _) => {
+                let dir = temp_dir("upper")?;
+                temporary.insert(0, dir.clone());
+                let (u, w) = (dir.join("upper"), dir.join("work"));
+                for d in [&u, &w] {
+                    std::fs::create_dir(d)
+                        .map_err(|e| MountError::io("creating the ephemeral upper", e))?;
+                }
+                (Some(u), Some(w))
+            }
+            (false, Some(u), Some(w)) => (Some(u), Some(w)),
+            (false, None, None) => (None, None),
+            (false, _, _) => {
+                return Err(MountError::io(
+                    "configuring the mount",
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "upper and work go together",
+                    ),
+                ));
+            }
+        };
+        let cleanup = |t: &[PathBuf]| {
+            for d in t {
+                let _ = std::fs::remove_dir_all(d);
+            }
+        };
+        let spec = MountSpec {
+            upper: match (&upper, work) {
+                (Some(u), Some(w)) => Some(UpperSpec {
+                    upper: u.clone(),
+                    work: w,
+                    dialect: DialectChoice::Overlay,
+                    volatile: false,
+                    redirect_dir: true,
+                    metacopy: true,
+                }),
+                _ => None,
+            },
+            checks: self.checks.clone(),
+            ..MountSpec::new(self.lowers.clone(), mountpoint.clone())
+        };
+        let union = match Union::new(&spec.lowers, spec.upper.as_ref(), spec.view.clone()) {
+            Ok(mut u) => {
+                u.set_content_checks(spec.checks.clone());
+                u
+            }
+            Err(e) => {
+                cleanup(&temporary);
+                return Err(e.into());
+            }
+        };
+        let (session, mounted_here) = match open_session(&spec, union) {
+            Ok(s) => s,
+            Err(e) => {
+                cleanup(&temporary);
+                return Err(e);
+            }
+        };
+        let session = match session.spawn() {
+            Ok(s) => s,
+            Err(e) => {
+                // The session was dropped with its mount; ours, if we made it.
+                if mounted_here {
+                    let _ = unmount(&mountpoint, true);
+                }
+                cleanup(&temporary);
+                return Err(MountError::io("starting the request threads", e));
+            }
+        };
+        Ok(Mount {
+            path: mountpoint,
+            lowers: self.lowers,
+            upper,
+            session: Some(session),
+            mounted_here,
+            temporary,
+            _keep_alive: self.keep_alive,
+        })
+    }
+}
+
+impl Mount {
+    /// Starts describing a mount.
+    pub fn builder() -> MountBuilder {
+        MountBuilder::default()
+    }
+
+    /// Where the merged tree is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The lower layers, top first.
+    pub fn lowers(&self) -> &[PathBuf] {
+        &self.lowers
+    }
+
+    /// The writable layer's directory, if the mount is writable.
+    pub fn upper_dir(&self) -> Option<&Path> {
+        self.upper.as_deref()
+    }
+
+    /// Unmounts now, reporting failure (dropping unmounts too, silently).
+    pub fn unmount(mut self) -> Result<(), MountError> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<(), MountError> {
+        let Some(session) = self.session.take() else {
+            return Ok(());
+        };
+        let result = if self.mounted_here {
+            // Busy (a process still has its cwd inside): detach instead.
+            let r = unmount(&self.path, false).or_else(|_| unmount(&self.path, true));
+            let _ = session.join();
+            r
+        } else {
+            session
+                .umount_and_join()
+                .map_err(|e| MountError::io("unmounting", e))
+                .or_else(|_| unmount(&self.path, true))
+        };
+        // Never while still mounted: that would delete through the mount.
+        if result.is_ok() {
+            for dir in self.temporary.drain(..) {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
+        result
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            tracing::warn!(path = %self.path.display(), error = %e, "unmount failed");
+        }
+    }
+}
