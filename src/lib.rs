@@ -4,6 +4,7 @@
 //! requests, `union` merges layers, `layer` reads one layer, `sys` holds the
 //! only `unsafe` code.
 
+pub mod changeset;
 pub mod fuse;
 pub mod layer;
 pub mod mount;

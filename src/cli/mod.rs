@@ -1,5 +1,6 @@
 //! Command-line parsing and dispatch. No filesystem logic lives here.
 
+mod changes;
 mod dropin;
 mod logging;
 mod overlay_options;
@@ -158,6 +159,46 @@ enum Command {
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<std::ffi::OsString>,
     },
+    /// List what a writable layer changed, like `docker diff`: A added,
+    /// C changed, D deleted, one path a line.
+    Diff {
+        /// A live stratafs mount, or an upper directory.
+        target: PathBuf,
+        /// The lower layers of an upper directory (top first), if it is not mounted.
+        #[arg(long = "lower", value_name = "DIR")]
+        lowers: Vec<PathBuf>,
+        /// A stored image as the lower layers (below any --lower).
+        #[arg(long, value_name = "IMAGE")]
+        from: Option<String>,
+        /// The upper directory's workdir (its hard-link index), if not mounted.
+        #[arg(long, value_name = "DIR")]
+        work: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Store what a writable layer changed as a new layer (an OCI changeset)
+    /// and print its digest. A live mount is frozen read-only while read.
+    Commit {
+        /// A live stratafs mount, or an upper directory.
+        target: PathBuf,
+        #[arg(long = "lower", value_name = "DIR")]
+        lowers: Vec<PathBuf>,
+        #[arg(long, value_name = "IMAGE")]
+        from: Option<String>,
+        #[arg(long, value_name = "DIR")]
+        work: Option<PathBuf>,
+        /// Also name an image: the lower layers plus the new one.
+        #[arg(long, value_name = "NAME")]
+        image: Option<String>,
+        /// A note kept with the layer.
+        #[arg(long, short)]
+        message: Option<String>,
+        /// Also write the layer as a tar (.tar, .tar.gz, .tar.zst).
+        #[arg(long, value_name = "FILE")]
+        oci_tar: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove stored layers that no image uses and no mount holds.
     Gc {
         #[arg(long)]
@@ -179,6 +220,8 @@ const SUBCOMMANDS: &[&str] = &[
     "image",
     "gc",
     "run",
+    "diff",
+    "commit",
     "help",
     "-h",
     "--help",
@@ -464,6 +507,46 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             store_cmds::image_rm(&store_cmds::open(&store)?, &names)
         }
         Command::Gc { json } => store_cmds::gc(&store_cmds::open(&store)?, json),
+        Command::Diff {
+            target,
+            lowers,
+            from,
+            work,
+            json,
+        } => changes::diff(
+            &target,
+            changes::Lowers {
+                dirs: lowers,
+                from_image: from,
+                work,
+            },
+            &store,
+            json,
+        ),
+        Command::Commit {
+            target,
+            lowers,
+            from,
+            work,
+            image,
+            message,
+            oci_tar,
+            json,
+        } => changes::commit(
+            &target,
+            changes::Lowers {
+                dirs: lowers,
+                from_image: from,
+                work,
+            },
+            &store,
+            changes::CommitArgs {
+                image,
+                message,
+                oci_tar,
+                json,
+            },
+        ),
         Command::Run { .. } => anyhow::bail!("run is dispatched before this point"),
         Command::Umount { lazy, mountpoint } => {
             mount::unmount(&mountpoint, lazy).context("umount failed")

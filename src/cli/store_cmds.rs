@@ -146,24 +146,7 @@ pub fn layer_verify(store: &Store, specs: &[String], all: bool, json: bool) -> a
 pub fn layer_export(store: &Store, spec: &str, output: Option<&Path>) -> anyhow::Result<()> {
     let d = store.resolve_layer(spec)?;
     match output {
-        Some(path) => {
-            let mut tmp = path.as_os_str().to_owned();
-            tmp.push(".partial");
-            let tmp = PathBuf::from(tmp);
-            let written = (|| -> anyhow::Result<()> {
-                let mut file = std::io::BufWriter::new(
-                    std::fs::File::create(&tmp).with_context(|| format!("{}", tmp.display()))?,
-                );
-                store.export_layer(&d, &mut file)?;
-                file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-                std::fs::rename(&tmp, path)?;
-                Ok(())
-            })();
-            if written.is_err() {
-                let _ = std::fs::remove_file(&tmp);
-            }
-            written?;
-        }
+        Some(path) => export_to(store, &d, path),
         None => {
             if std::io::stdout().is_terminal() {
                 bail!("refusing to write a tar to a terminal: redirect stdout or pass -o FILE");
@@ -171,9 +154,44 @@ pub fn layer_export(store: &Store, spec: &str, output: Option<&Path>) -> anyhow:
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             store.export_layer(&d, &mut out)?;
             out.flush()?;
+            Ok(())
         }
     }
-    Ok(())
+}
+
+/// Writes layer `d` as a tar to `path` (gzip for `.gz`/`.tgz`, zstd for
+/// `.zst`, both deterministic), through a temporary name.
+pub fn export_to(store: &Store, d: &Digest, path: &Path) -> anyhow::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".partial");
+    let tmp = PathBuf::from(tmp);
+    let name = path.to_string_lossy();
+    let written = (|| -> anyhow::Result<()> {
+        let file = std::fs::File::create(&tmp).with_context(|| format!("{}", tmp.display()))?;
+        let file = if name.ends_with(".gz") || name.ends_with(".tgz") {
+            let mut gz = flate2::GzBuilder::new().mtime(0).write(
+                std::io::BufWriter::new(file),
+                flate2::Compression::default(),
+            );
+            store.export_layer(d, &mut gz)?;
+            gz.finish()?.into_inner().map_err(|e| e.into_error())?
+        } else if name.ends_with(".zst") {
+            let mut z = zstd::Encoder::new(std::io::BufWriter::new(file), 3)?;
+            store.export_layer(d, &mut z)?;
+            z.finish()?.into_inner().map_err(|e| e.into_error())?
+        } else {
+            let mut w = std::io::BufWriter::new(file);
+            store.export_layer(d, &mut w)?;
+            w.into_inner().map_err(|e| e.into_error())?
+        };
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 pub fn layer_rm(store: &Store, specs: &[String]) -> anyhow::Result<()> {

@@ -71,7 +71,8 @@ fn exists(dir: BorrowedFd<'_>, name: &CStr) -> Result<bool, LayerError> {
         Err(LayerError::Io(e))
             if matches!(
                 e.raw_os_error(),
-                Some(libc::ENOENT) | Some(libc::ENAMETOOLONG)
+                // EINVAL: a stratafs mount refuses marker names outright.
+                Some(libc::ENOENT) | Some(libc::ENAMETOOLONG) | Some(libc::EINVAL)
             ) =>
         {
             Ok(false)

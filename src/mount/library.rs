@@ -33,6 +33,7 @@ pub struct Mount {
     mounted_here: bool,
     /// Removed after unmounting: a temporary mount point, an ephemeral upper.
     temporary: Vec<PathBuf>,
+    _registered: Option<super::Registered>,
     /// Locks on stored layers, released with the mount.
     _keep_alive: Vec<std::sync::Arc<dyn std::fmt::Debug + Send + Sync>>,
 }
@@ -203,7 +204,9 @@ impl MountBuilder {
                 return Err(MountError::io("starting the request threads", e));
             }
         };
+        let registered = super::register(&spec.record());
         Ok(Mount {
+            _registered: registered,
             path: mountpoint,
             lowers: self.lowers,
             upper,

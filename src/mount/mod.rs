@@ -7,6 +7,7 @@ mod error;
 mod library;
 mod mountpoint;
 mod options;
+mod registry;
 mod unmount;
 
 use std::io::Write;
@@ -19,6 +20,7 @@ pub use error::MountError;
 pub use library::{Mount, MountBuilder};
 pub use mountpoint::check_mountpoint;
 pub use options::{Access, FuseOptions};
+pub use registry::{MountRecord, Registered, find as find_mount, find_by_upper, register};
 pub use unmount::unmount;
 
 use crate::fuse::{AdapterConfig, StrataFs};
@@ -45,6 +47,18 @@ pub struct MountSpec {
 }
 
 impl MountSpec {
+    /// What the registry says about this mount, served by this process.
+    pub fn record(&self) -> MountRecord {
+        let abs = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
+        MountRecord {
+            mountpoint: self.mountpoint.clone(),
+            lowers: self.lowers.iter().map(abs).collect(),
+            upper: self.upper.as_ref().map(|u| abs(&u.upper)),
+            work: self.upper.as_ref().map(|u| abs(&u.work)),
+            pid: std::process::id(),
+        }
+    }
+
     /// A read-only mount of `lowers` (top first) at `mountpoint`, with
     /// default options.
     pub fn new(lowers: Vec<PathBuf>, mountpoint: PathBuf) -> Self {
@@ -289,6 +303,7 @@ fn serve(spec: &MountSpec, union: Union, ready: Option<daemon::Ready>) -> Result
             }
         })
         .map_err(|e| MountError::io("starting the signal thread", e))?;
+    let _registered = register(&spec.record());
     if let Some(ready) = ready {
         ready.succeeded();
     }

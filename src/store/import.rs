@@ -155,6 +155,18 @@ impl Store {
         Ok(imported)
     }
 
+    /// Stores the tree `fill` writes (a commit's changeset, say).
+    pub fn import_with(
+        &self,
+        source: &str,
+        fill: impl FnOnce(&mut TreeWriter) -> Result<(), StoreError>,
+    ) -> Result<Imported, StoreError> {
+        let (scratch, mut writer) = self.new_tree()?;
+        fill(&mut writer)?;
+        let digests = writer.finish()?;
+        self.publish(scratch, &digests, Vec::new(), source.to_string())
+    }
+
     /// Imports a layer tar file (plain, gzip or zstd). A tar whose digest
     /// (compressed or not) names a stored layer is not extracted again.
     pub fn import_tar_file(

@@ -17,8 +17,8 @@ mod pax_time;
 mod prepare;
 mod remove;
 mod tar_read;
-mod tree_walk;
-mod tree_writer;
+pub mod tree_walk;
+pub mod tree_writer;
 mod verify;
 
 pub use digest::Digest;
