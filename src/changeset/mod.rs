@@ -25,6 +25,7 @@ use crate::store::{Imported, StoreError};
 pub struct Source {
     /// Lower layers, top first.
     pub lowers: Vec<PathBuf>,
+    /// The writable layer.
     pub upper: PathBuf,
     /// The upper's workdir, when known (its hard-link index is used).
     pub work: Option<PathBuf>,
@@ -32,12 +33,16 @@ pub struct Source {
     pub live: Option<PathBuf>,
 }
 
+/// Why a diff or commit failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ChangesetError {
+    /// Reading or storing layers.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Mounting the views compared.
     #[error(transparent)]
     Mount(#[from] MountError),
+    /// What was asked makes no sense (said how).
     #[error("{0}")]
     Usage(String),
 }

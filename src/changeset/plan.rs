@@ -11,8 +11,11 @@ use crate::store::StoreError;
 /// How a path differs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum ChangeKind {
+    /// Not in the lower layers.
     Added,
+    /// In the lower layers, with other content or metadata.
     Changed,
+    /// In the lower layers, hidden by the upper.
     Deleted,
 }
 
@@ -30,7 +33,9 @@ impl ChangeKind {
 /// One changed path (`/`-rooted).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
+    /// How.
     pub kind: ChangeKind,
+    /// Where, `/`-rooted.
     pub path: Vec<u8>,
 }
 
@@ -54,7 +59,12 @@ pub enum Step {
     Write(Vec<u8>),
     /// The directory and everything in it as the merged view shows it; with
     /// an opaque marker when something below would otherwise show through.
-    WriteTree { path: Vec<u8>, opaque: bool },
+    WriteTree {
+        /// The directory, `/`-rooted.
+        path: Vec<u8>,
+        /// Whether lower content there must be hidden.
+        opaque: bool,
+    },
 }
 
 /// The three trees a changeset is computed from.

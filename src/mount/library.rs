@@ -29,6 +29,7 @@ pub struct Mount {
     path: PathBuf,
     lowers: Vec<PathBuf>,
     upper: Option<PathBuf>,
+    work: Option<PathBuf>,
     session: Option<BackgroundSession>,
     mounted_here: bool,
     /// Removed after unmounting: a temporary mount point, an ephemeral upper.
@@ -209,6 +210,7 @@ impl MountBuilder {
             _registered: registered,
             path: mountpoint,
             lowers: self.lowers,
+            work: spec.upper.as_ref().map(|u| u.work.clone()),
             upper,
             session: Some(session),
             mounted_here,
@@ -237,6 +239,20 @@ impl Mount {
     /// The writable layer's directory, if the mount is writable.
     pub fn upper_dir(&self) -> Option<&Path> {
         self.upper.as_deref()
+    }
+
+    /// What the mount changed so far (empty for a read-only mount), as
+    /// `stratafs diff` lists it.
+    pub fn diff(&self) -> Result<Vec<crate::changeset::Change>, crate::changeset::ChangesetError> {
+        let Some(upper) = &self.upper else {
+            return Ok(Vec::new());
+        };
+        crate::changeset::diff(&crate::changeset::Source {
+            lowers: self.lowers.clone(),
+            upper: upper.clone(),
+            work: self.work.clone(),
+            live: Some(self.path.clone()),
+        })
     }
 
     /// Unmounts now, reporting failure (dropping unmounts too, silently).

@@ -12,10 +12,12 @@ use super::StoreError;
 pub struct Digest(pub [u8; 32]);
 
 impl Digest {
+    /// The SHA256 of `bytes`.
     pub fn of(bytes: &[u8]) -> Digest {
         Digest(Sha256::digest(bytes).into())
     }
 
+    /// The 64 lowercase hex digits.
     pub fn hex(&self) -> String {
         hex(&self.0)
     }
@@ -27,6 +29,7 @@ impl Digest {
         Digest::from_hex(hexpart).ok_or_else(bad)
     }
 
+    /// Parses 64 lowercase hex digits (no `sha256:`).
     pub fn from_hex(h: &str) -> Option<Digest> {
         if h.len() != 64 {
             return None;

@@ -11,8 +11,10 @@ use super::digest::Digest;
 use super::layout::{Store, write_atomic};
 use super::meta::now;
 
+/// A stored image: `<store>/images/<name>.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Image {
+    /// Its name (see [`check_name`]).
     pub name: String,
     /// Layer digests, bottom first.
     pub layers: Vec<String>,
@@ -22,10 +24,12 @@ pub struct Image {
     /// Digest of the OCI manifest it was imported from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest: Option<String>,
+    /// When it was named, in seconds since the epoch.
     pub created: u64,
 }
 
 impl Image {
+    /// Its layers, bottom first.
     pub fn layer_digests(&self) -> Result<Vec<Digest>, StoreError> {
         self.layers.iter().map(|l| Digest::parse(l)).collect()
     }
@@ -99,6 +103,7 @@ impl Store {
         Ok(image)
     }
 
+    /// The image called `name`.
     pub fn image(&self, name: &str) -> Result<Image, StoreError> {
         check_name(name)?;
         let path = self.image_path(name);
@@ -112,6 +117,7 @@ impl Store {
             .map_err(|e| StoreError::Invalid(format!("{}: {e}", path.display())))
     }
 
+    /// Every image, by name.
     pub fn images(&self) -> Result<Vec<Image>, StoreError> {
         let dir = self.images_dir();
         let mut out = Vec::new();

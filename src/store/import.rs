@@ -21,8 +21,11 @@ use crate::layer;
 
 /// Progress of a long operation, for a bar on a terminal. All optional.
 pub trait Progress {
+    /// A step begins; `total` bytes are expected, if known.
     fn start(&self, _what: &str, _total: Option<u64>) {}
+    /// `bytes` more were done.
     fn advance(&self, _bytes: u64) {}
+    /// The step is over.
     fn finish(&self) {}
 }
 
@@ -33,6 +36,7 @@ impl Progress for Quiet {}
 /// The result of an import.
 #[derive(Debug, Clone)]
 pub struct Imported {
+    /// The layer, by its digest.
     pub digest: Digest,
     /// The layer was in the store already; nothing new was stored.
     pub existed: bool,
@@ -41,7 +45,9 @@ pub struct Imported {
 /// What an OCI manifest says a blob must hash to.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Expect {
+    /// Digest of the bytes as given (compressed or not).
     pub blob: Option<Digest>,
+    /// Digest of the uncompressed tar.
     pub diff_id: Option<Digest>,
 }
 

@@ -57,30 +57,37 @@ impl Store {
         Ok(store)
     }
 
+    /// The store directory.
     pub fn root(&self) -> &Path {
         &self.root
     }
 
+    /// `<store>/layers/sha256`.
     pub fn layers_dir(&self) -> PathBuf {
         self.root.join("layers/sha256")
     }
 
+    /// Where layer `d` lives.
     pub fn layer_dir(&self, d: &Digest) -> PathBuf {
         self.layers_dir().join(d.hex())
     }
 
+    /// Layer `d`'s files.
     pub fn tree_path(&self, d: &Digest) -> PathBuf {
         self.layer_dir(d).join("tree")
     }
 
+    /// `<store>/images`.
     pub fn images_dir(&self) -> PathBuf {
         self.root.join("images")
     }
 
+    /// Whether layer `d` is stored (complete: its manifest is there).
     pub fn has_layer(&self, d: &Digest) -> bool {
         self.layer_dir(d).join("manifest").is_file()
     }
 
+    /// Takes the store-wide lock, waiting for it.
     pub fn lock(&self) -> Result<StoreLock, StoreError> {
         let path = self.root.join("lock");
         let fd = rustix::fs::open(
@@ -143,6 +150,7 @@ impl Store {
         Ok(out)
     }
 
+    /// Layer `d`'s `meta.json`.
     pub fn layer_meta(&self, d: &Digest) -> Result<LayerMeta, StoreError> {
         let path = self.layer_dir(d).join("meta.json");
         let bytes = match fs::read(&path) {
@@ -156,6 +164,7 @@ impl Store {
             .map_err(|e| StoreError::Invalid(format!("{}: {e}", path.display())))
     }
 
+    /// Writes `meta.json` into layer directory `dir`, atomically.
     pub fn write_layer_meta(&self, dir: &Path, meta: &LayerMeta) -> Result<(), StoreError> {
         write_atomic(&dir.join("meta.json"), &serde_json::to_vec_pretty(meta)?)
     }

@@ -22,39 +22,63 @@ pub struct Meta {
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
+/// What an entry is (see `docs/format.md` for each record's fields).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body {
+    /// A directory.
     Dir {
+        /// Its metadata.
         meta: Meta,
+        /// Whether it hides the layers below.
         opaque: bool,
     },
+    /// A regular file.
     File {
+        /// Its metadata.
         meta: Meta,
+        /// Content length.
         size: u64,
+        /// Content digest.
         sha256: Digest,
     },
+    /// A symbolic link.
     Symlink {
+        /// Its metadata.
         meta: Meta,
+        /// Where it points (never followed).
         target: Vec<u8>,
     },
+    /// A character device.
     Char {
+        /// Its metadata.
         meta: Meta,
+        /// Device major number.
         major: u32,
+        /// Device minor number.
         minor: u32,
     },
+    /// A block device.
     Block {
+        /// Its metadata.
         meta: Meta,
+        /// Device major number.
         major: u32,
+        /// Device minor number.
         minor: u32,
     },
+    /// A named pipe.
     Fifo {
+        /// Its metadata.
         meta: Meta,
     },
+    /// A socket.
     Socket {
+        /// Its metadata.
         meta: Meta,
     },
     /// Another name of the inode recorded at `target` (earlier in the manifest).
     HardLink {
+        /// The record holding the inode.
         target: Vec<u8>,
     },
     /// Hides `path` in the layers below.
@@ -64,11 +88,14 @@ pub enum Body {
 /// One entry. `path` starts with `/`; the layer root is `/`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
+    /// `/`-rooted path.
     pub path: Vec<u8>,
+    /// What is there.
     pub body: Body,
 }
 
 impl Body {
+    /// The metadata, for entries that carry their own.
     pub fn meta(&self) -> Option<&Meta> {
         match self {
             Body::Dir { meta, .. }
@@ -201,6 +228,7 @@ impl Record {
 /// A layer's manifest: records sorted by path bytes, one per path.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Manifest {
+    /// Sorted by path bytes.
     pub records: Vec<Record>,
 }
 
@@ -232,6 +260,7 @@ impl Manifest {
         Manifest { records }
     }
 
+    /// The manifest file: header line, then one line per record.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = HEADER.to_vec();
         for r in &self.records {
@@ -240,6 +269,7 @@ impl Manifest {
         out
     }
 
+    /// The layer digest: SHA256 of [`Manifest::to_bytes`].
     pub fn digest(&self) -> Digest {
         Digest::of(&self.to_bytes())
     }

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 /// What the store knows about a layer besides its tree and manifest.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LayerMeta {
+    /// `sha256:<hex>` of the manifest.
     pub digest: String,
     /// Bytes of regular-file content (each inode once).
     pub size: u64,

@@ -17,7 +17,9 @@ mod pax_time;
 mod prepare;
 mod remove;
 mod tar_read;
+#[doc(hidden)]
 pub mod tree_walk;
+#[doc(hidden)]
 pub mod tree_writer;
 mod verify;
 

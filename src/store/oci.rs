@@ -23,6 +23,7 @@ use super::{StoreError, tar_read};
 /// What an image import did.
 #[derive(Debug, Clone)]
 pub struct OciImport {
+    /// The image name it was stored under.
     pub name: String,
     /// Bottom first, with whether each was stored already.
     pub layers: Vec<(Digest, bool)>,

@@ -21,6 +21,7 @@ pub struct PreparedImage {
 }
 
 impl Store {
+    /// Holds and checks image `name`'s layers for a mount.
     pub fn prepare_image(
         &self,
         name: &str,

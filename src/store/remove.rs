@@ -73,6 +73,7 @@ impl Store {
         Ok(())
     }
 
+    /// Removes layer `d` unless an image uses it or a mount holds it.
     pub fn remove_layer(&self, d: &Digest) -> Result<(), StoreError> {
         let _lock = self.lock()?;
         if !self.has_layer(d) {
