@@ -85,13 +85,13 @@ pub fn run(spec: &MountSpec) -> Result<(), MountError> {
     spec.mountpoint = std::path::absolute(&spec.mountpoint)
         .map_err(|e| MountError::io("resolving the mount point", e))?;
     let spec = &spec;
+    // Entries are created with exactly the mode the caller asked for (its
+    // umask already applied); the daemon's own umask must not cut more.
+    rustix::process::umask(rustix::fs::Mode::empty());
     let mut union = Union::new(&spec.lowers, spec.upper.as_ref(), spec.view.clone())?;
     union.set_content_checks(spec.checks.clone());
     warn_unreadable_markers(&spec.lowers);
     raise_fd_limit();
-    // Entries are created with exactly the mode the caller asked for (its
-    // umask already applied); the daemon's own umask must not cut more.
-    rustix::process::umask(rustix::fs::Mode::empty());
     let cleanup = || {
         if let Some(dir) = &spec.remove_after
             && let Err(e) = std::fs::remove_dir_all(dir)

@@ -129,7 +129,7 @@ impl Union {
         gid: u32,
         what: NewEntry<'_>,
     ) -> Result<Option<OwnedFd>> {
-        let file = make(at, at_name, mode, what)?;
+        let file = make(at, at_name, mode, what, self.process_umask)?;
         let own = rustix::fs::chownat(
             at,
             at_name,
@@ -173,7 +173,13 @@ impl Union {
         x: &CStr,
     ) -> Result<Option<OwnedFd>> {
         let is_dir = matches!(what, NewEntry::Dir);
-        let file = make(at, at_name, override_stat::backing_perm(mode, is_dir), what)?;
+        let file = make(
+            at,
+            at_name,
+            override_stat::backing_perm(mode, is_dir),
+            what,
+            self.process_umask,
+        )?;
         let logical = override_stat::Override {
             uid,
             gid,
@@ -271,7 +277,25 @@ impl Union {
 }
 
 /// Makes the entry itself; returns the open fd of a new regular file.
+/// Makes `name` with exactly `mode`: when this process's umask (`umask`)
+/// would cut bits from it (an in-process library mount; the daemon runs with
+/// umask 0), they are put back.
 fn make(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    mode: u32,
+    what: NewEntry<'_>,
+    umask: u32,
+) -> Result<Option<OwnedFd>> {
+    let symlink = matches!(what, NewEntry::Symlink { .. });
+    let made = make_raw(dir, name, mode, what)?;
+    if !symlink && mode & umask != 0 {
+        rustix::fs::chmodat(dir, name, Mode::from_raw_mode(mode), AtFlags::empty())?;
+    }
+    Ok(made)
+}
+
+fn make_raw(
     dir: BorrowedFd<'_>,
     name: &CStr,
     mode: u32,

@@ -78,6 +78,8 @@ pub struct Union {
     metacopy: bool,
     /// Per layer: the xattr holding owner and mode (`xattr_permissions`).
     overrides: Vec<Option<&'static std::ffi::CStr>>,
+    /// This process's umask when the union was made (see `create::make`).
+    process_umask: u32,
     /// Per layer: a check of file content on open (`--verify=lazy`).
     checks: Vec<Option<std::sync::Arc<dyn crate::layer::ContentCheck>>>,
 }
@@ -159,6 +161,7 @@ impl Union {
             dirs: HandleTable::default(),
             view,
             checks: Vec::new(),
+            process_umask: process_umask(),
             overrides,
             redirect_dir: upper_spec.is_some_and(|s| s.redirect_dir),
             metacopy: upper_spec.is_some_and(|s| s.metacopy),
@@ -247,4 +250,16 @@ impl Union {
     pub fn live_inodes(&self) -> usize {
         self.nodes.len()
     }
+}
+
+/// The umask from /proc/self/status (reading it with umask(2) would change it).
+fn process_umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
 }
