@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import signal
 import stat
@@ -669,8 +670,15 @@ implementations:
 ```
 </details>
 """
+    # Sections other harnesses write into the same file (bench/import.sh) are kept.
+    kept = []
+    if os.path.exists(path):
+        with open(path) as f:
+            old = f.read()
+        kept = [m.group(0).rstrip("\n") + "\n" for m in re.finditer(
+            r"<!-- (bench/[\w.]+): begin -->.*?<!-- \1: end -->", old, re.S)]
     with open(path, "w") as f:
-        f.write(text)
+        f.write("\n".join([text] + kept))
 
 
 def sample_mount_options(data, tmp, impls):
