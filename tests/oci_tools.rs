@@ -371,6 +371,98 @@ fn umoci_built_layout_mounts_like_umoci_unpack() {
     );
 }
 
+/// Entry names of a gzip layer blob.
+fn gzip_tar_names(blob: &[u8]) -> Vec<String> {
+    let mut a = tar::Archive::new(flate2::read::GzDecoder::new(blob));
+    a.entries()
+        .unwrap()
+        .map(|e| String::from_utf8_lossy(&e.unwrap().path_bytes()).into_owned())
+        .collect()
+}
+
+/// Changes made in an unpacked rootfs and committed by `umoci repack`: a layer whose whiteouts
+/// (and re-added hard links, metadata-only changes) umoci itself wrote. umoci lists a changed
+/// entry without its parent directory when the directory itself did not change (here
+/// `home/user/.profile` without `home/user/`, a 0700 directory owned by uid 1000, and
+/// `bin/sgid` without `bin/`): the parent must keep its metadata from the layers below, as
+/// `umoci unpack` (and containerd, which copies it from the parent layers) shows it.
+#[test]
+fn umoci_repacked_changes_mount_like_umoci_unpack() {
+    require_root();
+    let env = TestEnv::new("oci-repack");
+    let (layout, _) = crafted_umoci_layout(&env);
+    let store = StoreDir::new(&env.path("store"));
+    let base = store.import_image(&image_ref(&layout.dir, "t"), &[]);
+
+    let bundle = env.path("bundle");
+    let rootfs = umoci_unpack(&layout.dir, "t", &bundle);
+    let r = |p: &str| rootfs.join(p);
+    std::fs::remove_file(r("etc/shadow")).unwrap();
+    std::fs::remove_file(r("etc/hl-b")).unwrap();
+    std::fs::remove_dir_all(r("links")).unwrap();
+    std::fs::remove_file(r("names/sp ace")).unwrap();
+    std::fs::write(r("home/user/.profile"), "PATH=/usr/bin:/bin\n").unwrap();
+    std::fs::write(r("big"), noise(4, 300_000)).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(r("bin/sgid"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    }
+    common::sys::lsetxattr(&r("etc/hostname"), b"user.added", b"by repack").unwrap();
+    std::fs::create_dir(r("newdir")).unwrap();
+    std::fs::write(r("newdir/f"), "new").unwrap();
+    std::fs::hard_link(r("newdir/f"), r("newdir/g")).unwrap();
+    std::fs::remove_file(r("d2f")).unwrap();
+    std::fs::create_dir(r("d2f")).unwrap();
+    std::fs::write(r("d2f/inner"), "inner").unwrap();
+    umoci(&[
+        spec("repack"),
+        spec("--image"),
+        &image_ref(&layout.dir, "t2"),
+        bundle.as_os_str(),
+    ]);
+    let names = gzip_tar_names(&layout.blob(layout.layer_blobs("t2").last().unwrap()));
+    let has = |want: &str| {
+        names
+            .iter()
+            .any(|n| n.trim_start_matches("./").trim_end_matches('/') == want)
+    };
+    for want in [
+        "etc/.wh.shadow",
+        ".wh.links",
+        "names/.wh.sp ace",
+        "newdir/g",
+        "home/user/.profile",
+        "bin/sgid",
+    ] {
+        assert!(has(want), "umoci's layer lacks {want}: {names:?}");
+    }
+    for implied in ["home/user", "home", "bin"] {
+        assert!(!has(implied), "umoci's layer lists {implied}: {names:?}");
+    }
+
+    let imp = store.import_image(&image_ref(&layout.dir, "t2"), &[]);
+    assert_eq!(imp.name, "crafted:t2");
+    assert_eq!(imp.layers.len(), 4);
+    assert_eq!(
+        imp.layers[..3],
+        base.layers
+            .iter()
+            .map(|(d, _)| (d.clone(), true))
+            .collect::<Vec<_>>()[..]
+    );
+    assert!(!imp.layers[3].1, "umoci's new layer is imported");
+
+    let reference = Snapshot::take(&umoci_unpack(&layout.dir, "t2", &env.path("bundle2")));
+    reference.assert_absent("etc/shadow");
+    reference.assert_absent("links");
+    reference.assert_children("d2f", &["inner"]);
+    let mounted = mount_snapshot(&env, &store, "crafted:t2", &[&layout.dir], &[]);
+    assert_no_problems(
+        "umoci unpack vs stratafs mount of the repacked image",
+        &umoci_problems(&reference, &mounted, &[]),
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. skopeo: zstd, gzip, docker-archive
 // ---------------------------------------------------------------------------------------------
