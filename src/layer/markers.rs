@@ -23,6 +23,24 @@ const OPAQUE_XATTRS: [&CStr; 3] = [
     c"user.fuseoverlayfs.opaque",
 ];
 
+/// Marks a directory a layer holds only because entries below it needed
+/// it (an archive never described it): its metadata is not the layer's, so
+/// a merged view shows the next lower layer's. Written by the store.
+pub const IMPLIED_XATTRS: [&CStr; 2] = [c"trusted.stratafs.implied", c"user.stratafs.implied"];
+
+/// Marks the root of a tree the store made (which may hold implied directories).
+pub const STORE_LAYER_XATTRS: [&CStr; 2] = [c"trusted.stratafs.layer", c"user.stratafs.layer"];
+
+/// Whether `name` in `dir` (a directory) is an implied one.
+pub fn is_implied(dir: BorrowedFd<'_>, name: &CStr) -> bool {
+    IMPLIED_XATTRS.iter().any(|a| has_xattr(dir, name, a))
+}
+
+/// Whether the layer root `root` was made by the store.
+pub fn is_store_layer(root: BorrowedFd<'_>) -> bool {
+    STORE_LAYER_XATTRS.iter().any(|a| has_xattr(root, c".", a))
+}
+
 /// What a layer directory says about one name.
 #[derive(Debug)]
 pub enum Presence {

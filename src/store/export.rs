@@ -57,16 +57,6 @@ fn children_of(m: &Manifest) -> HashMap<Vec<u8>, Vec<&Record>> {
     out
 }
 
-fn is_default_root(meta: &Meta, opaque: bool) -> bool {
-    !opaque
-        && meta.mode == 0o755
-        && meta.uid == 0
-        && meta.gid == 0
-        && meta.mtime == 0
-        && meta.mtime_nsec == 0
-        && meta.xattrs.is_empty()
-}
-
 struct Exporter<'a, W: Write> {
     manifest: &'a Manifest,
     tree: BorrowedFd<'a>,
@@ -87,17 +77,16 @@ fn tar_name(path: &[u8], dir: bool) -> Vec<u8> {
 
 impl<W: Write> Exporter<'_, W> {
     fn root(&mut self, root: &Record) -> Result<(), StoreError> {
+        // An implied root (the archive had no `./`) is not written either.
         if let Body::Dir { meta, opaque } = &root.body {
-            if !is_default_root(meta, *opaque) {
-                self.header(
-                    b"./",
-                    EntryType::Directory,
-                    Some(meta),
-                    0,
-                    None,
-                    &mut std::io::empty(),
-                )?;
-            }
+            self.header(
+                b"./",
+                EntryType::Directory,
+                Some(meta),
+                0,
+                None,
+                &mut std::io::empty(),
+            )?;
             if *opaque {
                 self.marker(b"/.wh..wh..opq")?;
             }
@@ -194,6 +183,8 @@ impl<W: Write> Exporter<'_, W> {
         };
         match body {
             Body::Whiteout | Body::HardLink { .. } => Ok(()),
+            // Only its content is the layer's.
+            Body::Implied => self.dir(&r.path),
             Body::Dir { meta, opaque } => {
                 self.header(
                     &name(true),

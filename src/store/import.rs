@@ -40,6 +40,9 @@ pub struct Imported {
     pub digest: Digest,
     /// The layer was in the store already; nothing new was stored.
     pub existed: bool,
+    /// Aliases for an existing layer not recorded yet ([`Expect::defer_aliases`]):
+    /// give them to [`Store::add_aliases`] once the whole import succeeded.
+    pub pending_aliases: Vec<String>,
 }
 
 /// What an OCI manifest says a blob must hash to.
@@ -49,6 +52,9 @@ pub struct Expect {
     pub blob: Option<Digest>,
     /// Digest of the uncompressed tar.
     pub diff_id: Option<Digest>,
+    /// Leave new aliases of a layer already stored to the caller, so that an
+    /// import that fails later changes nothing.
+    pub defer_aliases: bool,
 }
 
 struct Counting<'a, R> {
@@ -97,6 +103,7 @@ impl Store {
             return Ok(Imported {
                 digest,
                 existed: true,
+                pending_aliases: Vec::new(),
             });
         }
         progress.start("copying", Some(expected.content_size()));
@@ -108,6 +115,9 @@ impl Store {
                 Item::Whiteout => return writer.whiteout(&path),
                 Item::Entry { stat, opaque } => {
                     if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
+                        if !opaque && crate::layer::is_implied(v.dir, v.name) {
+                            return writer.implied_dir(&path);
+                        }
                         writer.dir(&path, meta_of(v.dir, v.name, stat)?)?;
                         if opaque {
                             writer.opaque(&path)?;
@@ -152,7 +162,13 @@ impl Store {
         })?;
         progress.finish();
         let digests = writer.finish()?;
-        let imported = self.publish(scratch, &digests, Vec::new(), src.display().to_string())?;
+        let imported = self.publish(
+            scratch,
+            &digests,
+            Vec::new(),
+            src.display().to_string(),
+            false,
+        )?;
         if imported.digest != digest {
             // Only where the tree could not be copied faithfully (owners
             // without privileges): the stored tree's own digest names it.
@@ -170,7 +186,7 @@ impl Store {
         let (scratch, mut writer) = self.new_tree()?;
         fill(&mut writer)?;
         let digests = writer.finish()?;
-        self.publish(scratch, &digests, Vec::new(), source.to_string())
+        self.publish(scratch, &digests, Vec::new(), source.to_string(), false)
     }
 
     /// Imports a layer tar file (plain, gzip or zstd). A tar whose digest
@@ -202,6 +218,7 @@ impl Store {
             return Ok(Imported {
                 digest,
                 existed: true,
+                pending_aliases: Vec::new(),
             });
         }
         progress.start("importing", len);
@@ -209,7 +226,7 @@ impl Store {
             &mut open()?,
             Expect {
                 blob: Some(blob),
-                diff_id: None,
+                ..Expect::default()
             },
             path.display().to_string(),
             progress,
@@ -266,7 +283,63 @@ impl Store {
         if blob_digest != diff_id {
             aliases.push(blob_digest);
         }
-        self.publish(scratch, &digests, aliases, source)
+        self.publish(scratch, &digests, aliases, source, expect.defer_aliases)
+    }
+
+    /// Checks a blob (compressed or not) against the digests `expect` gives,
+    /// reading it whole but storing nothing: for a layer already stored
+    /// under its diff_id, whose blob has not been seen.
+    pub fn check_blob(&self, reader: &mut dyn Read, expect: Expect) -> Result<(), StoreError> {
+        let mut blob = HashingReader::new(reader);
+        let (diff_id, _) = HashingReader::new(decompress(&mut blob)?)
+            .finish()
+            .map_err(|e| StoreError::Invalid(format!("corrupt or truncated layer stream: {e}")))?;
+        let (blob_digest, _) = blob
+            .finish()
+            .map_err(|e| StoreError::Invalid(format!("reading the layer: {e}")))?;
+        for (what, want, actual) in [
+            ("blob", expect.blob, blob_digest),
+            ("layer diff_id", expect.diff_id, diff_id),
+        ] {
+            if let Some(want) = want
+                && want != actual
+            {
+                return Err(StoreError::Mismatch {
+                    what,
+                    blob: want.to_string(),
+                    actual: actual.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Records more aliases of stored layer `d`.
+    pub fn add_aliases(&self, d: &Digest, aliases: &[String]) -> Result<(), StoreError> {
+        if aliases.is_empty() {
+            return Ok(());
+        }
+        let _lock = self.lock()?;
+        self.merge_aliases(d, aliases.to_vec())
+    }
+
+    /// Adds `aliases` to layer `d`'s meta.json (store lock held).
+    fn merge_aliases(&self, d: &Digest, aliases: Vec<String>) -> Result<(), StoreError> {
+        let dest = self.layer_dir(d);
+        let mut old = self.layer_meta(d)?;
+        let before = old.aliases.len();
+        for a in aliases {
+            if !old.aliases.contains(&a) && a != old.digest {
+                old.aliases.push(a);
+            }
+        }
+        if old.aliases.len() != before {
+            set_mode(&dest, 0o755)?;
+            let written = self.write_layer_meta(&dest, &old);
+            set_mode(&dest, 0o555)?;
+            written?;
+        }
+        Ok(())
     }
 
     /// Computes the manifest of a finished tree, writes it and meta.json,
@@ -277,6 +350,7 @@ impl Store {
         digests: &HashMap<u64, Digest>,
         aliases: Vec<Digest>,
         source: String,
+        defer_aliases: bool,
     ) -> Result<Imported, StoreError> {
         let tree = open_path_dir(&scratch.path().join("tree"))?;
         let manifest =
@@ -307,22 +381,18 @@ impl Store {
         let _lock = self.lock()?;
         let dest = self.layer_dir(&digest);
         if self.has_layer(&digest) {
-            let mut old = self.layer_meta(&digest)?;
-            let before = old.aliases.len();
-            for a in aliases {
-                if !old.aliases.contains(&a) {
-                    old.aliases.push(a);
-                }
+            if defer_aliases {
+                return Ok(Imported {
+                    digest,
+                    existed: true,
+                    pending_aliases: aliases,
+                });
             }
-            if old.aliases.len() != before {
-                set_mode(&dest, 0o755)?;
-                let written = self.write_layer_meta(&dest, &old);
-                set_mode(&dest, 0o555)?;
-                written?;
-            }
+            self.merge_aliases(&digest, aliases)?;
             return Ok(Imported {
                 digest,
                 existed: true,
+                pending_aliases: Vec::new(),
             });
         }
         // Nothing is added to or taken from a stored layer's directory; its
@@ -337,6 +407,7 @@ impl Store {
         Ok(Imported {
             digest,
             existed: false,
+            pending_aliases: Vec::new(),
         })
     }
 }

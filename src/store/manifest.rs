@@ -83,6 +83,9 @@ pub enum Body {
     },
     /// Hides `path` in the layers below.
     Whiteout,
+    /// A directory the layer holds only for entries below it: no metadata
+    /// of its own (a merged view shows the layers below's).
+    Implied,
 }
 
 /// One entry. `path` starts with `/`; the layer root is `/`.
@@ -105,7 +108,7 @@ impl Body {
             | Body::Block { meta, .. }
             | Body::Fifo { meta }
             | Body::Socket { meta } => Some(meta),
-            Body::HardLink { .. } | Body::Whiteout => None,
+            Body::HardLink { .. } | Body::Whiteout | Body::Implied => None,
         }
     }
 
@@ -120,6 +123,7 @@ impl Body {
             Body::Socket { .. } => b"s",
             Body::HardLink { .. } => b"h",
             Body::Whiteout => b"w",
+            Body::Implied => b"i",
         }
     }
 }
@@ -216,7 +220,7 @@ impl Record {
                 out.push(b' ');
                 escape(out, target);
             }
-            Body::Whiteout => {}
+            Body::Whiteout | Body::Implied => {}
         }
         if let Some(meta) = self.body.meta() {
             write_xattrs(out, &meta.xattrs);
@@ -377,6 +381,7 @@ fn parse_line(line: &[u8]) -> Option<Record> {
             target: unescape(f.next()?)?,
         },
         b"w" => Body::Whiteout,
+        b"i" => Body::Implied,
         _ => {
             let mut meta = parse_meta(&mut f)?;
             let body = match tag {
@@ -443,7 +448,7 @@ fn set_xattrs(mut body: Body, xattrs: Vec<(Vec<u8>, Vec<u8>)>) -> Body {
         | Body::Block { meta, .. }
         | Body::Fifo { meta }
         | Body::Socket { meta } => meta.xattrs = xattrs,
-        Body::HardLink { .. } | Body::Whiteout => {}
+        Body::HardLink { .. } | Body::Whiteout | Body::Implied => {}
     }
     body
 }

@@ -227,7 +227,7 @@ impl Store {
         super::images::check_name(&name)?;
         let mut added: Vec<Digest> = Vec::new();
         let result = self.run_plan(&layout, &plan, progress, &mut added);
-        let layers = match result {
+        let pending = match result {
             Ok(layers) => layers,
             Err(e) => {
                 for d in added {
@@ -236,7 +236,7 @@ impl Store {
                 return Err(e);
             }
         };
-        let digests: Vec<Digest> = layers.iter().map(|(d, _)| *d).collect();
+        let digests: Vec<Digest> = pending.iter().map(|p| p.digest).collect();
         if let Err(e) = self.create_image(&name, &digests, plan.config.clone(), plan.manifest, true)
         {
             for d in added {
@@ -244,7 +244,14 @@ impl Store {
             }
             return Err(e);
         }
-        Ok(OciImport { name, layers })
+        // Only now that the image stands: aliases for layers stored before.
+        for p in &pending {
+            self.add_aliases(&p.digest, &p.aliases)?;
+        }
+        Ok(OciImport {
+            name,
+            layers: pending.iter().map(|p| (p.digest, p.existed)).collect(),
+        })
     }
 
     fn run_plan(
@@ -253,7 +260,7 @@ impl Store {
         plan: &Plan,
         progress: &dyn Progress,
         added: &mut Vec<Digest>,
-    ) -> Result<Vec<(Digest, bool)>, StoreError> {
+    ) -> Result<Vec<Pending>, StoreError> {
         // Every blob must be there before anything is extracted.
         for l in &plan.layers {
             open_beneath(layout.dir.as_fd(), &l.file).map_err(|_| {
@@ -262,33 +269,54 @@ impl Store {
         }
         let mut out = Vec::new();
         for l in &plan.layers {
-            let known = match (l.blob, l.diff_id) {
-                (Some(b), _) if self.find_alias(&b)?.is_some() => self.find_alias(&b)?,
-                (_, Some(d)) => self.find_alias(&d)?,
+            let expect = Expect {
+                blob: l.blob,
+                diff_id: l.diff_id,
+                defer_aliases: true,
+            };
+            let by_blob = match l.blob {
+                Some(b) => self.find_alias(&b)?,
+                None => None,
+            };
+            let by_diff_id = match (by_blob, l.diff_id) {
+                (None, Some(d)) => self.find_alias(&d)?,
                 _ => None,
             };
-            if let Some(d) = known {
-                out.push((d, true));
+            if let Some(d) = by_blob {
+                out.push(Pending::known(d, Vec::new()));
                 continue;
             }
             let mut file = open_beneath(layout.dir.as_fd(), &l.file)?;
             let len = file.metadata().map(|m| m.len()).ok();
             progress.start(&format!("layer {}", short(l)), len);
-            let imported = self.import_tar_stream(
-                &mut file,
-                Expect {
-                    blob: l.blob,
-                    diff_id: l.diff_id,
-                },
-                format!("{}:{}", layout.name, l.file),
-                progress,
-            );
+            let result = match by_diff_id {
+                // Stored from other bytes: this blob is still checked before
+                // it becomes an alias.
+                Some(d) => self
+                    .check_blob(&mut file, expect)
+                    .map(|()| Pending::known(d, l.blob.iter().map(|b| b.to_string()).collect())),
+                None => self
+                    .import_tar_stream(
+                        &mut file,
+                        expect,
+                        format!("{}:{}", layout.name, l.file),
+                        progress,
+                    )
+                    .map(|i| Pending {
+                        digest: i.digest,
+                        existed: i.existed,
+                        aliases: i.pending_aliases,
+                    }),
+            };
             progress.finish();
-            let imported = imported?;
-            if !imported.existed {
-                added.push(imported.digest);
+            let pending = result.map_err(|e| match e {
+                StoreError::Mismatch { .. } => e,
+                other => StoreError::Invalid(format!("layer blob {}: {other}", l.file)),
+            })?;
+            if !pending.existed {
+                added.push(pending.digest);
             }
-            out.push((imported.digest, imported.existed));
+            out.push(pending);
         }
         Ok(out)
     }
@@ -510,6 +538,24 @@ fn short(l: &PlannedLayer) -> String {
         .or(l.blob)
         .map(|d| d.hex()[..12].to_string())
         .unwrap_or_else(|| l.file.clone())
+}
+
+/// A layer of an image being imported, with the aliases to record once
+/// the import has succeeded.
+struct Pending {
+    digest: Digest,
+    existed: bool,
+    aliases: Vec<String>,
+}
+
+impl Pending {
+    fn known(digest: Digest, aliases: Vec<String>) -> Pending {
+        Pending {
+            digest,
+            existed: true,
+            aliases,
+        }
+    }
 }
 
 struct PlannedLayer {

@@ -99,7 +99,12 @@ fn walk_dir(
         }
         if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
             let sub = layer::open_subdir(dir, name)?;
-            let opaque = is_opaque(sub.as_fd())?;
+            // A `.wh.NAME` beside directory NAME deletes the one below: the
+            // directory is opaque (the OCI spec; tar imports read it so too).
+            let mut wh = crate::layer::OCI_WHITEOUT_PREFIX.to_vec();
+            wh.extend_from_slice(bytes);
+            let deleted_below = names.binary_search_by(|n| n.to_bytes().cmp(&wh)).is_ok();
+            let opaque = deleted_below || is_opaque(sub.as_fd())?;
             visit(Visit {
                 path: &child,
                 dir,
@@ -155,10 +160,19 @@ pub fn record_of(
         }
         Item::Entry { stat, opaque } => (stat, opaque),
     };
+    let kind = FileType::from_raw_mode(stat.st_mode);
+    if kind == FileType::Directory && !opaque && layer::is_implied(v.dir, v.name) {
+        return Ok((
+            Record {
+                path: v.path.to_vec(),
+                body: Body::Implied,
+            },
+            None,
+        ));
+    }
     let meta = meta_of(v.dir, v.name, stat)?;
     let major = rustix::fs::major(stat.st_rdev);
     let minor = rustix::fs::minor(stat.st_rdev);
-    let kind = FileType::from_raw_mode(stat.st_mode);
     let body = match kind {
         FileType::Directory => Body::Dir { meta, opaque },
         FileType::RegularFile => Body::File {

@@ -96,7 +96,8 @@ pub struct TreeWriter {
     whiteouts: HashSet<EntryPath>,
     /// Directory metadata, applied last (children change mtimes, and a
     /// read-only directory must still be filled).
-    dirs: HashMap<EntryPath, Meta>,
+    /// `None`: implied (made for entries below it, never described).
+    dirs: HashMap<EntryPath, Option<Meta>>,
     /// Content digests of the files written, by inode.
     digests: HashMap<u64, Digest>,
     cached: Option<(EntryPath, OwnedFd)>,
@@ -153,7 +154,7 @@ impl TreeWriter {
         };
         let privileged = rustix::process::geteuid().is_root();
         let mut dirs = HashMap::new();
-        dirs.insert(EntryPath(Vec::new()), default_dir_meta());
+        dirs.insert(EntryPath(Vec::new()), None);
         Ok(TreeWriter {
             root,
             dialect,
@@ -182,9 +183,7 @@ impl TreeWriter {
                             Mode::from_raw_mode(0o755),
                         )
                         .map_err(io)?;
-                        self.dirs
-                            .entry(here.clone())
-                            .or_insert_with(default_dir_meta);
+                        self.dirs.entry(here.clone()).or_insert(None);
                         layer::open_subdir(fd.as_fd(), &name)?
                     }
                     Err(e) if matches!(e.errno(), libc::ENOTDIR | libc::ELOOP) => {
@@ -211,14 +210,27 @@ impl TreeWriter {
     /// the same name may both come (in either order): an OCI whiteout hides
     /// only lower layers, so the entry is what the layer holds, as when a
     /// directory tree with both is read.
-    fn claim(&mut self, path: &EntryPath) -> Result<(), StoreError> {
-        if self.whiteouts.remove(path) {
+    /// The implied-directory (0) or store-layer (1) marker this writer may
+    /// set: `trusted.*` with privileges, `user.*` without.
+    fn private_xattr(&self, which: usize) -> &'static CStr {
+        let set = if which == 0 {
+            layer::IMPLIED_XATTRS
+        } else {
+            layer::STORE_LAYER_XATTRS
+        };
+        if self.privileged { set[0] } else { set[1] }
+    }
+
+    /// Returns whether a whiteout of the name came first.
+    fn claim(&mut self, path: &EntryPath) -> Result<bool, StoreError> {
+        let replaced = self.whiteouts.remove(path);
+        if replaced {
             self.drop_whiteout(path)?;
         }
         if !self.explicit.insert(path.clone()) {
             return Err(StoreError::entry(&path.display(), "duplicate entry"));
         }
-        Ok(())
+        Ok(replaced)
     }
 
     fn drop_whiteout(&mut self, path: &EntryPath) -> Result<(), StoreError> {
@@ -243,7 +255,7 @@ impl TreeWriter {
     }
 
     pub fn dir(&mut self, path: &EntryPath, meta: Meta) -> Result<(), StoreError> {
-        self.claim(path)?;
+        let over_whiteout = self.claim(path)?;
         if !path.is_root() {
             let name = cname(path)?;
             let parent = self.open_dir(&path.parent())?;
@@ -254,7 +266,11 @@ impl TreeWriter {
                 Err(e) => return Err(Self::exists_error(path, e)),
             }
         }
-        self.dirs.insert(path.clone(), meta);
+        self.dirs.insert(path.clone(), Some(meta));
+        if over_whiteout {
+            // Deleted below, made anew here: nothing below shows through.
+            self.opaque(path)?;
+        }
         Ok(())
     }
 
@@ -448,6 +464,11 @@ impl TreeWriter {
         if self.whiteouts.contains(path) {
             return Err(StoreError::entry(&path.display(), "duplicate whiteout"));
         }
+        if self.dirs.contains_key(path) {
+            // A directory of the layer (given or implied) that also deletes
+            // the one below: an opaque directory, as the OCI spec reads it.
+            return self.opaque(path);
+        }
         if self.explicit.contains(path) {
             // The layer has a real entry of that name: it wins (see `claim`).
             return Ok(());
@@ -483,9 +504,23 @@ impl TreeWriter {
         r.map_err(|e| Self::exists_error(path, e))
     }
 
+    /// A directory the layer holds without describing it (an implied
+    /// directory of a tree being copied).
+    pub fn implied_dir(&mut self, path: &EntryPath) -> Result<(), StoreError> {
+        self.claim(path)?;
+        self.open_dir(path)?;
+        Ok(())
+    }
+
     /// Marks directory `path` as hiding the layers below.
     pub fn opaque(&mut self, path: &EntryPath) -> Result<(), StoreError> {
         let dialect = self.dialect;
+        // Hiding what is below, it cannot take its metadata from there.
+        if let Some(m) = self.dirs.get_mut(path)
+            && m.is_none()
+        {
+            *m = Some(default_dir_meta());
+        }
         let dir = self.open_dir(path)?;
         match dialect {
             StoreDialect::Overlay => {
@@ -508,7 +543,7 @@ impl TreeWriter {
     /// digests by inode.
     pub fn finish(mut self) -> Result<HashMap<u64, Digest>, StoreError> {
         self.cached = None;
-        let mut dirs: Vec<(EntryPath, Meta)> = self.dirs.drain().collect();
+        let mut dirs: Vec<(EntryPath, Option<Meta>)> = self.dirs.drain().collect();
         // Deepest first: a parent's mtime is set after its children's.
         dirs.sort_by(|a, b| {
             b.0.0
@@ -521,7 +556,15 @@ impl TreeWriter {
             let fd = rustix::io::dup(fd).map_err(io)?;
             // Opened O_PATH: go through /proc for the calls that need a real fd.
             let real = layer::reopen(fd.as_fd(), OFlags::RDONLY | OFlags::DIRECTORY)?;
+            let implied = meta.is_none();
+            let meta = meta.unwrap_or_else(default_dir_meta);
             self.finish_inode(real.as_fd(), c"", &path, &meta, true)?;
+            if implied {
+                setxattr_at(real.as_fd(), c"", self.private_xattr(0), b"y")?;
+            }
+            if path.is_root() {
+                setxattr_at(real.as_fd(), c"", self.private_xattr(1), b"v1")?;
+            }
             rustix::fs::futimens(&real, &timestamps(&meta)).map_err(io)?;
             self.cached = None;
         }

@@ -97,7 +97,9 @@ impl Union {
             let NodeBody::Dir { layers } = &state.body else {
                 return Err(Error::NotDir);
             };
-            (state.name.clone(), layers[0].fd.clone(), layers[0].layer)
+            // Metadata as shown: an implied directory's comes from below.
+            let shown = self.attr_dir(layers);
+            (state.name.clone(), shown.fd.clone(), shown.layer)
         };
         let st = self.logical(
             lower_layer,

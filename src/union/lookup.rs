@@ -141,6 +141,11 @@ impl Union {
             }
         } else {
             let dirs = self.collect_dirs(&layers[top.index..], &name)?;
+            let shown = self.attr_dir(&dirs);
+            if !Arc::ptr_eq(&shown.fd, &dirs[0].fd) {
+                let st = layer::stat_self(shown.fd.as_fd())?;
+                attr = attr_of(ino, &self.logical(shown.layer, shown.fd.as_fd(), c".", st))?;
+            }
             // Like overlayfs: the link count of a directory merged from several
             // layers is not meaningful, so report 1 ("unknown", as find expects).
             if dirs.len() > 1 {

@@ -78,6 +78,8 @@ pub struct Union {
     metacopy: bool,
     /// Per layer: the xattr holding owner and mode (`xattr_permissions`).
     overrides: Vec<Option<&'static std::ffi::CStr>>,
+    /// Per layer: made by the store, so its directories may be implied.
+    implies: Vec<bool>,
     /// This process's umask when the union was made (see `create::make`).
     process_umask: u32,
     /// Per layer: a check of file content on open (`--verify=lazy`).
@@ -113,6 +115,11 @@ impl Union {
         }
         let inos = InoMap::new(&layers);
         let nodes = NodeTable::default();
+        let implies: Vec<bool> = layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| !(i == 0 && upper.is_some()) && layer::is_store_layer(l.root().as_fd()))
+            .collect();
         let mut overrides: Vec<_> = layers.iter().map(override_stat::detect).collect();
         if let (Some(_), Some(mode)) = (&upper, view.override_stat) {
             let x = override_stat::xattr_name(mode);
@@ -124,7 +131,12 @@ impl Union {
             })?;
             overrides[0] = Some(x);
         }
-        let mut top = layer::stat_self(layers[0].root().as_fd())?;
+        // The root's metadata: the top layer's, unless the store marks it
+        // implied (then the next layer's that is not).
+        let shown = (0..layers.len())
+            .find(|&i| !(implies[i] && layer::is_implied(layers[i].root().as_fd(), c".")))
+            .unwrap_or(0);
+        let mut top = layer::stat_self(layers[shown].root().as_fd())?;
         if let Some(o) =
             overrides[0].and_then(|x| override_stat::read(layers[0].root().as_fd(), c".", x))
         {
@@ -161,11 +173,24 @@ impl Union {
             dirs: HandleTable::default(),
             view,
             checks: Vec::new(),
+            implies,
             process_umask: process_umask(),
             overrides,
             redirect_dir: upper_spec.is_some_and(|s| s.redirect_dir),
             metacopy: upper_spec.is_some_and(|s| s.metacopy),
         })
+    }
+
+    /// Of a union directory's layer directories, the one whose metadata the
+    /// merged view shows: the top one, unless the store marked it implied.
+    pub(crate) fn attr_dir<'a>(&self, layers: &'a [LayerDir]) -> &'a LayerDir {
+        layers
+            .iter()
+            .find(|ld| {
+                !(self.implies.get(ld.layer).copied().unwrap_or(false)
+                    && layer::is_implied(ld.fd.as_fd(), c"."))
+            })
+            .unwrap_or(&layers[0])
     }
 
     /// Installs content checks for the lower layers (top first, as given

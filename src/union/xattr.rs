@@ -42,9 +42,9 @@ enum Target {
     Inode(Arc<OwnedFd>),
 }
 
-fn target(node: &Node) -> Target {
+fn target(union: &Union, node: &Node) -> Target {
     match &node.state().body {
-        NodeBody::Dir { layers } => Target::At(layers[0].fd.clone(), c".".to_owned()),
+        NodeBody::Dir { layers } => Target::At(union.attr_dir(layers).fd.clone(), c".".to_owned()),
         NodeBody::Lower { dir, name, .. } => Target::At(dir.clone(), name.clone()),
         NodeBody::Upper { fd, .. } => Target::Inode(fd.clone()),
     }
@@ -107,7 +107,7 @@ impl Union {
             Ok(list) => return Ok(list),
             Err(generation) => generation,
         };
-        let list = filter_list(&target(&node).list()?);
+        let list = filter_list(&target(self, &node).list()?);
         node.cache_xattrs(generation, &list);
         Ok(list)
     }
@@ -126,7 +126,7 @@ impl Union {
         }
         let node = self.nodes.get(ino)?;
         let attr = CString::new(attr).map_err(|_| Error::NoAttr)?;
-        target(&node).get(&attr).map_err(no_data)
+        target(self, &node).get(&attr).map_err(no_data)
     }
 
     pub fn setxattr(&self, ino: u64, attr: &OsStr, value: &[u8], flags: i32) -> Result<()> {
