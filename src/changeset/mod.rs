@@ -121,7 +121,7 @@ fn with_views<T>(
         None => {
             let scratch_work = match &src.work {
                 Some(_) => None,
-                None => Some(work_beside(&src.upper)?),
+                None => Some(mount::work_beside(&src.upper)?),
             };
             let work = src
                 .work
@@ -153,19 +153,6 @@ fn with_views<T>(
     drop(below_root);
     below.unmount()?;
     result
-}
-
-fn work_beside(upper: &Path) -> Result<PathBuf, ChangesetError> {
-    let name = upper
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "upper".into());
-    let work = upper
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join(format!(".{name}.stratafs-work-{}", std::process::id()));
-    std::fs::create_dir(&work).map_err(|e| StoreError::path(&work, e))?;
-    Ok(work)
 }
 
 /// The changes the upper makes to its lower layers, in path order.

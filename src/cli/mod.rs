@@ -415,8 +415,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("nothing to mount: name a stored IMAGE or give --lower DIR");
             }
             let (upper, work, remove_after) = if ephemeral {
-                let dir = ephemeral_dir()?;
-                (Some(dir.join("upper")), Some(dir.join("work")), Some(dir))
+                let (dir, upper, work) = mount::ephemeral_upper()?;
+                (Some(upper), Some(work), Some(dir))
             } else {
                 (upper, work, None)
             };
@@ -562,24 +562,4 @@ impl From<VerifyArg> for stratafs::store::VerifyMode {
             VerifyArg::Full => stratafs::store::VerifyMode::Full,
         }
     }
-}
-
-/// A private directory for an ephemeral upper and workdir.
-fn ephemeral_dir() -> anyhow::Result<PathBuf> {
-    let base = std::env::temp_dir();
-    for n in 0..1000u32 {
-        let dir = base.join(format!("stratafs-ephemeral-{}-{n}", std::process::id()));
-        match std::fs::create_dir(&dir) {
-            Ok(()) => {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-                std::fs::create_dir(dir.join("upper"))?;
-                std::fs::create_dir(dir.join("work"))?;
-                return Ok(dir);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e).context("creating the ephemeral upper"),
-        }
-    }
-    anyhow::bail!("could not create an ephemeral upper in {}", base.display())
 }

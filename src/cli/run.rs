@@ -2,7 +2,7 @@
 //! cleaned up however the command ends.
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -17,18 +17,6 @@ pub struct RunArgs {
     pub keep_upper: Option<PathBuf>,
     pub at: Option<PathBuf>,
     pub command: Vec<OsString>,
-}
-
-/// A work directory beside a kept upper (it must be on the same filesystem).
-fn work_beside(upper: &Path) -> anyhow::Result<PathBuf> {
-    let name = upper
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "upper".into());
-    let parent = upper.parent().unwrap_or(Path::new("."));
-    let work = parent.join(format!(".{name}.stratafs-work-{}", std::process::id()));
-    std::fs::create_dir(&work).with_context(|| format!("creating {}", work.display()))?;
-    Ok(work)
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -53,7 +41,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(upper) => {
             std::fs::create_dir_all(upper)
                 .with_context(|| format!("creating {}", upper.display()))?;
-            let w = work_beside(upper)?;
+            let w = stratafs::mount::work_beside(upper)?;
             work = Some(w.clone());
             builder.upper(upper).work(w)
         }

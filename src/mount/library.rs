@@ -3,11 +3,12 @@
 //! The mount goes away when the [`Mount`] is dropped, even while panicking.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use fuser::BackgroundSession;
 
-use super::{MountError, MountSpec, check_mountpoint, open_session, unmount};
+use super::{
+    MountError, MountSpec, check_mountpoint, ephemeral_upper, open_session, temp_dir, unmount,
+};
 use crate::layer::DialectChoice;
 use crate::union::{Union, UpperSpec};
 
@@ -49,27 +50,6 @@ pub struct MountBuilder {
     ephemeral: bool,
     checks: Vec<Option<std::sync::Arc<dyn crate::layer::ContentCheck>>>,
     keep_alive: Vec<std::sync::Arc<dyn std::fmt::Debug + Send + Sync>>,
-}
-
-static NEXT: AtomicU64 = AtomicU64::new(0);
-
-/// A new private directory under the system's temporary directory.
-fn temp_dir(what: &str) -> Result<PathBuf, MountError> {
-    let base = std::env::temp_dir();
-    loop {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = base.join(format!("stratafs-{what}-{}-{n}", std::process::id()));
-        match std::fs::create_dir(&dir) {
-            Ok(()) => {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-                    .map_err(|e| MountError::io("creating a temporary directory", e))?;
-                return Ok(dir);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(MountError::io("creating a temporary directory", e)),
-        }
-    }
 }
 
 impl MountBuilder {
@@ -136,13 +116,8 @@ impl MountBuilder {
             .map_err(|e| MountError::io("resolving the mount point", e))?;
         let (upper, work) = match (self.ephemeral, self.upper, self.work) {
             (true, _, _) => {
-                let dir = temp_dir("upper")?;
-                temporary.insert(0, dir.clone());
-                let (u, w) = (dir.join("upper"), dir.join("work"));
-                for d in [&u, &w] {
-                    std::fs::create_dir(d)
-                        .map_err(|e| MountError::io("creating the ephemeral upper", e))?;
-                }
+                let (dir, u, w) = ephemeral_upper()?;
+                temporary.insert(0, dir);
                 (Some(u), Some(w))
             }
             (false, Some(u), Some(w)) => (Some(u), Some(w)),

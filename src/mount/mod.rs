@@ -8,6 +8,7 @@ mod library;
 mod mountpoint;
 mod options;
 mod registry;
+mod scratch;
 mod unmount;
 
 use std::io::Write;
@@ -21,6 +22,7 @@ pub use library::{Mount, MountBuilder};
 pub use mountpoint::check_mountpoint;
 pub use options::{Access, FuseOptions};
 pub use registry::{MountRecord, Registered, find as find_mount, find_by_upper, register};
+pub use scratch::{ephemeral_upper, temp_dir, work_beside};
 pub use unmount::unmount;
 
 use crate::fuse::{AdapterConfig, StrataFs};
