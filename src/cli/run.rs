@@ -20,8 +20,8 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    // Before any thread exists: the request threads inherit the mask, and
-    // the command gets a clean one (std resets it in the child).
+    // Before any thread exists: the request threads inherit the mask (the
+    // command gets a clean one, see `unblock_signals_in_child`).
     let signals = stratafs::sys::block_termination_signals().context("blocking signals")?;
     let mut builder = Mount::builder();
     for l in &args.lowers {
@@ -62,10 +62,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .command
         .split_first()
         .context("no command given after --")?;
-    let child = std::process::Command::new(program)
-        .args(rest)
-        .current_dir(mnt.path())
-        .spawn();
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(rest).current_dir(mnt.path());
+    stratafs::sys::unblock_signals_in_child(&mut cmd);
+    let child = cmd.spawn();
     let mut child = match child {
         Ok(c) => c,
         Err(e) => {

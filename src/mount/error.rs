@@ -9,6 +9,8 @@ pub enum MountError {
     MountpointMissing(PathBuf),
     #[error("mount point {0}: not a directory")]
     MountpointNotDir(PathBuf),
+    #[error("mount point {0}: not empty (its files would be hidden while mounted)")]
+    MountpointNotEmpty(PathBuf),
     #[error("mount point {0}: already a mount point (busy); unmount it first")]
     MountpointBusy(PathBuf),
     #[error(

@@ -32,7 +32,6 @@ pub struct Mount {
     upper: Option<PathBuf>,
     work: Option<PathBuf>,
     session: Option<BackgroundSession>,
-    mounted_here: bool,
     /// Removed after unmounting: a temporary mount point, an ephemeral upper.
     temporary: Vec<PathBuf>,
     _registered: Option<super::Registered>,
@@ -97,13 +96,45 @@ impl MountBuilder {
 
     /// Mounts on a new temporary directory, removed with the mount.
     pub fn mount_temp(self) -> Result<Mount, MountError> {
+        self.check()?;
         let dir = temp_dir("mnt")?;
         self.mount_on(dir.clone(), vec![dir])
     }
 
     /// Mounts on `dir`, an existing empty directory.
     pub fn mount_at(self, dir: impl AsRef<Path>) -> Result<Mount, MountError> {
-        self.mount_on(dir.as_ref().to_path_buf(), Vec::new())
+        self.check()?;
+        let dir = dir.as_ref().to_path_buf();
+        check_mountpoint(&dir)?;
+        // Mounting over files would hide them for as long as the mount lives.
+        let mut entries = std::fs::read_dir(&dir).map_err(|e| MountError::Mountpoint {
+            path: dir.clone(),
+            err: e,
+        })?;
+        if entries.next().is_some() {
+            return Err(MountError::MountpointNotEmpty(dir));
+        }
+        self.mount_on(dir, Vec::new())
+    }
+
+    /// What can be refused before anything is made.
+    fn check(&self) -> Result<(), MountError> {
+        if self.lowers.is_empty() {
+            return Err(MountError::io(
+                "configuring the mount",
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "no lower layer given"),
+            ));
+        }
+        if !self.ephemeral && self.upper.is_some() != self.work.is_some() {
+            return Err(MountError::io(
+                "configuring the mount",
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "upper and work go together",
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn mount_on(
@@ -188,7 +219,6 @@ impl MountBuilder {
             work: spec.upper.as_ref().map(|u| u.work.clone()),
             upper,
             session: Some(session),
-            mounted_here,
             temporary,
             _keep_alive: self.keep_alive,
         })
@@ -239,24 +269,33 @@ impl Mount {
         let Some(session) = self.session.take() else {
             return Ok(());
         };
-        let result = if self.mounted_here {
-            // Busy (a process still has its cwd inside): detach instead.
-            let r = unmount(&self.path, false).or_else(|_| unmount(&self.path, true));
-            let _ = session.join();
-            r
-        } else {
-            session
-                .umount_and_join()
-                .map_err(|e| MountError::io("unmounting", e))
-                .or_else(|_| unmount(&self.path, true))
-        };
-        // Never while still mounted: that would delete through the mount.
-        if result.is_ok() {
-            for dir in self.temporary.drain(..) {
+        let temporary = std::mem::take(&mut self.temporary);
+        let remove = move || {
+            for dir in temporary {
                 let _ = std::fs::remove_dir_all(&dir);
             }
+        };
+        // Unmounted (mount(2) or fusermount3), the request loop ends.
+        if unmount(&self.path, false).is_ok() {
+            let _ = session.join();
+            remove();
+            return Ok(());
         }
-        result
+        // Busy: some process (maybe this one: its working directory, an
+        // open file) still uses it. Detach it now; the request loop ends
+        // when the last user lets go, which must not be awaited here. Once
+        // detached, the path is no mount any more: the temporary
+        // directories can go (a user still inside reads a throwaway view).
+        let detached = unmount(&self.path, true);
+        if detached.is_ok() {
+            remove();
+        }
+        let _ = std::thread::Builder::new()
+            .name("stratafs-unmount".into())
+            .spawn(move || {
+                let _ = session.join();
+            });
+        detached
     }
 }
 

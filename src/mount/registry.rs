@@ -33,6 +33,77 @@ pub fn registry_dir() -> PathBuf {
     base.join("mounts")
 }
 
+/// The registry directory, made if missing, if it can be trusted: owned by
+/// this user and writable by nobody else (a record decides what `diff` and
+/// `commit` read, and what `commit` remounts).
+fn trusted_dir(create: bool) -> Option<PathBuf> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = registry_dir();
+    let me = rustix::process::geteuid().as_raw();
+    let parent = dir.parent()?.to_path_buf();
+    for d in [&parent, &dir] {
+        if create && !d.exists() {
+            std::fs::create_dir(d).ok()?;
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).ok()?;
+        }
+        let m = std::fs::symlink_metadata(d).ok()?;
+        if !m.is_dir() || m.uid() != me || m.mode() & 0o022 != 0 {
+            tracing::warn!(dir = %d.display(), "mount registry not trusted (owner or mode); not used");
+            return None;
+        }
+    }
+    Some(dir)
+}
+
+/// A record file written by this user and by nobody else.
+fn trusted_record(path: &Path) -> Option<MountRecord> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(path).ok()?;
+    if !m.is_file() || m.uid() != rustix::process::geteuid().as_raw() || m.mode() & 0o022 != 0 {
+        return None;
+    }
+    let record: MountRecord = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    // A pid can be reused: the mount point must also still be a FUSE mount.
+    (alive(record.pid) && is_fuse_mount(&record.mountpoint)).then_some(record)
+}
+
+fn is_fuse_mount(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(info) = std::fs::read("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.as_os_str().as_bytes();
+    info.split(|b| *b == b'\n').any(|line| {
+        let fields: Vec<&[u8]> = line.split(|b| *b == b' ').collect();
+        let sep = fields.iter().position(|f| *f == b"-");
+        match (fields.get(4), sep.and_then(|i| fields.get(i + 1))) {
+            (Some(mp), Some(fstype)) => unescape_octal(mp) == want && fstype.starts_with(b"fuse"),
+            _ => false,
+        }
+    })
+}
+
+/// Mount points in mountinfo escape space, tab, newline and backslash as `\ooo`.
+fn unescape_octal(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        if field[i] == b'\\'
+            && let Some(v) = field
+                .get(i + 1..i + 4)
+                .and_then(|o| std::str::from_utf8(o).ok())
+                .and_then(|o| u8::from_str_radix(o, 8).ok())
+        {
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(field[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
 fn record_path(mountpoint: &Path) -> PathBuf {
     use std::os::unix::ffi::OsStrExt;
     let key = crate::store::Digest::of(mountpoint.as_os_str().as_bytes()).hex();
@@ -53,12 +124,20 @@ impl Drop for Registered {
 
 /// Records a mount; failures only cost `diff MOUNT` its lookup.
 pub fn register(record: &MountRecord) -> Option<Registered> {
+    let dir = trusted_dir(true)?;
     let path = record_path(&record.mountpoint);
-    let dir = registry_dir();
+    forget_dead(&dir);
     let write = || -> std::io::Result<()> {
-        std::fs::create_dir_all(&dir)?;
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, serde_json::to_vec_pretty(record)?)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(record)?)?;
         std::fs::rename(&tmp, &path)
     };
     match write() {
@@ -74,27 +153,41 @@ fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// Removes records of processes that are gone (killed daemons).
+fn forget_dead(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let dead = std::fs::read(e.path())
+            .ok()
+            .and_then(|b| serde_json::from_slice::<MountRecord>(&b).ok())
+            .is_some_and(|r| !alive(r.pid));
+        if dead {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// The live mount at `mountpoint`, if stratafs serves one there.
 pub fn find(mountpoint: &Path) -> Option<MountRecord> {
+    trusted_dir(false)?;
     let mountpoint = std::path::absolute(mountpoint).ok()?;
-    let bytes = std::fs::read(record_path(&mountpoint)).ok()?;
-    let record: MountRecord = serde_json::from_slice(&bytes).ok()?;
-    (record.mountpoint == mountpoint && alive(record.pid)).then_some(record)
+    let record = trusted_record(&record_path(&mountpoint))?;
+    (record.mountpoint == mountpoint).then_some(record)
 }
 
 /// The live mount whose writable layer is `upper`, if any.
 pub fn find_by_upper(upper: &Path) -> Option<MountRecord> {
     let upper = std::fs::canonicalize(upper).ok()?;
-    std::fs::read_dir(registry_dir())
+    std::fs::read_dir(trusted_dir(false)?)
         .ok()?
         .flatten()
-        .filter_map(|e| std::fs::read(e.path()).ok())
-        .filter_map(|b| serde_json::from_slice::<MountRecord>(&b).ok())
+        .filter_map(|e| trusted_record(&e.path()))
         .find(|r| {
-            alive(r.pid)
-                && r.upper
-                    .as_ref()
-                    .and_then(|u| std::fs::canonicalize(u).ok())
-                    .is_some_and(|u| u == upper)
+            r.upper
+                .as_ref()
+                .and_then(|u| std::fs::canonicalize(u).ok())
+                .is_some_and(|u| u == upper)
         })
 }

@@ -6,5 +6,5 @@ mod signals;
 mod xattr_at;
 
 pub use fork::{ForkResult, fork};
-pub use signals::{TerminationSignals, block_termination_signals};
+pub use signals::{TerminationSignals, block_termination_signals, unblock_signals_in_child};
 pub use xattr_at::{getxattr_at, listxattr_at, setxattr_at};

@@ -43,3 +43,24 @@ impl TerminationSignals {
         Ok(sig)
     }
 }
+
+/// Makes `cmd` start its program with no signal blocked: a child inherits
+/// the spawning thread's mask (std keeps it since Rust 1.66), and a daemon
+/// or `stratafs run` blocks the termination signals it waits for.
+pub fn unblock_signals_in_child(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only calls
+    // sigemptyset and pthread_sigmask on a local set, both async-signal-safe;
+    // it allocates nothing and touches no lock.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            let rc = libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            if rc != 0 {
+                return Err(io::Error::from_raw_os_error(rc));
+            }
+            Ok(())
+        });
+    }
+}
