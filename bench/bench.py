@@ -11,6 +11,8 @@ rotating the order every repetition (interleaving):
   kernel          mount -t overlay (the reference; ratios are to it)
   fuse-overlayfs  the Debian package, as root
   stratafs        target/release/stratafs, as root
+  stratafs-rootless  the same binary run by the unprivileged stratafs-test
+                  (fusermount3, allow_other; workloads still run as root)
 
 Every measurement gets a fresh mount with an empty upper and work directory,
 so a mutating workload never sees a previous one's copy-ups and the daemon
@@ -47,8 +49,20 @@ REPO = os.path.dirname(HERE)
 MiB = 1024 * 1024
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-IMPLS = ["native", "kernel", "fuse-overlayfs", "stratafs"]
-FUSE_IMPLS = ["fuse-overlayfs", "stratafs"]
+IMPLS = ["native", "kernel", "fuse-overlayfs", "stratafs", "stratafs-rootless"]
+FUSE_IMPLS = ["fuse-overlayfs", "stratafs", "stratafs-rootless"]
+# Column titles in the report.
+TITLES = {"stratafs": "stratafs (root)", "stratafs-rootless": "stratafs rootless"}
+# stratafs-rootless: the daemon runs as this unprivileged account (no
+# CAP_SYS_ADMIN, so fusermount3 mounts it and there is no FUSE passthrough);
+# it mounts with allow_other so that the workloads, run as root like all the
+# others, can use it.
+ROOTLESS_USER = "stratafs-test"
+
+
+def as_user(argv):
+    u = ROOTLESS_USER
+    return ["setpriv", "--reuid", u, "--regid", u, "--clear-groups", "--"] + argv
 
 # ---------------------------------------------------------------------------
 # helpers
@@ -317,6 +331,8 @@ class Mounts:
 def umount_argv(kind, path):
     if kind == "stratafs":
         return [STRATAFS, "umount", path]
+    if kind == "stratafs-rootless":
+        return as_user(["fusermount3", "-u", path])
     if kind == "fuse-overlayfs":
         return ["fusermount3", "-u", path]
     return ["umount", path]
@@ -324,12 +340,13 @@ def umount_argv(kind, path):
 
 MOUNTS = Mounts()
 STRATAFS = os.path.join(REPO, "target", "release", "stratafs")
+ROOTLESS_UID = ROOTLESS_GID = None
 
 
 class View:
     """One mounted (or native) view for one measurement."""
 
-    def __init__(self, impl, data, scratch, copy_native):
+    def __init__(self, impl, data, scratch, copy_native, native_scratch=False):
         self.impl = impl
         self.pid = None
         self.scratch = scratch
@@ -337,7 +354,7 @@ class View:
         lowers = [os.path.join(layers, n) for n in ("top", "mid", "base")]
         os.makedirs(scratch)
         if impl == "native":
-            if copy_native:
+            if copy_native or native_scratch:
                 # a mutating workload: work on a fresh copy of what it changes
                 self.root = os.path.join(scratch, "root")
                 os.makedirs(self.root)
@@ -361,6 +378,12 @@ class View:
             for lo in lowers:
                 argv += ["--lower", lo]
             argv += ["--upper", upper, "--work", work, mnt]
+        elif impl == "stratafs-rootless":
+            # the user owns its upper, work directory and mount point
+            for d in (scratch, upper, work, mnt):
+                os.chown(d, ROOTLESS_UID, ROOTLESS_GID)
+            argv = as_user([STRATAFS, "-o", f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work},allow_other",
+                            mnt])
         else:
             raise ValueError(impl)
         MOUNTS.add(impl, mnt)
@@ -401,15 +424,21 @@ LS = ["env", "LC_ALL=C", "ls", "--color=never"]
 
 
 class Workload:
-    def __init__(self, name, title, argv, cold, unit="s", nbytes=None, copy_native=(), check=None):
+    def __init__(self, name, title, argv, cold, unit="s", nbytes=None, copy_native=(), check=None,
+                 warmup=None, native_scratch=False, parse=None):
         self.name = name
         self.title = title
         self.argv = argv  # function(root) -> argv
         self.cold = cold
-        self.unit = unit  # "s" (lower is better) or "MB/s" (higher is better)
+        self.unit = unit  # "s" (lower is better), "MB/s" or "IOPS" (higher is better)
         self.nbytes = nbytes
         self.copy_native = list(copy_native)
         self.check = check  # function(root) -> error string or None
+        # warm workloads: function(root) -> argv run unmeasured first (default:
+        # argv itself), or False for no warm-up at all
+        self.warmup = warmup
+        self.native_scratch = native_scratch  # native runs in a fresh empty directory
+        self.parse = parse  # function(stdout) -> dict merged into the sample (e.g. iops)
 
 
 def append_argv(root):
@@ -456,6 +485,36 @@ def workloads(big_mib):
     ]
 
 
+def fio_argv(name, path, rw, runtime, extra=()):
+    """fio, one job, 4 KiB blocks, psync, buffered (--direct=0), JSON output."""
+    return ["fio", f"--name={name}", f"--filename={path}", f"--rw={rw}", "--bs=4k",
+            "--ioengine=psync", "--direct=0", "--numjobs=1", "--norandommap",
+            "--randrepeat=1", "--time_based", f"--runtime={runtime}",
+            "--output-format=json"] + list(extra)
+
+
+def fio_iops(rw):
+    def parse(stdout):
+        job = json.loads(stdout[stdout.index(b"{"):])["jobs"][0]
+        return {"iops": job[rw]["iops"], "fio_runtime_ms": job[rw]["runtime"]}
+    return parse
+
+
+def fio_workloads(big_mib, runtime):
+    return [
+        Workload("fio-randread-warm", f"fio 4k random read, {big_mib} MiB lower file, psync, warm, {runtime} s",
+                 # --invalidate=0: fio would otherwise drop the file's page cache first
+                 lambda r: fio_argv("randread", f"{r}/big/file", "randread", runtime,
+                                    ["--readonly", "--invalidate=0"]),
+                 False, "IOPS", parse=fio_iops("read"),
+                 warmup=lambda r: ["dd", f"if={r}/big/file", "of=/dev/null", "bs=1M", "status=none"]),
+        Workload("fio-randwrite", f"fio 4k random write, new {big_mib} MiB file in the upper, psync, {runtime} s",
+                 lambda r: fio_argv("randwrite", f"{r}/fio-new", "randwrite", runtime,
+                                    [f"--size={big_mib}M", "--fallocate=none"]),
+                 False, "IOPS", parse=fio_iops("write"), warmup=False, native_scratch=True),
+    ]
+
+
 def check_mode(path, mode):
     got = os.stat(path).st_mode & 0o7777
     return None if got == mode else f"{path}: mode {got:o}, want {mode:o}"
@@ -467,25 +526,32 @@ def measure(impl, wl, data, scratch):
     # directories were just deleted) so that it is not charged to this one
     os.sync()
     try:
-        view = View(impl, data, scratch, wl.copy_native)
+        view = View(impl, data, scratch, wl.copy_native, wl.native_scratch)
     except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
         MOUNTS.cleanup()
         rmtree(scratch)
         return {"seconds": float("nan"), "error": f"setup failed: {e}"}
     try:
         argv = wl.argv(view.root)
-        if not wl.cold:
-            sh(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
-        else:
+        if wl.cold:
             drop_caches()
+        elif wl.warmup is not False:
+            warm = wl.warmup(view.root) if wl.warmup else argv
+            sh(warm, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
         cpu0 = proc_cpu_seconds(view.pid) if view.pid else None
         t0 = time.perf_counter()
-        r = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
+        r = subprocess.run(argv, stdout=subprocess.PIPE if wl.parse else subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, timeout=600)
         elapsed = time.perf_counter() - t0
         res = {"seconds": elapsed}
         if r.returncode != 0:
             res["error"] = f"exit {r.returncode}: {r.stderr.decode(errors='replace').strip()[:300]}"
-        elif wl.check:
+        elif wl.parse:
+            try:
+                res.update(wl.parse(r.stdout))
+            except (ValueError, KeyError, IndexError) as e:
+                res["error"] = f"cannot parse the output: {e!r}"
+        if "error" not in res and wl.check:
             err = wl.check(view.root)
             if err:
                 res["error"] = err
@@ -505,6 +571,8 @@ def measure(impl, wl, data, scratch):
 
 
 def value(wl, sample):
+    if wl.unit == "IOPS":
+        return sample["iops"]
     if wl.unit == "MB/s":
         return wl.nbytes / 1e6 / sample["seconds"]
     return sample["seconds"]
@@ -513,6 +581,8 @@ def value(wl, sample):
 def fmt_val(wl, v):
     if wl.unit == "MB/s":
         return f"{v:.0f}"
+    if wl.unit == "IOPS":
+        return f"{v / 1000:.0f}k" if v >= 100_000 else f"{v / 1000:.1f}k" if v >= 1000 else f"{v:.0f}"
     if v < 1:
         return f"{v * 1000:.0f} ms" if v >= 0.01 else f"{v * 1000:.1f} ms"
     return f"{v:.2f} s"
@@ -525,16 +595,17 @@ def summarize(wl, samples):
     vals = [value(wl, s) for s in ok]
     return {"median": statistics.median(vals), "min": min(vals), "max": max(vals),
             "n": len(vals), "errors": len(samples) - len(ok),
-            "cost": statistics.median([s["seconds"] for s in ok])}
+            # the cost ratio's numerator: time, or time per I/O for IOPS
+            "cost": statistics.median([1 / s["iops"] if wl.unit == "IOPS" else s["seconds"] for s in ok])}
 
 
 def table(wls, results, impls):
     lines = []
-    hdr = ["workload"] + impls
+    hdr = ["workload"] + [TITLES.get(i, i) for i in impls]
     lines.append("| " + " | ".join(hdr) + " |")
     lines.append("|" + "---|" * len(hdr))
     for wl in wls:
-        row = [wl.title + (" (MB/s)" if wl.unit == "MB/s" else "")]
+        row = [wl.title + {"MB/s": " (MB/s)", "IOPS": " (IOPS; ratio kernel IOPS / IOPS)"}.get(wl.unit, "")]
         sums = {i: summarize(wl, results[wl.name].get(i, [])) for i in impls}
         kern = sums.get("kernel")
         for i in impls:
@@ -560,8 +631,8 @@ def daemon_table(wls, results, impls):
     fuse = [i for i in impls if i in FUSE_IMPLS]
     if not fuse:
         return ""
-    lines = ["| workload | " + " | ".join(f"{i} peak RSS" for i in fuse) + " | "
-             + " | ".join(f"{i} CPU" for i in fuse) + " |"]
+    lines = ["| workload | " + " | ".join(f"{TITLES.get(i, i)} peak RSS" for i in fuse) + " | "
+             + " | ".join(f"{TITLES.get(i, i)} CPU" for i in fuse) + " |"]
     lines.append("|" + "---|" * (1 + 2 * len(fuse)))
     for wl in wls:
         rss, cpu = [], []
@@ -643,15 +714,21 @@ and how to read this). Do not edit by hand; rerun the harness.
     + '; '.join(f"{k}: {', '.join(v)}" for k, v in info['disturbed'].items()))
    if info['disturbed'] else 'no cargo/rustc/nextest seen running after any workload'}
 - {info['fuse-overlayfs']}, as root
-- stratafs: commit {info['stratafs']}; {info.get('stratafs binary', '?')}; as root (no passthrough yet)
+- stratafs: commit {info['stratafs']}; {info.get('stratafs binary', '?')}; "stratafs (root)": `stratafs mount`
+  as root (no passthrough yet); "stratafs rootless": the drop-in command line
+  (`stratafs -o lowerdir=…,upperdir=…,workdir=…,allow_other MNT`) run by the
+  unprivileged `{ROOTLESS_USER}` through `setpriv`, mounted by fusermount3 (no
+  passthrough possible), unmounted by `fusermount3 -u` as that user; the workloads
+  still run as root, through allow_other
 - mount options seen in /proc/mounts:
 {chr(10).join(f'  - {k}: `{v}`' for k, v in mount_opts.items())}
 - repetitions: {args.reps}, implementations interleaved (order rotated each repetition);
   every measurement on a fresh mount with an empty upper directory
 
 Each cell: median [min–max] of {args.reps} runs; **bold** is the cost ratio to
-kernel overlayfs in the same run (time / kernel time, or for MB/s kernel MB/s /
-MB/s), so below 1× is faster than the kernel. Cold = `sync; echo 3 >
+kernel overlayfs in the same run (time / kernel time, or for MB/s and IOPS
+kernel MB/s / MB/s and kernel IOPS / IOPS: a time-equivalent ratio), so below 1×
+is faster than the kernel and above 1× slower, in every row. Cold = `sync; echo 3 >
 /proc/sys/vm/drop_caches` after mounting; warm = the command ran once, unmeasured,
 on the same mount just before.
 
@@ -679,6 +756,18 @@ implementations:
             r"<!-- (bench/[\w.]+): begin -->.*?<!-- \1: end -->", old, re.S)]
     with open(path, "w") as f:
         f.write("\n".join([text] + kept))
+
+
+def prepare_rootless(data):
+    """The unprivileged daemon cannot read trusted.overlay.* xattrs: give the
+    opaque directories user.overlay.* markers too (kernel overlayfs, as root
+    without userxattr, ignores them), and check that it can read the layers."""
+    layers = [os.path.join(data, "layers", n) for n in ("top", "mid", "base")]
+    sh([STRATAFS, "layer", "add-user-markers"] + layers, stdout=subprocess.DEVNULL)
+    probe = os.path.join(data, "layers", "base", "big", "file")
+    if subprocess.run(as_user(["test", "-r", probe])).returncode != 0:
+        raise SystemExit(f"{ROOTLESS_USER} cannot read {probe}: every directory above the layers must be "
+                         "searchable by it (--keep-data/--tmpdir in a private place?)")
 
 
 def sample_mount_options(data, tmp, impls):
@@ -750,7 +839,7 @@ def sanity_check(data, tmp, impls):
 
 
 def main():
-    global STRATAFS
+    global STRATAFS, ROOTLESS_USER, ROOTLESS_UID, ROOTLESS_GID
     p = argparse.ArgumentParser(description="Compare native / kernel overlayfs / fuse-overlayfs / stratafs.")
     p.add_argument("--quick", action="store_true", help="3 repetitions, 256 MiB file (< 5 minutes)")
     p.add_argument("--reps", type=int, help="repetitions per workload (default: 3 quick, 5 full)")
@@ -758,6 +847,9 @@ def main():
     p.add_argument("--huge", type=int, default=100_000, help="entries in the large directory (default 100000)")
     p.add_argument("--only", help="comma-separated workload names to run (default: all)")
     p.add_argument("--impls", default=",".join(IMPLS), help=f"comma-separated subset of {','.join(IMPLS)}")
+    p.add_argument("--fio-runtime", type=int, help="seconds of each fio run (default: 2 quick, 10 full)")
+    p.add_argument("--rootless-user", default=ROOTLESS_USER,
+                   help=f"account that runs stratafs-rootless (default {ROOTLESS_USER})")
     p.add_argument("--stratafs", default=STRATAFS, help="stratafs binary (default: target/release/stratafs)")
     p.add_argument("--tmpdir", default="/var/tmp", help="where to build layers and mount (default /var/tmp)")
     p.add_argument("--keep-data", metavar="DIR",
@@ -768,8 +860,10 @@ def main():
     args = p.parse_args()
     args.reps = args.reps or (3 if args.quick else 5)
     args.big_mib = args.big_mib or (256 if args.quick else 1024)
+    args.fio_runtime = args.fio_runtime or (2 if args.quick else 10)
     STRATAFS = os.path.abspath(args.stratafs)
-    wls = workloads(args.big_mib)
+    ROOTLESS_USER = args.rootless_user
+    wls = workloads(args.big_mib) + fio_workloads(args.big_mib, args.fio_runtime)
     if args.list:
         for wl in wls:
             print(f"{wl.name:16} {wl.title}")
@@ -786,8 +880,21 @@ def main():
             p.error(f"unknown implementation {i}")
     if os.geteuid() != 0:
         p.error("run as root (kernel overlayfs, drop_caches)")
-    if "stratafs" in impls and not os.access(STRATAFS, os.X_OK):
+    if {"stratafs", "stratafs-rootless"} & set(impls) and not os.access(STRATAFS, os.X_OK):
         p.error(f"{STRATAFS} missing: cargo build --release")
+    if any(w.unit == "IOPS" for w in wls) and not shutil.which("fio"):
+        p.error("fio missing: scripts/setup.sh (or apt-get install fio), or leave the fio-* workloads out with --only")
+    if "stratafs-rootless" in impls:
+        import pwd
+        try:
+            pw = pwd.getpwnam(ROOTLESS_USER)
+        except KeyError:
+            p.error(f"no account {ROOTLESS_USER} for stratafs-rootless (scripts/setup.sh makes it), "
+                    "or leave it out with --impls")
+        ROOTLESS_UID, ROOTLESS_GID = pw.pw_uid, pw.pw_gid
+        for tool in ("setpriv", "fusermount3"):
+            if not shutil.which(tool):
+                p.error(f"{tool} missing (stratafs-rootless)")
     cmd = os.environ.get("STRATAFS_BENCH_CMD") or " ".join(sys.argv)
 
     # unmount everything on any exit, including SIGINT/SIGTERM/SIGHUP
@@ -796,6 +903,7 @@ def main():
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, on_signal)
     tmp = tempfile.mkdtemp(prefix="stratafs-bench.", dir=args.tmpdir)
+    os.chmod(tmp, 0o755)  # stratafs-rootless reads the layers and owns its scratch directories below
 
     def cleanup():
         MOUNTS.cleanup()
@@ -811,6 +919,8 @@ def main():
     t_start = time.monotonic()
     data = os.path.abspath(args.keep_data) if args.keep_data else os.path.join(tmp, "data")
     build_data(data, args.big_mib, args.huge)
+    if "stratafs-rootless" in impls:
+        prepare_rootless(data)
     want, bad = sanity_check(data, tmp, impls)
     log(f"merged view: {len(want[0])} entries outside huge/, {want[1]} in huge/")
     for b in bad:

@@ -44,6 +44,7 @@ packages=(
     umoci          # OCI image layouts: building, unpacking (store tests, bench)
     skopeo         # copying images between OCI layouts and docker archives (store tests)
     zstd           # .tar.zst layers for the store's round-trip tests
+    fio            # bench/run.sh: 4k random read/write IOPS
     gcc            # linker for rustc
     libc6-dev
 )
