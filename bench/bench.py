@@ -460,7 +460,8 @@ def check_append(root):
     return None
 
 
-def workloads(big_mib):
+def workloads(big_mib, huge_n=100_000):
+    hn = f"{huge_n // 1000}k" if huge_n >= 1000 else str(huge_n)
     big = lambda r: ["dd", f"if={r}/big/file", "of=/dev/null", "bs=1M", "status=none"]  # noqa: E731
     nb = big_mib * MiB
     return [
@@ -470,8 +471,8 @@ def workloads(big_mib):
         Workload("find-warm", "find, ~8k-entry tree on 2 layers, warm", lambda r: ["find", f"{r}/tree"], False),
         Workload("lsR-cold", "ls -lR, ~8k-entry tree on 2 layers, cold", lambda r: LS + ["-lR", f"{r}/tree"], True),
         Workload("lsR-warm", "ls -lR, ~8k-entry tree on 2 layers, warm", lambda r: LS + ["-lR", f"{r}/tree"], False),
-        Workload("huge-lsf-warm", "ls -f, 100k-entry dir on 3 layers, warm", lambda r: LS + ["-f", f"{r}/huge"], False),
-        Workload("huge-lsl-warm", "ls -l, 100k-entry dir on 3 layers, warm", lambda r: LS + ["-l", f"{r}/huge"], False),
+        Workload("huge-lsf-warm", f"ls -f, {hn}-entry dir on 3 layers, warm", lambda r: LS + ["-f", f"{r}/huge"], False),
+        Workload("huge-lsl-warm", f"ls -l, {hn}-entry dir on 3 layers, warm", lambda r: LS + ["-l", f"{r}/huge"], False),
         Workload("copyup-append", "copy-up: append 1 byte to 2000 small lower files, cold", append_argv, True,
                  copy_native=["small"], check=check_append),
         Workload("rm-lower", "rm -rf of a 10k-file lower tree, cold", lambda r: ["rm", "-rf", f"{r}/rmtree"], True,
@@ -844,10 +845,11 @@ def main():
     p.add_argument("--quick", action="store_true", help="3 repetitions, 256 MiB file (< 5 minutes)")
     p.add_argument("--reps", type=int, help="repetitions per workload (default: 3 quick, 5 full)")
     p.add_argument("--big-mib", type=int, help="size of the large lower file (default: 256 quick, 1024 full)")
-    p.add_argument("--huge", type=int, default=100_000, help="entries in the large directory (default 100000)")
+    p.add_argument("--huge", type=int,
+                   help="entries in the large directory (default: 20000 quick, 100000 full)")
     p.add_argument("--only", help="comma-separated workload names to run (default: all)")
     p.add_argument("--impls", default=",".join(IMPLS), help=f"comma-separated subset of {','.join(IMPLS)}")
-    p.add_argument("--fio-runtime", type=int, help="seconds of each fio run (default: 2 quick, 10 full)")
+    p.add_argument("--fio-runtime", type=int, help="seconds of each fio run (default: 1 quick, 10 full)")
     p.add_argument("--rootless-user", default=ROOTLESS_USER,
                    help=f"account that runs stratafs-rootless (default {ROOTLESS_USER})")
     p.add_argument("--stratafs", default=STRATAFS, help="stratafs binary (default: target/release/stratafs)")
@@ -860,10 +862,13 @@ def main():
     args = p.parse_args()
     args.reps = args.reps or (3 if args.quick else 5)
     args.big_mib = args.big_mib or (256 if args.quick else 1024)
-    args.fio_runtime = args.fio_runtime or (2 if args.quick else 10)
+    args.fio_runtime = args.fio_runtime or (1 if args.quick else 10)
+    # quick: a smaller huge/ (ls -l of 100k entries, warm-up included, is ~10 s
+    # a run on the slowest FUSE columns, too much for the 5-minute budget)
+    args.huge = args.huge or (20_000 if args.quick else 100_000)
     STRATAFS = os.path.abspath(args.stratafs)
     ROOTLESS_USER = args.rootless_user
-    wls = workloads(args.big_mib) + fio_workloads(args.big_mib, args.fio_runtime)
+    wls = workloads(args.big_mib, args.huge) + fio_workloads(args.big_mib, args.fio_runtime)
     if args.list:
         for wl in wls:
             print(f"{wl.name:16} {wl.title}")
