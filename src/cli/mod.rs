@@ -549,7 +549,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         ),
         Command::Run { .. } => anyhow::bail!("run is dispatched before this point"),
         Command::Umount { lazy, mountpoint } => {
-            mount::unmount(&mountpoint, lazy).context("umount failed")
+            let daemon = mount::find_mount(&mountpoint).map(|r| r.pid);
+            mount::unmount(&mountpoint, lazy).context("umount failed")?;
+            // Return once the serving process is gone, with the locks it held
+            // on stored layers (a `gc` right after must see them free).
+            if let Some(pid) = daemon.filter(|_| !lazy) {
+                mount::wait_for_exit(pid, std::time::Duration::from_secs(10));
+            }
+            Ok(())
         }
     }
 }

@@ -21,7 +21,9 @@ pub use error::MountError;
 pub use library::{Mount, MountBuilder};
 pub use mountpoint::check_mountpoint;
 pub use options::{Access, FuseOptions};
-pub use registry::{MountRecord, Registered, find as find_mount, find_by_upper, register};
+pub use registry::{
+    MountRecord, Registered, find as find_mount, find_by_upper, register, wait_for_exit,
+};
 pub use scratch::{ephemeral_upper, temp_dir, work_beside};
 pub use unmount::unmount;
 

@@ -191,3 +191,21 @@ pub fn find_by_upper(upper: &Path) -> Option<MountRecord> {
                 .is_some_and(|u| u == upper)
         })
 }
+
+/// Waits (up to `limit`) until process `pid` has exited (or is a zombie).
+pub fn wait_for_exit(pid: u32, limit: std::time::Duration) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim_start().chars().next())
+            });
+        match state {
+            None | Some(Some('Z')) | Some(Some('X')) => return,
+            _ => std::thread::sleep(std::time::Duration::from_millis(5)),
+        }
+    }
+    tracing::warn!(pid, "the daemon is still running after the unmount");
+}
