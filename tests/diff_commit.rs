@@ -226,15 +226,6 @@ fn cli(tmp: &Path, store: Option<&Path>) -> Command {
     c
 }
 
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("readdir {}: {e}", dir.display()))
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 /// Anything left in a private `$TMPDIR`, and mounts below it.
 fn leftovers(tmp: &Path) -> Vec<String> {
     let mut out: Vec<String> = names_in(tmp)

@@ -119,21 +119,12 @@ fn gone_problems(path: &Path, upper: Option<&Path>) -> Vec<String> {
     out
 }
 
-fn kernel_view(stack: &Stack<'_>) -> Snapshot {
-    let k = stack.kernel();
-    Snapshot::take(k.path())
-}
-
 fn changes(mnt: &Mount) -> Vec<String> {
     mnt.diff()
         .unwrap_or_else(|e| panic!("diff() of {}: {e}", mnt.path().display()))
         .iter()
         .map(|c| c.to_string())
         .collect()
-}
-
-fn errno_of(r: std::io::Result<()>) -> Option<i32> {
-    r.err().and_then(|e| e.raw_os_error())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -147,7 +138,7 @@ fn read_only_mount_shows_the_layers() {
     let env = TestEnv::new("lib-ro");
     let (l1, l2) = fixture(&env);
     let stack = env.stack(&[&l2, &l1]);
-    let kview = kernel_view(&stack);
+    let kview = stack.kernel_view();
     let before = my_temp_dirs();
     let mnt = builder(&stack).mount_temp().expect("read-only mount_temp");
     let path = mnt.path().to_path_buf();
@@ -463,15 +454,6 @@ fn bad_mount_points_and_options_error_cleanly() {
     );
     let p = stack.check_layers();
     assert!(p.is_empty(), "{}", p.join("\n"));
-}
-
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
 }
 
 /// `mount_at` takes "an existing empty directory" (its documentation): a non-empty one is an
@@ -861,7 +843,7 @@ fn the_unprivileged_user_can_use_the_library() {
     let env = TestEnv::new("lib-user");
     let (l1, l2) = fixture(&env);
     let stack = env.stack(&[&l2, &l1]);
-    let kview = kernel_view(&stack);
+    let kview = stack.kernel_view();
     let (uid, gid) = test_user_ids();
     let tmp = dir_owned_by(&env, "utmp", uid, gid);
     let out_dir = dir_owned_by(&env, "uout", uid, gid);
@@ -985,7 +967,7 @@ fn a_stored_image_through_the_library() {
     let env = TestEnv::new("lib-image");
     let (l1, l2) = fixture(&env);
     let stack = env.stack(&[&l2, &l1]);
-    let kview = kernel_view(&stack);
+    let kview = stack.kernel_view();
     let sd = StoreDir::new(&env.path("store"));
     let d1 = sd.import_layer(&l1.root);
     let d2 = sd.import_layer(&l2.root);

@@ -288,15 +288,6 @@ fn registry_records_under(dir: &Path, prefix: &Path) -> Vec<String> {
     out
 }
 
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("readdir {}: {e}", dir.display()))
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 /// What a run by root left behind: anything in its private `$TMPDIR`, mounts below it,
 /// registry records of mount points below it.
 fn leftovers(tmp: &Path) -> Vec<String> {
@@ -381,11 +372,6 @@ fn view_problems(kernel: &Snapshot, view: &Snapshot) -> Vec<String> {
     snapshot_diff(&k, &v, Mode::Merged, "kernel", "run view")
 }
 
-fn kernel_view(stack: &Stack<'_>) -> Snapshot {
-    let k = stack.kernel();
-    Snapshot::take(k.path())
-}
-
 // ---------------------------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------------------------
@@ -435,7 +421,7 @@ fn cwd_is_the_merged_view_and_changes_are_discarded() {
     let env = TestEnv::new("run-view");
     let (l1, l2) = fixture(&env);
     let stack = env.stack(&[&l2, &l1]);
-    let kview = kernel_view(&stack);
+    let kview = stack.kernel_view();
 
     let tmp = env.fresh_dir("tmp");
     let out_dir = env.fresh_dir("probe");
@@ -615,7 +601,7 @@ fn keep_upper_keeps_the_changes_in_overlay_format() {
     let env = TestEnv::new("run-keep");
     let (l1, l2) = fixture(&env);
     let stack = env.stack(&[&l2, &l1]);
-    let kview = kernel_view(&stack);
+    let kview = stack.kernel_view();
     let parent = env.fresh_dir("keep");
     let kept = parent.join("upper");
 
@@ -750,7 +736,7 @@ fn at_mounts_the_view_on_the_given_directory() {
     let env = TestEnv::new("run-at");
     let (l1, l2) = fixture(&env);
     let stack = env.stack(&[&l2, &l1]);
-    let kview = kernel_view(&stack);
+    let kview = stack.kernel_view();
     let at = env.fresh_dir("at");
     let at_before = Snapshot::take(&at);
 
@@ -1159,7 +1145,7 @@ fn run_a_stored_image() {
     let env = TestEnv::new("run-image");
     let (l1, l2) = fixture(&env);
     let stack = env.stack(&[&l2, &l1]);
-    let kview = kernel_view(&stack);
+    let kview = stack.kernel_view();
     let store = StoreDir::new(&env.path("store"));
     let d1 = store.import_layer(&l1.root);
     let d2 = store.import_layer(&l2.root);
@@ -1217,7 +1203,7 @@ fn run_a_stored_image() {
     extra.whiteout("top.txt", Whiteout::CharDev);
     fix_times(&extra.root);
     let stack3 = env.stack(&[&extra, &l2, &l1]);
-    let kview3 = kernel_view(&stack3);
+    let kview3 = stack3.kernel_view();
     let tmp = env.fresh_dir("tmp");
     let out_dir = env.fresh_dir("probe");
     let out = run_timeout(
@@ -1272,7 +1258,7 @@ fn the_unprivileged_user_can_run() {
     let env = TestEnv::new("run-user");
     let (l1, l2) = fixture(&env);
     let stack = env.stack(&[&l2, &l1]);
-    let kview = kernel_view(&stack);
+    let kview = stack.kernel_view();
     let (uid, gid) = test_user_ids();
 
     // Ephemeral.

@@ -162,11 +162,11 @@ impl StoreDir {
 
     /// Hex names under layers/sha256 (sorted).
     fn layer_hexes(&self) -> Vec<String> {
-        names_in(&self.root.join("layers/sha256"))
+        names_in_or_empty(&self.root.join("layers/sha256"))
     }
 
     fn tmp_names(&self) -> Vec<String> {
-        names_in(&self.root.join("tmp"))
+        names_in_or_empty(&self.root.join("tmp"))
     }
 
     /// `layer export DIGEST` to stdout: the tar bytes.
@@ -193,17 +193,6 @@ impl StoreDir {
     fn state(&self) -> Snapshot {
         Snapshot::take(&self.root)
     }
-}
-
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = match fs::read_dir(dir) {
-        Ok(rd) => rd
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect(),
-        Err(_) => Vec::new(),
-    };
-    v.sort();
-    v
 }
 
 /// `sha256:<hex>` or `sha256:<hex> Already exists`, one line.
@@ -258,10 +247,6 @@ fn now_secs() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
-}
-
-fn errno_of<T>(r: std::io::Result<T>) -> Option<i32> {
-    r.err().and_then(|e| e.raw_os_error())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1016,7 +1001,7 @@ fn export_is_deterministic_and_round_trips() {
         "export -o differs from stdout"
     );
     assert_eq!(
-        names_in(&out),
+        names_in_or_empty(&out),
         vec!["layer.tar"],
         "export -o left other files"
     );
@@ -1145,7 +1130,7 @@ fn export_is_deterministic_and_round_trips() {
         "export error should name the socket: {line}"
     );
     assert_eq!(
-        names_in(&sock_out),
+        names_in_or_empty(&sock_out),
         Vec::<String>::new(),
         "a failed export left files"
     );
@@ -1443,7 +1428,7 @@ fn mounted_image_matches_kernel_overlay() {
             &[("TMPDIR", tmpdir.as_os_str())],
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        let dirs = names_in(&tmpdir);
+        let dirs = names_in_or_empty(&tmpdir);
         assert_eq!(
             dirs.len(),
             1,
@@ -1684,7 +1669,7 @@ fn verification_catches_corrupt_and_added_files() {
         line.contains("/a differs (content)"),
         "export of a corrupt layer should name /a: {line}"
     );
-    let export_leftovers = names_in(&outdir);
+    let export_leftovers = names_in_or_empty(&outdir);
 
     // Repaired: OK again.
     flip_byte(&tree.join("a"), 5000);
@@ -2560,7 +2545,7 @@ fn json_outputs_and_store_selection() {
         (d.clone(), false)
     );
     assert_eq!(
-        names_in(&env_store.join("layers/sha256")),
+        names_in_or_empty(&env_store.join("layers/sha256")),
         vec![hex_of(&d).to_string()]
     );
     let out = run_ok(
@@ -2586,11 +2571,11 @@ fn json_outputs_and_store_selection() {
         (td.clone(), false)
     );
     assert_eq!(
-        names_in(&after_store.join("layers/sha256")),
+        names_in_or_empty(&after_store.join("layers/sha256")),
         vec![hex_of(&td).to_string()]
     );
     assert_eq!(
-        names_in(&env_store.join("layers/sha256")),
+        names_in_or_empty(&env_store.join("layers/sha256")),
         vec![hex_of(&d).to_string()],
         "--store must win over $STRATAFS_STORE"
     );

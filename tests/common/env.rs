@@ -318,3 +318,26 @@ impl Drop for TestEnv {
         }
     }
 }
+
+/// The names in `dir`, sorted; panics (naming the directory) if it cannot be read.
+pub fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("readdir {}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Like [`names_in`], but a directory that cannot be read (e.g. does not exist yet) has no
+/// names: for directories a command may or may not have created (a store's `tmp/`).
+pub fn names_in_or_empty(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = match fs::read_dir(dir) {
+        Ok(rd) => rd
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    v.sort();
+    v
+}

@@ -157,6 +157,12 @@ impl<'e> Stack<'e> {
         KernelOverlay::lower_only(&lowers, &mnt).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// A snapshot of the kernel oracle's view (mounted for the snapshot, then unmounted).
+    pub fn kernel_view(&self) -> Snapshot {
+        let k = self.kernel();
+        Snapshot::take(k.path())
+    }
+
     /// Every relative path that occurs in some layer, plus the names OCI whiteouts refer to.
     pub fn layer_paths(&self) -> BTreeSet<Vec<u8>> {
         let mut out = BTreeSet::new();

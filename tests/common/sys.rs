@@ -307,3 +307,8 @@ pub fn statvfs(p: &Path) -> Result<libc::statvfs, i32> {
     let r = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
     if r < 0 { Err(errno()) } else { Ok(st) }
 }
+
+/// The errno of a failed I/O call; `None` on success (or an error without one).
+pub fn errno_of<T>(r: io::Result<T>) -> Option<i32> {
+    r.err().and_then(|e| e.raw_os_error())
+}
