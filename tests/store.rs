@@ -37,6 +37,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::dropin::DropinMount;
+use common::oci::one_line_error_exit1;
 use common::*;
 
 const CMD_TIMEOUT: Duration = Duration::from_secs(120);
@@ -60,23 +61,6 @@ fn digest_ok(s: &str) -> bool {
 
 fn hex_of(digest: &str) -> &str {
     digest.strip_prefix("sha256:").unwrap_or(digest)
-}
-
-/// The single line of stderr of a refused command: exit status 1, exactly one line, starting
-/// `stratafs: `.
-fn one_line_error(out: &CmdOutput, what: &str) -> String {
-    let err = out.stderr_str();
-    assert_eq!(
-        out.status.and_then(|s| s.code()),
-        Some(1),
-        "{what}: expected exit status 1: {}",
-        out.describe()
-    );
-    assert!(
-        err.starts_with("stratafs: ") && err.ends_with('\n') && err.matches('\n').count() == 1,
-        "{what}: expected one line `stratafs: ...` on stderr, got {err:?}"
-    );
-    err.trim_end().to_string()
 }
 
 impl StoreDir {
@@ -116,7 +100,7 @@ impl StoreDir {
             "stratafs {:?}",
             args.iter().map(|a| a.as_ref()).collect::<Vec<_>>()
         );
-        one_line_error(&out, &what)
+        one_line_error_exit1(&out, &what)
     }
 
     /// `layer import SRC`; (digest, existed), checking the output's exact form.
@@ -699,7 +683,7 @@ fn mount_refused(store: &StoreDir, image: &str, mnt: &Path, extra: &[&str], need
         daemons.is_empty(),
         "mount {extra:?} left daemons {daemons:?}"
     );
-    let line = one_line_error(&out, &format!("mount {image} {extra:?}"));
+    let line = one_line_error_exit1(&out, &format!("mount {image} {extra:?}"));
     assert!(
         line.contains(needle),
         "mount {extra:?}: the error should name {needle:?}: {line}"
@@ -1217,7 +1201,7 @@ fn a_directory_and_its_tar_give_one_digest() {
         }
         (false, false) => {
             for out in [&dir_out, &tar_out] {
-                let line = one_line_error(out, ".wh.foo + foo");
+                let line = one_line_error_exit1(out, ".wh.foo + foo");
                 assert!(line.contains("foo"), "{line}");
             }
         }
@@ -1544,7 +1528,7 @@ fn verification_catches_corrupt_and_added_files() {
     let corrupt = fs::read(tree.join("a")).unwrap();
     assert_ne!(corrupt, a);
     let out = store.run(&["layer", "verify", &d]);
-    let err = one_line_error(&out, "layer verify of a corrupt layer");
+    let err = one_line_error_exit1(&out, "layer verify of a corrupt layer");
     assert!(err.contains("failed verification"), "{err}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -1678,7 +1662,7 @@ fn verification_catches_corrupt_and_added_files() {
     // A changed mode.
     fs::set_permissions(tree.join("b"), fs::Permissions::from_mode(0o600)).unwrap();
     let out = store.run(&["layer", "verify", &d]);
-    one_line_error(&out, "verify after chmod");
+    one_line_error_exit1(&out, "verify after chmod");
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("/b differs (metadata)"),
         "{}",
@@ -1692,7 +1676,7 @@ fn verification_catches_corrupt_and_added_files() {
     fs::write(tree.join("sub/extra"), b"smuggled\n").unwrap();
     set_times_nofollow(&tree.join("sub"), sub_md.mtime(), sub_md.mtime_nsec()).unwrap();
     let out = store.run(&["layer", "verify", &d]);
-    one_line_error(&out, "verify with an added file");
+    one_line_error_exit1(&out, "verify with an added file");
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("/sub/extra was added"),
         "{}",
@@ -2145,7 +2129,7 @@ fn bad_tars_are_refused_and_leave_the_store_untouched() {
         let before = store.state();
         let out = store.run(&[OsStr::new("layer"), OsStr::new("import"), f.as_os_str()]);
         let r = std::panic::catch_unwind(|| {
-            let line = one_line_error(&out, c.name);
+            let line = one_line_error_exit1(&out, c.name);
             assert!(
                 line.contains(c.needle),
                 "{}: the error should name {:?}: {line}",
@@ -2214,7 +2198,7 @@ fn device_nodes_need_root() {
         OsStr::new("import"),
         with_dev.as_os_str(),
     ]);
-    let line = one_line_error(&out, "unprivileged import of a device node");
+    let line = one_line_error_exit1(&out, "unprivileged import of a device node");
     assert!(
         line.contains("dev/null") && line.contains("device"),
         "the error should name dev/null: {line}"

@@ -869,3 +869,21 @@ pub fn one_line_error(out: &CmdOutput) -> String {
     );
     lines[0].to_string()
 }
+
+/// A stricter [`one_line_error`], for refusals whose exit status is part of the contract: exit
+/// status exactly 1, and stderr exactly one line (newline-terminated, no blank lines) starting
+/// `stratafs: `; that line. `what` names the command in the panic messages.
+pub fn one_line_error_exit1(out: &CmdOutput, what: &str) -> String {
+    let err = out.stderr_str();
+    assert_eq!(
+        out.status.and_then(|s| s.code()),
+        Some(1),
+        "{what}: expected exit status 1: {}",
+        out.describe()
+    );
+    assert!(
+        err.starts_with("stratafs: ") && err.ends_with('\n') && err.matches('\n').count() == 1,
+        "{what}: expected one line `stratafs: ...` on stderr, got {err:?}"
+    );
+    err.trim_end().to_string()
+}
