@@ -226,20 +226,6 @@ fn cli(tmp: &Path, store: Option<&Path>) -> Command {
     c
 }
 
-/// Anything left in a private `$TMPDIR`, and mounts below it.
-fn leftovers(tmp: &Path) -> Vec<String> {
-    let mut out: Vec<String> = names_in(tmp)
-        .into_iter()
-        .map(|n| format!("left in $TMPDIR: {n}"))
-        .collect();
-    out.extend(
-        mounts_under(tmp)
-            .iter()
-            .map(|m| format!("still mounted: {}", m.mount_point.display())),
-    );
-    out
-}
-
 /// Runs a command that must succeed with nothing on stderr and nothing left in `tmp`; its
 /// stdout.
 fn ok(cmd: &mut Command, tmp: &Path) -> String {
@@ -250,7 +236,7 @@ fn ok(cmd: &mut Command, tmp: &Path) -> String {
         "{desc}: {}",
         out.describe()
     );
-    let l = leftovers(tmp);
+    let l = tmp_leftovers(tmp);
     assert!(l.is_empty(), "after {desc}: {l:#?}");
     String::from_utf8(out.stdout).unwrap()
 }
@@ -271,7 +257,7 @@ fn refused(cmd: &mut Command, tmp: &Path) -> String {
         lines.len() == 1 && lines[0].starts_with("stratafs: "),
         "{desc}: expected one `stratafs: ` line, got {err:?}"
     );
-    let l = leftovers(tmp);
+    let l = tmp_leftovers(tmp);
     assert!(l.is_empty(), "after {desc}: {l:#?}");
     lines[0].to_string()
 }
@@ -1034,7 +1020,7 @@ fn run_keep_upper_over_an_image_then_commit_from_it() {
         T,
     );
     assert!(out.success(), "run img --keep-upper: {}", out.describe());
-    let l = leftovers(&tmp);
+    let l = tmp_leftovers(&tmp);
     assert!(l.is_empty(), "after the run: {l:#?}");
     let expected = "\
 A /a
@@ -1101,8 +1087,6 @@ D /tree
 // The mount registry
 // ---------------------------------------------------------------------------------------------
 
-const REGISTRY: &str = "/run/stratafs/mounts";
-
 /// `diff MOUNT`/`commit MOUNT` (and `diff UPPER`) take the lower layers, the upper and the
 /// mount point to freeze from the registry of live mounts, ahead of any `--lower` given. For
 /// root that is `/run/stratafs/mounts`: another user must not be able to add or change a
@@ -1118,7 +1102,7 @@ fn the_mount_registry_is_not_writable_by_other_users() {
     // A mount made by the stratafs daemon (the CLI), which registers it.
     let m = stack.stratafs_rw(&UpperSpec::new(&upper, &work));
     let mut record = None;
-    for e in fs::read_dir(REGISTRY)
+    for e in fs::read_dir(MOUNT_REGISTRY)
         .expect("the registry directory")
         .flatten()
     {
@@ -1132,11 +1116,11 @@ fn the_mount_registry_is_not_writable_by_other_users() {
         }
     }
     let record =
-        record.unwrap_or_else(|| panic!("no record of {} in {REGISTRY}", m.path().display()));
+        record.unwrap_or_else(|| panic!("no record of {} in {MOUNT_REGISTRY}", m.path().display()));
     let mut problems = Vec::new();
     for p in [
         Path::new("/run/stratafs"),
-        Path::new(REGISTRY),
+        Path::new(MOUNT_REGISTRY),
         record.as_path(),
     ] {
         let mode = fs::metadata(p).unwrap().mode();
@@ -1145,7 +1129,8 @@ fn the_mount_registry_is_not_writable_by_other_users() {
         }
     }
     // As the unprivileged user: can it create a record, or change ours?
-    let planted = Path::new(REGISTRY).join(format!("planted-by-test-{}.json", std::process::id()));
+    let planted =
+        Path::new(MOUNT_REGISTRY).join(format!("planted-by-test-{}.json", std::process::id()));
     let out = run_timeout(
         as_test_user("sh").args([
             "-c",

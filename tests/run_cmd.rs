@@ -264,8 +264,6 @@ fn run_probe_child() {
     std::process::exit(code);
 }
 
-const REGISTRY: &str = "/run/stratafs/mounts";
-
 /// Records of the mount registry whose mount point is below `prefix`.
 fn registry_records_under(dir: &Path, prefix: &Path) -> Vec<String> {
     let mut out = Vec::new();
@@ -291,16 +289,8 @@ fn registry_records_under(dir: &Path, prefix: &Path) -> Vec<String> {
 /// What a run by root left behind: anything in its private `$TMPDIR`, mounts below it,
 /// registry records of mount points below it.
 fn leftovers(tmp: &Path) -> Vec<String> {
-    let mut out: Vec<String> = names_in(tmp)
-        .into_iter()
-        .map(|n| format!("left in $TMPDIR: {n}"))
-        .collect();
-    out.extend(
-        mounts_under(tmp)
-            .iter()
-            .map(|m| format!("still mounted: {}", m.mount_point.display())),
-    );
-    out.extend(registry_records_under(Path::new(REGISTRY), tmp));
+    let mut out = tmp_leftovers(tmp);
+    out.extend(registry_records_under(Path::new(MOUNT_REGISTRY), tmp));
     out
 }
 

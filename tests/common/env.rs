@@ -341,3 +341,20 @@ pub fn names_in_or_empty(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// Where root's stratafs records its live mounts.
+pub const MOUNT_REGISTRY: &str = "/run/stratafs/mounts";
+
+/// Anything left in a private `$TMPDIR` (every name in it), and mounts below it.
+pub fn tmp_leftovers(tmp: &Path) -> Vec<String> {
+    let mut out: Vec<String> = names_in(tmp)
+        .into_iter()
+        .map(|n| format!("left in $TMPDIR: {n}"))
+        .collect();
+    out.extend(
+        mounts_under(tmp)
+            .iter()
+            .map(|m| format!("still mounted: {}", m.mount_point.display())),
+    );
+    out
+}
