@@ -32,12 +32,12 @@ use std::io::Write as _;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::dropin::DropinMount;
-use common::oci::one_line_error_exit1;
+use common::oci::{StoreDir, digest_ok, one_line_error_exit1, parse_layer_import};
 use common::*;
 
 const CMD_TIMEOUT: Duration = Duration::from_secs(120);
@@ -46,154 +46,14 @@ const CMD_TIMEOUT: Duration = Duration::from_secs(120);
 // A store directory and the CLI over it
 // ---------------------------------------------------------------------------------------------
 
-/// One test's store: every command gets `--store DIR` (and no `$STRATAFS_STORE`).
-struct StoreDir {
-    root: PathBuf,
-}
-
-fn digest_ok(s: &str) -> bool {
-    s.len() == 71
-        && s.starts_with("sha256:")
-        && s[7..]
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+/// One test's store (`--store DIR`, no `$STRATAFS_STORE`), each command limited to
+/// [`CMD_TIMEOUT`].
+fn store_in(env: &TestEnv, name: &str) -> StoreDir {
+    StoreDir::in_env(env, name).with_timeout(CMD_TIMEOUT)
 }
 
 fn hex_of(digest: &str) -> &str {
     digest.strip_prefix("sha256:").unwrap_or(digest)
-}
-
-impl StoreDir {
-    fn new(env: &TestEnv, name: &str) -> StoreDir {
-        StoreDir {
-            root: env.path(name),
-        }
-    }
-
-    fn cmd(&self) -> Command {
-        let mut c = Command::new(stratafs_bin());
-        c.arg("--store").arg(&self.root);
-        c.env_remove("STRATAFS_STORE");
-        c
-    }
-
-    fn run<S: AsRef<OsStr>>(&self, args: &[S]) -> CmdOutput {
-        run_timeout(self.cmd().args(args), CMD_TIMEOUT)
-    }
-
-    /// Runs a command that must succeed; its stdout.
-    fn ok<S: AsRef<OsStr>>(&self, args: &[S]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.success(),
-            "stratafs {:?} failed: {}",
-            args.iter().map(|a| a.as_ref()).collect::<Vec<_>>(),
-            out.describe()
-        );
-        String::from_utf8(out.stdout).expect("stdout is not UTF-8")
-    }
-
-    /// Runs a command that must be refused (exit 1, one `stratafs:` line); that line.
-    fn refused<S: AsRef<OsStr>>(&self, args: &[S]) -> String {
-        let out = self.run(args);
-        let what = format!(
-            "stratafs {:?}",
-            args.iter().map(|a| a.as_ref()).collect::<Vec<_>>()
-        );
-        one_line_error_exit1(&out, &what)
-    }
-
-    /// `layer import SRC`; (digest, existed), checking the output's exact form.
-    fn import_any(&self, src: &Path) -> (String, bool) {
-        parse_import(&self.ok(&[OsStr::new("layer"), OsStr::new("import"), src.as_os_str()]))
-    }
-
-    /// `layer import SRC` that must store a new layer.
-    fn import(&self, src: &Path) -> String {
-        let (d, existed) = self.import_any(src);
-        assert!(!existed, "{} was already stored as {d}", src.display());
-        d
-    }
-
-    /// `layer import SRC` that must find the layer already stored.
-    fn import_existing(&self, src: &Path) -> String {
-        let (d, existed) = self.import_any(src);
-        assert!(
-            existed,
-            "{} should have been found in the store (Already exists), got a new layer {d}",
-            src.display()
-        );
-        d
-    }
-
-    fn manifest(&self, digest: &str) -> Vec<u8> {
-        let out = self.run(&["layer", "inspect", digest, "--manifest"]);
-        assert!(
-            out.success(),
-            "layer inspect --manifest: {}",
-            out.describe()
-        );
-        out.stdout
-    }
-
-    fn layer_dir(&self, digest: &str) -> PathBuf {
-        self.root.join("layers/sha256").join(hex_of(digest))
-    }
-
-    fn tree(&self, digest: &str) -> PathBuf {
-        self.layer_dir(digest).join("tree")
-    }
-
-    /// Hex names under layers/sha256 (sorted).
-    fn layer_hexes(&self) -> Vec<String> {
-        names_in_or_empty(&self.root.join("layers/sha256"))
-    }
-
-    fn tmp_names(&self) -> Vec<String> {
-        names_in_or_empty(&self.root.join("tmp"))
-    }
-
-    /// `layer export DIGEST` to stdout: the tar bytes.
-    fn export(&self, digest: &str) -> Vec<u8> {
-        let out = self.run(&["layer", "export", digest]);
-        assert!(
-            out.success(),
-            "layer export {digest}: status {:?}, stderr {}",
-            out.status,
-            out.stderr_str()
-        );
-        assert!(!out.stdout.is_empty(), "layer export wrote nothing");
-        out.stdout
-    }
-
-    fn image_create<S: AsRef<str>>(&self, name: &str, bottom_first: &[S]) {
-        let mut args = vec!["image", "create", name];
-        args.extend(bottom_first.iter().map(|s| s.as_ref()));
-        let out = self.ok(&args);
-        assert_eq!(out.trim(), name, "image create prints the name");
-    }
-
-    /// A snapshot of the whole store, for "nothing changed" checks.
-    fn state(&self) -> Snapshot {
-        Snapshot::take(&self.root)
-    }
-}
-
-/// `sha256:<hex>` or `sha256:<hex> Already exists`, one line.
-fn parse_import(stdout: &str) -> (String, bool) {
-    let line = stdout
-        .strip_suffix('\n')
-        .unwrap_or_else(|| panic!("import output is not one line: {stdout:?}"));
-    assert!(
-        !line.contains('\n'),
-        "import output is not one line: {stdout:?}"
-    );
-    let (d, existed) = match line.strip_suffix(" Already exists") {
-        Some(d) => (d, true),
-        None => (line, false),
-    };
-    assert!(digest_ok(d), "import printed {stdout:?}, not a digest");
-    (d.to_string(), existed)
 }
 
 /// The store is as before: every entry, raw (type, mode, owners, content, xattrs, times,
@@ -698,7 +558,7 @@ fn mount_refused(store: &StoreDir, image: &str, mnt: &Path, extra: &[&str], need
 fn same_tree_same_digest_whatever_the_order_and_dialect() {
     require_root();
     let env = TestEnv::new("store-determinism");
-    let store = StoreDir::new(&env, "store");
+    let store = store_in(&env, "store");
     let variants = [
         ("chardev", Whiteout::CharDev, Opaque::Trusted, false),
         ("oci", Whiteout::Oci, Opaque::Oci, true),
@@ -735,7 +595,7 @@ fn same_tree_same_digest_whatever_the_order_and_dialect() {
     assert_eq!(store.layer_hexes(), vec![hex_of(&digest).to_string()]);
     // Each variant alone in a fresh store: the same digest, stored anew.
     for (i, l) in layers.iter().enumerate().skip(1) {
-        let fresh = StoreDir::new(&env, &format!("fresh{i}"));
+        let fresh = store_in(&env, &format!("fresh{i}"));
         assert_eq!(fresh.import(&l.root), digest, "{}", l.root.display());
     }
 
@@ -906,7 +766,7 @@ fn same_tree_same_digest_whatever_the_order_and_dialect() {
 fn every_single_change_changes_the_digest() {
     require_root();
     let env = TestEnv::new("store-changes");
-    let store = StoreDir::new(&env, "store");
+    let store = store_in(&env, "store");
     let base_layer = env.layer("base");
     build_rich(
         &base_layer,
@@ -962,7 +822,7 @@ fn every_single_change_changes_the_digest() {
 fn export_is_deterministic_and_round_trips() {
     require_root();
     let env = TestEnv::new("store-roundtrip");
-    let store = StoreDir::new(&env, "store");
+    let store = store_in(&env, "store");
     let src = env.layer("src");
     build_rich(&src, Whiteout::Oci, Opaque::Oci, false, Change::None);
     let digest = store.import(&src.root);
@@ -1032,17 +892,17 @@ fn export_is_deterministic_and_round_trips() {
     }
 
     // Importing the same files again stores nothing at all.
-    let before = store.state();
+    let before = store.snapshot();
     for f in [&tar_path, &gz, &zst, &src.root] {
         assert_eq!(store.import_existing(f), digest, "{}", f.display());
     }
-    assert_store_unchanged(&before, &store.state(), "importing stored layers again");
+    assert_store_unchanged(&before, &store.snapshot(), "importing stored layers again");
 
     // Into fresh stores: the same digest and the same tree (exactly: owners, modes, times,
     // xattrs, hard links, whiteouts and opaque markers), and the same export bytes.
     let tree = Snapshot::take(&store.tree(&digest));
     for (i, f) in [&tar_path, &gz, &zst].into_iter().enumerate() {
-        let fresh = StoreDir::new(&env, &format!("fresh{i}"));
+        let fresh = store_in(&env, &format!("fresh{i}"));
         assert_eq!(fresh.import(f), digest, "{} in a fresh store", f.display());
         let d = exact_copy_problems(
             &without_whiteouts(&tree),
@@ -1079,7 +939,7 @@ fn export_is_deterministic_and_round_trips() {
             &format!(
                 "{} --store {} layer export {digest}",
                 stratafs_bin().display(),
-                store.root.display()
+                store.dir.display()
             ),
             "/dev/null",
         ]),
@@ -1144,7 +1004,7 @@ fn gnu_tar(dir: &Path, out: &Path) {
 fn a_directory_and_its_tar_give_one_digest() {
     require_root();
     let env = TestEnv::new("store-gnutar");
-    let store = StoreDir::new(&env, "store");
+    let store = store_in(&env, "store");
     let mut problems = Vec::new();
 
     // The rich tree in the OCI dialect, through GNU tar (another tar writer than ours).
@@ -1155,7 +1015,7 @@ fn a_directory_and_its_tar_give_one_digest() {
     gnu_tar(&rich.root, &tar);
     match store.run(&[OsStr::new("layer"), OsStr::new("import"), tar.as_os_str()]) {
         out if out.success() => {
-            let (td, existed) = parse_import(&String::from_utf8_lossy(&out.stdout));
+            let (td, existed) = parse_layer_import(&String::from_utf8_lossy(&out.stdout));
             if td != d || !existed {
                 let recs = manifest_records(&store.manifest(&d));
                 let trecs = manifest_records(&store.manifest(&td));
@@ -1193,8 +1053,8 @@ fn a_directory_and_its_tar_give_one_digest() {
     let tar_out = store.run(&[OsStr::new("layer"), OsStr::new("import"), btar.as_os_str()]);
     match (dir_out.success(), tar_out.success()) {
         (true, true) => {
-            let (bd, _) = parse_import(&String::from_utf8_lossy(&dir_out.stdout));
-            let (td, _) = parse_import(&String::from_utf8_lossy(&tar_out.stdout));
+            let (bd, _) = parse_layer_import(&String::from_utf8_lossy(&dir_out.stdout));
+            let (td, _) = parse_layer_import(&String::from_utf8_lossy(&tar_out.stdout));
             if td != bd {
                 problems.push(format!(".wh.foo + foo: tar {td} vs directory {bd}"));
             }
@@ -1265,7 +1125,7 @@ fn build_image_layers(env: &TestEnv) -> (Layer, Layer) {
 fn mounted_image_matches_kernel_overlay() {
     require_root();
     let env = TestEnv::new("store-mount");
-    let store = StoreDir::new(&env, "store");
+    let store = store_in(&env, "store");
     let (bottom, top) = build_image_layers(&env);
     let src_stack = env.stack(&[&top, &bottom]);
     let db = store.import(&bottom.root);
@@ -1505,7 +1365,7 @@ fn read_errno(p: &Path) -> Result<Vec<u8>, i32> {
 fn verification_catches_corrupt_and_added_files() {
     require_root();
     let env = TestEnv::new("store-verify");
-    let store = StoreDir::new(&env, "store");
+    let store = store_in(&env, "store");
     let src = env.layer("src");
     let a = patterned(8192, 1);
     let b = patterned(3000, 2);
@@ -1727,7 +1587,7 @@ fn small_layer(env: &TestEnv, name: &str) -> Layer {
 fn rm_and_gc_respect_images_and_mounts() {
     require_root();
     let env = TestEnv::new("store-gc");
-    let store = StoreDir::new(&env, "store");
+    let store = store_in(&env, "store");
     let l1 = store.import(&small_layer(&env, "one").root);
     let l2 = store.import(&small_layer(&env, "two").root);
     let l3 = store.import(&small_layer(&env, "three").root);
@@ -1745,13 +1605,13 @@ fn rm_and_gc_respect_images_and_mounts() {
     assert!(line.contains("no layer"), "{line}");
 
     // A layer an image uses is not removed.
-    let before = store.state();
+    let before = store.snapshot();
     let line = store.refused(&["layer", "rm", &l1]);
     assert!(
         line.contains("img"),
         "rm should name the image using it: {line}"
     );
-    assert_store_unchanged(&before, &store.state(), "refused layer rm");
+    assert_store_unchanged(&before, &store.snapshot(), "refused layer rm");
 
     // gc removes the unused one only.
     let out = store.ok(&["gc"]);
@@ -1790,10 +1650,10 @@ fn rm_and_gc_respect_images_and_mounts() {
         .map(|x| x.as_str().unwrap())
         .collect();
     assert_eq!(in_use, BTreeSet::from([l1.as_str(), l2.as_str()]));
-    let before = store.state();
+    let before = store.snapshot();
     let line = store.refused(&["layer", "rm", &l2]);
     assert!(line.contains("mount"), "rm of a mounted layer: {line}");
-    assert_store_unchanged(&before, &store.state(), "refused rm of a mounted layer");
+    assert_store_unchanged(&before, &store.snapshot(), "refused rm of a mounted layer");
     assert_eq!(
         fs::read(m.join("one/file")).unwrap(),
         b"one\n",
@@ -1851,7 +1711,7 @@ fn root_only_manifest(sec: i64) -> Vec<u8> {
 fn digest_prefixes_aliases_and_ambiguity() {
     require_root();
     let env = TestEnv::new("store-prefix");
-    let store = StoreDir::new(&env, "store");
+    let store = store_in(&env, "store");
     // Two root-only trees whose digests (computed here from the documented manifest format)
     // share their first four hex digits.
     let mut by_prefix: BTreeMap<String, i64> = BTreeMap::new();
@@ -2116,7 +1976,7 @@ fn bad_cases(env: &TestEnv) -> Vec<BadCase> {
 fn bad_tars_are_refused_and_leave_the_store_untouched() {
     require_root();
     let env = TestEnv::new("store-bad");
-    let store = StoreDir::new(&env, "store");
+    let store = store_in(&env, "store");
     // A store with content: a layer, an image, and the lock file.
     let keep = store.import(&small_layer(&env, "keep").root);
     store.image_create("keep", &[&keep]);
@@ -2126,7 +1986,7 @@ fn bad_tars_are_refused_and_leave_the_store_untouched() {
     for (i, c) in cases.iter().enumerate() {
         let f = dir.join(format!("{i:02}.tar"));
         fs::write(&f, &c.bytes).unwrap();
-        let before = store.state();
+        let before = store.snapshot();
         let out = store.run(&[OsStr::new("layer"), OsStr::new("import"), f.as_os_str()]);
         let r = std::panic::catch_unwind(|| {
             let line = one_line_error_exit1(&out, c.name);
@@ -2137,7 +1997,7 @@ fn bad_tars_are_refused_and_leave_the_store_untouched() {
                 c.needle
             );
             assert!(out.stdout.is_empty(), "{}: stdout {:?}", c.name, out.stdout);
-            assert_store_unchanged(&before, &store.state(), c.name);
+            assert_store_unchanged(&before, &store.snapshot(), c.name);
         });
         if let Err(e) = r {
             let msg = e
@@ -2168,9 +2028,7 @@ fn device_nodes_need_root() {
     let env = TestEnv::new("store-devices");
     let (uid, gid) = test_user_ids();
     let ustore_dir = dir_owned_by(&env, "ustore", uid, gid);
-    let ustore = StoreDir {
-        root: ustore_dir.clone(),
-    };
+    let ustore = StoreDir::new(&ustore_dir).with_timeout(CMD_TIMEOUT);
     let user_cmd = |args: &[&OsStr]| {
         let mut c = as_test_user(stratafs_bin());
         c.arg("--store").arg(&ustore_dir).args(args);
@@ -2192,7 +2050,7 @@ fn device_nodes_need_root() {
     // The store made by the user, refusing the device node and staying as it was.
     let out = user_cmd(&[OsStr::new("layer"), OsStr::new("ls")]);
     assert!(out.success(), "unprivileged layer ls: {}", out.describe());
-    let before = ustore.state();
+    let before = ustore.snapshot();
     let out = user_cmd(&[
         OsStr::new("layer"),
         OsStr::new("import"),
@@ -2203,12 +2061,12 @@ fn device_nodes_need_root() {
         line.contains("dev/null") && line.contains("device"),
         "the error should name dev/null: {line}"
     );
-    assert_store_unchanged(&before, &ustore.state(), "refused device node");
+    assert_store_unchanged(&before, &ustore.snapshot(), "refused device node");
 
     // Without the device, the user imports it; the tree and the manifest keep the user's ids.
     let out = user_cmd(&[OsStr::new("layer"), OsStr::new("import"), plain.as_os_str()]);
     assert!(out.success(), "unprivileged import: {}", out.describe());
-    let (ud, _) = parse_import(&String::from_utf8_lossy(&out.stdout));
+    let (ud, _) = parse_layer_import(&String::from_utf8_lossy(&out.stdout));
     let tree = ustore.tree(&ud);
     let md = fs::symlink_metadata(tree.join("hello")).unwrap();
     assert_eq!(
@@ -2225,7 +2083,7 @@ fn device_nodes_need_root() {
     assert!(out.success(), "unprivileged verify: {}", out.describe());
 
     // Root imports it.
-    let store = StoreDir::new(&env, "store");
+    let store = store_in(&env, "store");
     let d = store.import(&with_dev);
     let m = String::from_utf8(store.manifest(&d)).unwrap();
     assert!(
@@ -2257,7 +2115,7 @@ fn big_tar(path: &Path, files: usize) {
 fn concurrent_imports_store_one_layer() {
     require_root();
     let env = TestEnv::new("store-concurrent");
-    let store = StoreDir::new(&env, "store");
+    let store = store_in(&env, "store");
     let tar = env.path("big.tar");
     big_tar(&tar, 64);
     // Open the store once so that both imports find it made.
@@ -2331,7 +2189,7 @@ fn has_file_below(dir: &Path) -> bool {
 fn killed_import_leaves_nothing_after_the_next_command() {
     require_root();
     let env = TestEnv::new("store-kill");
-    let store = StoreDir::new(&env, "store");
+    let store = store_in(&env, "store");
     let keep = store.import(&small_layer(&env, "keep").root);
     store.image_create("keep", &[&keep]);
     let tar = env.path("big.tar");
@@ -2356,7 +2214,7 @@ fn killed_import_leaves_nothing_after_the_next_command() {
             let prefix = format!("{}-", child.id());
             wait_until(Duration::from_secs(120), || {
                 store.tmp_names().iter().any(|n| {
-                    n.starts_with(&prefix) && has_file_below(&store.root.join("tmp").join(n))
+                    n.starts_with(&prefix) && has_file_below(&store.dir.join("tmp").join(n))
                 }) || child.try_wait().unwrap().is_some()
             })
         };
@@ -2383,7 +2241,7 @@ fn killed_import_leaves_nothing_after_the_next_command() {
         !running || scratch_kept,
         "gc removed the scratch of a running import"
     );
-    let (d, _) = parse_import(&String::from_utf8_lossy(&out.stdout));
+    let (d, _) = parse_layer_import(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(store.ok(&["layer", "verify", &d]), format!("{d} OK\n"));
     assert_eq!(store.ok(&["layer", "rm", &d]), format!("Deleted: {d}\n"));
     assert_eq!(store.layer_hexes(), before_layers);
@@ -2436,7 +2294,7 @@ fn killed_import_leaves_nothing_after_the_next_command() {
 fn json_outputs_and_store_selection() {
     require_root();
     let env = TestEnv::new("store-json");
-    let store = StoreDir::new(&env, "store");
+    let store = store_in(&env, "store");
     let l = small_layer(&env, "j");
     let tar = env.path("j.tar");
     fs::write(&tar, RawTar::new().file(b"t", b"tar\n").bytes()).unwrap();
@@ -2525,7 +2383,7 @@ fn json_outputs_and_store_selection() {
         CMD_TIMEOUT,
     );
     assert_eq!(
-        parse_import(&String::from_utf8_lossy(&out.stdout)),
+        parse_layer_import(&String::from_utf8_lossy(&out.stdout)),
         (d.clone(), false)
     );
     assert_eq!(
@@ -2551,7 +2409,7 @@ fn json_outputs_and_store_selection() {
         CMD_TIMEOUT,
     );
     assert_eq!(
-        parse_import(&String::from_utf8_lossy(&out.stdout)),
+        parse_layer_import(&String::from_utf8_lossy(&out.stdout)),
         (td.clone(), false)
     );
     assert_eq!(

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::env::{CmdOutput, run_ok, run_timeout};
+use super::env::{CmdOutput, TestEnv, run_ok, run_timeout};
 use super::mounts::{MountMode, StratafsMount, stratafs_bin};
 use super::oracle::Stack;
 use super::snapshot::{Entry, Kind, Mode, Snapshot, sha256_hex, show_path, snapshot_diff};
@@ -622,27 +622,70 @@ pub fn parse_image_import(stdout: &str) -> Result<ImageImport, String> {
     })
 }
 
+/// A layer digest as the store prints it: `sha256:` and 64 lowercase hex digits (stricter than
+/// [`is_digest`], which takes upper case too).
+pub fn digest_ok(s: &str) -> bool {
+    s.len() == 71
+        && s.starts_with("sha256:")
+        && s[7..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// `sha256:<hex>` or `sha256:<hex> Already exists`, one line.
+pub fn parse_layer_import(stdout: &str) -> (String, bool) {
+    let line = stdout
+        .strip_suffix('\n')
+        .unwrap_or_else(|| panic!("import output is not one line: {stdout:?}"));
+    assert!(
+        !line.contains('\n'),
+        "import output is not one line: {stdout:?}"
+    );
+    let (d, existed) = match line.strip_suffix(" Already exists") {
+        Some(d) => (d, true),
+        None => (line, false),
+    };
+    assert!(digest_ok(d), "import printed {stdout:?}, not a digest");
+    (d.to_string(), existed)
+}
+
 /// A store directory (`stratafs --store DIR`).
 #[derive(Clone, Debug)]
 pub struct StoreDir {
     pub dir: PathBuf,
+    /// Limit of each command ([`StoreDir::run`]).
+    pub timeout: Duration,
 }
 
 impl StoreDir {
     pub fn new(dir: &Path) -> StoreDir {
         StoreDir {
             dir: dir.to_path_buf(),
+            timeout: TOOL_TIMEOUT,
         }
+    }
+
+    /// The store `name` in the test's directory.
+    pub fn in_env(env: &TestEnv, name: &str) -> StoreDir {
+        StoreDir::new(&env.path(name))
+    }
+
+    /// The same store, with another limit for each command.
+    pub fn with_timeout(mut self, timeout: Duration) -> StoreDir {
+        self.timeout = timeout;
+        self
     }
 
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(stratafs_bin());
         c.arg("--store").arg(&self.dir);
+        // No `$STRATAFS_STORE`: only `--store` picks the store.
+        c.env_remove("STRATAFS_STORE");
         c
     }
 
     pub fn run<S: AsRef<OsStr>>(&self, args: &[S]) -> CmdOutput {
-        run_timeout(self.cmd().args(args), TOOL_TIMEOUT)
+        run_timeout(self.cmd().args(args), self.timeout)
     }
 
     /// Runs a command that must succeed; returns its stdout.
@@ -717,8 +760,91 @@ impl StoreDir {
         ]);
     }
 
+    /// A snapshot of the whole store, for "nothing changed" checks.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot::take(&self.dir)
+    }
+
+    /// Runs a command that must be refused (exit 1, one `stratafs:` line); that line.
+    pub fn refused<S: AsRef<OsStr>>(&self, args: &[S]) -> String {
+        let out = self.run(args);
+        let what = format!(
+            "stratafs {:?}",
+            args.iter().map(|a| a.as_ref()).collect::<Vec<_>>()
+        );
+        one_line_error_exit1(&out, &what)
+    }
+
+    /// `layer import SRC`; (digest, existed), checking the output's exact form.
+    pub fn import_any(&self, src: &Path) -> (String, bool) {
+        parse_layer_import(&self.ok(&[OsStr::new("layer"), OsStr::new("import"), src.as_os_str()]))
+    }
+
+    /// `layer import SRC` that must store a new layer.
+    pub fn import(&self, src: &Path) -> String {
+        let (d, existed) = self.import_any(src);
+        assert!(!existed, "{} was already stored as {d}", src.display());
+        d
+    }
+
+    /// `layer import SRC` that must find the layer already stored.
+    pub fn import_existing(&self, src: &Path) -> String {
+        let (d, existed) = self.import_any(src);
+        assert!(
+            existed,
+            "{} should have been found in the store (Already exists), got a new layer {d}",
+            src.display()
+        );
+        d
+    }
+
+    pub fn manifest(&self, digest: &str) -> Vec<u8> {
+        let out = self.run(&["layer", "inspect", digest, "--manifest"]);
+        assert!(
+            out.success(),
+            "layer inspect --manifest: {}",
+            out.describe()
+        );
+        out.stdout
+    }
+
+    pub fn layer_dir(&self, digest: &str) -> PathBuf {
+        self.dir
+            .join("layers/sha256")
+            .join(digest.strip_prefix("sha256:").unwrap_or(digest))
+    }
+
+    pub fn tree(&self, digest: &str) -> PathBuf {
+        self.layer_dir(digest).join("tree")
+    }
+
+    /// Hex names under layers/sha256 (sorted).
+    pub fn layer_hexes(&self) -> Vec<String> {
+        super::env::names_in_or_empty(&self.dir.join("layers/sha256"))
+    }
+
+    pub fn tmp_names(&self) -> Vec<String> {
+        super::env::names_in_or_empty(&self.dir.join("tmp"))
+    }
+
+    /// `layer export DIGEST` to stdout: the tar bytes.
+    pub fn export(&self, digest: &str) -> Vec<u8> {
+        let out = self.run(&["layer", "export", digest]);
+        assert!(
+            out.success(),
+            "layer export {digest}: status {:?}, stderr {}",
+            out.status,
+            out.stderr_str()
+        );
+        assert!(!out.stdout.is_empty(), "layer export wrote nothing");
+        out.stdout
+    }
+
+    pub fn image_create<S: AsRef<str>>(&self, name: &str, bottom_first: &[S]) {
+        let mut args = vec!["image", "create", name];
+        args.extend(bottom_first.iter().map(|s| s.as_ref()));
+        let out = self.ok(&args);
+        assert_eq!(out.trim(), name, "image create prints the name");
     }
 }
 
