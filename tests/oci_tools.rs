@@ -14,8 +14,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
 
 use common::convert::convert_to_oci;
 use common::debian::debian_image;
@@ -292,27 +290,6 @@ fn mount_snapshot(
 
 fn assert_no_problems(title: &str, problems: &[String]) {
     assert!(problems.is_empty(), "{}", format_problems(title, problems));
-}
-
-fn gnu_tar(src: &Path, out: &Path) {
-    run_ok(
-        Command::new("tar")
-            .args([
-                "--create",
-                "--format=pax",
-                "--xattrs",
-                "--xattrs-include=*",
-                "--numeric-owner",
-                "--sort=name",
-                "--pax-option=delete=atime,delete=ctime",
-            ])
-            .arg("--file")
-            .arg(out)
-            .arg("--directory")
-            .arg(src)
-            .arg("."),
-        Duration::from_secs(300),
-    );
 }
 
 fn spec(s: &str) -> &std::ffi::OsStr {

@@ -37,7 +37,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::dropin::DropinMount;
-use common::oci::{StoreDir, digest_ok, one_line_error_exit1, parse_layer_import};
+use common::oci::{
+    StoreDir, digest_ok, flip_byte_in_place, gnu_tar_readdir_order, one_line_error_exit1,
+    parse_layer_import,
+};
 use common::*;
 
 const CMD_TIMEOUT: Duration = Duration::from_secs(120);
@@ -980,26 +983,6 @@ fn export_is_deterministic_and_round_trips() {
     );
 }
 
-/// `tar --format=posix` (GNU tar: PAX times with nanoseconds, numeric ids, xattrs) of `dir`.
-fn gnu_tar(dir: &Path, out: &Path) {
-    run_ok(
-        Command::new("tar")
-            .args([
-                "--format=posix",
-                "--numeric-owner",
-                "--xattrs",
-                "--xattrs-include=*",
-                "--pax-option=delete=atime,delete=ctime",
-                "-C",
-            ])
-            .arg(dir)
-            .arg("-cf")
-            .arg(out)
-            .arg("."),
-        CMD_TIMEOUT,
-    );
-}
-
 #[test]
 fn a_directory_and_its_tar_give_one_digest() {
     require_root();
@@ -1012,7 +995,7 @@ fn a_directory_and_its_tar_give_one_digest() {
     build_rich(&rich, Whiteout::Oci, Opaque::Oci, false, Change::None);
     let d = store.import(&rich.root);
     let tar = env.path("rich.tar");
-    gnu_tar(&rich.root, &tar);
+    gnu_tar_readdir_order(&rich.root, &tar);
     match store.run(&[OsStr::new("layer"), OsStr::new("import"), tar.as_os_str()]) {
         out if out.success() => {
             let (td, existed) = parse_layer_import(&String::from_utf8_lossy(&out.stdout));
@@ -1049,7 +1032,7 @@ fn a_directory_and_its_tar_give_one_digest() {
         both.root.as_os_str(),
     ]);
     let btar = env.path("both.tar");
-    gnu_tar(&both.root, &btar);
+    gnu_tar_readdir_order(&both.root, &btar);
     let tar_out = store.run(&[OsStr::new("layer"), OsStr::new("import"), btar.as_os_str()]);
     match (dir_out.success(), tar_out.success()) {
         (true, true) => {
@@ -1328,23 +1311,6 @@ fn patterned(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-/// Rewrites one byte of `p` in place, keeping its mtime (a bit flip on disk, not a write).
-fn flip_byte(p: &Path, at: u64) {
-    use std::os::unix::fs::FileExt;
-    let md = fs::symlink_metadata(p).unwrap();
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(p)
-        .unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, at).unwrap();
-    b[0] ^= 0x01;
-    f.write_all_at(&b, at).unwrap();
-    drop(f);
-    set_times_nofollow(p, md.mtime(), md.mtime_nsec()).unwrap();
-}
-
 /// A store tree is bit-identical to its snapshot taken before a mount (raw: ctime and inode
 /// numbers included, atime aside).
 fn assert_tree_unchanged(before: &Snapshot, tree: &Path) {
@@ -1384,7 +1350,7 @@ fn verification_catches_corrupt_and_added_files() {
     assert_eq!(store.ok(&["layer", "verify", &d]), format!("{d} OK\n"));
 
     // One byte of /a flipped.
-    flip_byte(&tree.join("a"), 5000);
+    flip_byte_in_place(&tree.join("a"), 5000);
     let corrupt = fs::read(tree.join("a")).unwrap();
     assert_ne!(corrupt, a);
     let out = store.run(&["layer", "verify", &d]);
@@ -1516,7 +1482,7 @@ fn verification_catches_corrupt_and_added_files() {
     let export_leftovers = names_in_or_empty(&outdir);
 
     // Repaired: OK again.
-    flip_byte(&tree.join("a"), 5000);
+    flip_byte_in_place(&tree.join("a"), 5000);
     assert_eq!(store.ok(&["layer", "verify", &d]), format!("{d} OK\n"));
 
     // A changed mode.

@@ -24,6 +24,7 @@ use super::env::{CmdOutput, TestEnv, run_ok, run_timeout};
 use super::mounts::{MountMode, StratafsMount, stratafs_bin};
 use super::oracle::Stack;
 use super::snapshot::{Entry, Kind, Mode, Snapshot, sha256_hex, show_path, snapshot_diff};
+use super::sys::set_times_nofollow;
 
 const TOOL_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -501,6 +502,61 @@ pub fn flip_byte(path: &Path, at: f64) -> usize {
     // umoci and skopeo write blobs read-only; root writes anyway.
     fs::write(path, &b).unwrap();
     i
+}
+
+/// Flips one bit of the byte at offset `at` of a file in place and restores its mtime: a bit flip
+/// on disk, not a write (unlike [`flip_byte`], which rewrites the file and takes a fraction).
+pub fn flip_byte_in_place(p: &Path, at: u64) {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let md = fs::symlink_metadata(p).unwrap();
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(p)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    b[0] ^= 0x01;
+    f.write_all_at(&b, at).unwrap();
+    drop(f);
+    set_times_nofollow(p, md.mtime(), md.mtime_nsec()).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// GNU tar
+// ---------------------------------------------------------------------------------------------
+
+/// `tar --format=pax` (GNU tar: PAX times with nanoseconds, numeric ids, xattrs) of `dir`, the
+/// entries sorted by name.
+pub fn gnu_tar(dir: &Path, out: &Path) {
+    gnu_pax_tar(dir, out, true, TOOL_TIMEOUT);
+}
+
+/// [`gnu_tar`] without `--sort=name`: the entries in readdir order, for tests whose point is
+/// that the order does not matter; each tar limited to 120 s.
+pub fn gnu_tar_readdir_order(dir: &Path, out: &Path) {
+    gnu_pax_tar(dir, out, false, Duration::from_secs(120));
+}
+
+fn gnu_pax_tar(dir: &Path, out: &Path, sort: bool, timeout: Duration) {
+    let mut cmd = Command::new("tar");
+    cmd.args([
+        "--create",
+        "--format=pax",
+        "--xattrs",
+        "--xattrs-include=*",
+        "--numeric-owner",
+    ]);
+    if sort {
+        cmd.arg("--sort=name");
+    }
+    cmd.arg("--pax-option=delete=atime,delete=ctime")
+        .arg("--file")
+        .arg(out)
+        .arg("--directory")
+        .arg(dir)
+        .arg(".");
+    run_ok(&mut cmd, timeout);
 }
 
 // ---------------------------------------------------------------------------------------------
