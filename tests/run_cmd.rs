@@ -102,6 +102,15 @@ fn probe_argv() -> Vec<std::ffi::OsString> {
     ]
 }
 
+/// `stratafs run ARGS -- PROBE` (see [`run_cmd`]), the probe writing into `out`.
+fn probe_cmd(tmp: &Path, args: &[&OsStr], out: &Path) -> Command {
+    let mut c = run_cmd(tmp, args);
+    c.arg("--")
+        .args(probe_argv())
+        .env("STRATAFS_RUNPROBE_OUT", out);
+    c
+}
+
 /// What the probe saw from inside the view.
 #[derive(Debug)]
 struct Probe {
@@ -416,10 +425,7 @@ fn cwd_is_the_merged_view_and_changes_are_discarded() {
     let tmp = env.fresh_dir("tmp");
     let out_dir = env.fresh_dir("probe");
     let out = run_timeout(
-        run_cmd(&tmp, &lower_args(&stack))
-            .arg("--")
-            .args(probe_argv())
-            .env("STRATAFS_RUNPROBE_OUT", &out_dir)
+        probe_cmd(&tmp, &lower_args(&stack), &out_dir)
             .env("STRATAFS_RUNPROBE_MUTATE", "full")
             .env("STRATAFS_RUNPROBE_EXIT", "0"),
         T,
@@ -474,13 +480,7 @@ fn cwd_is_the_merged_view_and_changes_are_discarded() {
     // A second run sees the pristine view again.
     let tmp2 = env.fresh_dir("tmp");
     let out_dir2 = env.fresh_dir("probe");
-    let out = run_timeout(
-        run_cmd(&tmp2, &lower_args(&stack))
-            .arg("--")
-            .args(probe_argv())
-            .env("STRATAFS_RUNPROBE_OUT", &out_dir2),
-        T,
-    );
+    let out = run_timeout(&mut probe_cmd(&tmp2, &lower_args(&stack), &out_dir2), T);
     assert_eq!(code(&out), Some(0), "second run: {}", out.describe());
     let p2 = read_probe(&out_dir2, "second run");
     let d = view_problems(&kview, &p2.snapshot);
@@ -600,10 +600,7 @@ fn keep_upper_keeps_the_changes_in_overlay_format() {
     let mut args = lower_args(&stack);
     args.extend([OsStr::new("--keep-upper"), kept.as_os_str()]);
     let out = run_timeout(
-        run_cmd(&tmp, &args)
-            .arg("--")
-            .args(probe_argv())
-            .env("STRATAFS_RUNPROBE_OUT", &out_dir)
+        probe_cmd(&tmp, &args, &out_dir)
             .env("STRATAFS_RUNPROBE_MUTATE", "full")
             .env("STRATAFS_RUNPROBE_EXIT", "5"),
         T,
@@ -695,13 +692,7 @@ C /x.txt
     // A second run over the kept upper continues from it.
     let tmp2 = env.fresh_dir("tmp");
     let out_dir2 = env.fresh_dir("probe");
-    let out = run_timeout(
-        run_cmd(&tmp2, &args)
-            .arg("--")
-            .args(probe_argv())
-            .env("STRATAFS_RUNPROBE_OUT", &out_dir2),
-        T,
-    );
+    let out = run_timeout(&mut probe_cmd(&tmp2, &args, &out_dir2), T);
     assert_eq!(
         code(&out),
         Some(0),
@@ -735,11 +726,7 @@ fn at_mounts_the_view_on_the_given_directory() {
     let mut args = lower_args(&stack);
     args.extend([OsStr::new("--at"), at.as_os_str()]);
     let out = run_timeout(
-        run_cmd(&tmp, &args)
-            .arg("--")
-            .args(probe_argv())
-            .env("STRATAFS_RUNPROBE_OUT", &out_dir)
-            .env("STRATAFS_RUNPROBE_MUTATE", "full"),
+        probe_cmd(&tmp, &args, &out_dir).env("STRATAFS_RUNPROBE_MUTATE", "full"),
         T,
     );
     assert_eq!(code(&out), Some(0), "run --at: {}", out.describe());
@@ -1004,13 +991,7 @@ fn the_command_gets_no_blocked_signal_and_dies_of_forwarded_ones() {
 
     let tmp = env.fresh_dir("tmp");
     let out_dir = env.fresh_dir("probe");
-    let out = run_timeout(
-        run_cmd(&tmp, &lower_args(&stack))
-            .arg("--")
-            .args(probe_argv())
-            .env("STRATAFS_RUNPROBE_OUT", &out_dir),
-        T,
-    );
+    let out = run_timeout(&mut probe_cmd(&tmp, &lower_args(&stack), &out_dir), T);
     assert_eq!(code(&out), Some(0), "probe run: {}", out.describe());
     let p = read_probe(&out_dir, "probe run");
     let blocked = termination_signals_blocked(&p.sigblk);
