@@ -54,29 +54,9 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Two layers, bottom `l1` and top `l2`, readable by everyone.
+/// Two layers, bottom `l1` and top `l2`, readable by everyone ([`two_layer_fixture`]).
 fn fixture(env: &TestEnv) -> (Layer, Layer) {
-    let l1 = env.layer("l1");
-    l1.file("keep.txt", "keep\n");
-    l1.file("mod.txt", "mod\n");
-    l1.file("del.txt", "del\n");
-    l1.file("dir/a", "a\n");
-    l1.file("dir/sub/b", "b\n");
-    l1.file("movedir/f", "f\n");
-    l1.file("hl1", "hl\n");
-    l1.hardlink("hl1", "hl2");
-    l1.symlink("link", "keep.txt");
-    l1.fifo("fifo");
-    l1.file("hidden.txt", "hidden\n");
-    let l2 = env.layer("l2");
-    l2.file("top.txt", "top\n");
-    l2.file("dir/c", "c\n");
-    l2.whiteout("hidden.txt", Whiteout::CharDev);
-    l2.opaque("opq", Opaque::Oci);
-    l2.file("opq/new", "new\n");
-    fix_times(&l1.root);
-    fix_times(&l2.root);
-    (l1, l2)
+    two_layer_fixture(env, |_| {})
 }
 
 fn builder(stack: &Stack<'_>) -> stratafs::MountBuilder {

@@ -47,32 +47,14 @@ const T: Duration = Duration::from_secs(60);
 // ---------------------------------------------------------------------------------------------
 
 /// Two layers (bottom `l1`, top `l2`), readable by everyone, markers any user can read
-/// (char 0/0 whiteout, `.wh..wh..opq`), fixed old timestamps.
+/// (char 0/0 whiteout, `.wh..wh..opq`), fixed old timestamps: [`two_layer_fixture`] plus an
+/// xattr, an executable and an `opq/` entry the top's opaque directory hides.
 fn fixture(env: &TestEnv) -> (Layer, Layer) {
-    let l1 = env.layer("l1");
-    l1.file("keep.txt", "keep\n");
-    l1.file("mod.txt", "mod\n");
-    l1.file("del.txt", "del\n");
-    l1.file("dir/a", "a\n");
-    l1.file("dir/sub/b", "b\n");
-    l1.file("movedir/f", "f\n");
-    l1.file("hl1", "hl\n");
-    l1.hardlink("hl1", "hl2");
-    l1.symlink("link", "keep.txt");
-    l1.fifo("fifo");
-    l1.file("x.txt", "x\n").xattr("user.note", b"lower");
-    l1.file("hidden.txt", "hidden\n");
-    l1.file("opq/old", "old\n");
-    l1.file("exec.sh", "#!/bin/sh\n").mode(0o755);
-    let l2 = env.layer("l2");
-    l2.file("top.txt", "top\n");
-    l2.file("dir/c", "c\n");
-    l2.whiteout("hidden.txt", Whiteout::CharDev);
-    l2.opaque("opq", Opaque::Oci);
-    l2.file("opq/new", "new\n");
-    fix_times(&l1.root);
-    fix_times(&l2.root);
-    (l1, l2)
+    two_layer_fixture(env, |l1| {
+        l1.file("x.txt", "x\n").xattr("user.note", b"lower");
+        l1.file("opq/old", "old\n");
+        l1.file("exec.sh", "#!/bin/sh\n").mode(0o755);
+    })
 }
 
 /// `stratafs run` with a private `$TMPDIR` and the given arguments before `--`.

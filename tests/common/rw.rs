@@ -429,3 +429,35 @@ pub fn upper_work(base: &Path) -> (PathBuf, PathBuf) {
     fs::create_dir_all(&work).unwrap();
     (upper, work)
 }
+
+/// The two-layer fixture of the run and library tests: bottom `l1` and top `l2`, readable by
+/// everyone, with every kind of entry, a hard-link pair, a char 0/0 whiteout and an OCI opaque
+/// directory. `more_l1` adds entries to `l1` before the timestamps are fixed ([`fix_times`]).
+pub fn two_layer_fixture(
+    env: &super::env::TestEnv,
+    more_l1: impl FnOnce(&super::layer::Layer),
+) -> (super::layer::Layer, super::layer::Layer) {
+    use super::layer::{Opaque, Whiteout};
+    let l1 = env.layer("l1");
+    l1.file("keep.txt", "keep\n");
+    l1.file("mod.txt", "mod\n");
+    l1.file("del.txt", "del\n");
+    l1.file("dir/a", "a\n");
+    l1.file("dir/sub/b", "b\n");
+    l1.file("movedir/f", "f\n");
+    l1.file("hl1", "hl\n");
+    l1.hardlink("hl1", "hl2");
+    l1.symlink("link", "keep.txt");
+    l1.fifo("fifo");
+    l1.file("hidden.txt", "hidden\n");
+    more_l1(&l1);
+    let l2 = env.layer("l2");
+    l2.file("top.txt", "top\n");
+    l2.file("dir/c", "c\n");
+    l2.whiteout("hidden.txt", Whiteout::CharDev);
+    l2.opaque("opq", Opaque::Oci);
+    l2.file("opq/new", "new\n");
+    fix_times(&l1.root);
+    fix_times(&l2.root);
+    (l1, l2)
+}
