@@ -727,18 +727,7 @@ fn at_mounts_the_view_on_the_given_directory() {
         "{} still mounted after the run",
         at.display()
     );
-    let d = snapshot_diff(
-        &at_before,
-        &Snapshot::take(&at),
-        Mode::Raw,
-        "before",
-        "after",
-    );
-    assert!(
-        d.is_empty(),
-        "{}",
-        format_problems("the --at directory", &d)
-    );
+    assert_dir_unchanged(&at_before, &at, "the --at directory");
     assert_no_leftovers(&tmp, "after run --at");
 
     // A missing directory, a file: refused, nothing mounted or left.
@@ -779,12 +768,7 @@ fn at_refuses_a_non_empty_directory() {
         T,
     );
     assert!(!is_mounted(&at));
-    let d = snapshot_diff(&before, &Snapshot::take(&at), Mode::Raw, "before", "after");
-    assert!(
-        d.is_empty(),
-        "{}",
-        format_problems("the --at directory", &d)
-    );
+    assert_dir_unchanged(&before, &at, "the --at directory");
     assert_no_leftovers(&tmp, "after run --at on a non-empty directory");
     refused_125(&out, "run --at on a non-empty directory");
 }

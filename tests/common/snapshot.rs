@@ -471,6 +471,13 @@ pub fn assert_snapshots_eq(a: &Snapshot, b: &Snapshot, mode: Mode, la: &str, lb:
     }
 }
 
+/// `dir` is bit-identical to its snapshot `before` (raw: every field but atime, inode numbers
+/// and ctime included); `what` names it in the panic message.
+pub fn assert_dir_unchanged(before: &Snapshot, dir: &Path, what: &str) {
+    let d = snapshot_diff(before, &Snapshot::take(dir), Mode::Raw, "before", "after");
+    assert!(d.is_empty(), "{}", format_problems(what, &d));
+}
+
 /// Invariants every stratafs mount snapshot must satisfy on its own:
 /// uniform st_dev, d_ino == st_ino, d_type == lstat type, no `.wh.` names, no hidden xattrs,
 /// distinct st_ino for distinct objects (shared only by non-directories with nlink > 1).
