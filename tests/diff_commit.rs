@@ -420,8 +420,7 @@ fn diff_lists_exactly_the_scripted_changes() {
         "{}",
         format_problems("the upper after diffs of it", &d)
     );
-    let problems = stack.check_layers();
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    stack.assert_layers_unchanged();
 }
 
 #[test]
@@ -459,8 +458,7 @@ fn diff_and_commit_refusals() {
     );
     assert!(line.contains("not a directory"), "diff of a file: {line}");
     drop(ro);
-    let problems = stack.check_layers();
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    stack.assert_layers_unchanged();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -890,8 +888,7 @@ fn commit_to_an_image_an_oci_tar_and_through_umoci() {
     }
     drop(store_stack2);
     drop(store_stack);
-    let problems = stack.check_layers();
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    stack.assert_layers_unchanged();
 }
 
 #[test]
@@ -985,8 +982,7 @@ fn commit_is_refused_while_a_file_is_open_for_writing() {
         b"new\nthrough the open file\n"
     );
     m.unmount();
-    let problems = stack.check_layers();
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    stack.assert_layers_unchanged();
 }
 
 #[test]
@@ -1074,8 +1070,7 @@ D /tree
     drop(k);
     drop(store_stack2);
     drop(store_stack);
-    let problems = stack.check_layers();
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    stack.assert_layers_unchanged();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1153,6 +1148,5 @@ fn the_mount_registry_is_not_writable_by_other_users() {
         "the mount registry is writable by other users:\n{}",
         problems.join("\n")
     );
-    let p = stack.check_layers();
-    assert!(p.is_empty(), "{}", p.join("\n"));
+    stack.assert_layers_unchanged();
 }

@@ -156,8 +156,7 @@ fn read_only_mount_shows_the_layers() {
     let p = gone_problems(&path, None);
     assert!(p.is_empty(), "{p:#?}");
     assert_eq!(my_temp_dirs(), before);
-    let problems = stack.check_layers();
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    stack.assert_layers_unchanged();
 }
 
 #[test]
@@ -249,8 +248,7 @@ fn ephemeral_mount_diff_matches_the_cli_and_drop_cleans_up() {
         before,
         "temporary directories after the drop"
     );
-    let problems = stack.check_layers();
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    stack.assert_layers_unchanged();
 }
 
 #[test]
@@ -284,8 +282,7 @@ fn explicit_upper_and_work_keep_the_changes() {
     );
     let left = workdir_leftovers(&work);
     assert!(left.is_empty(), "workdir: {left:?}");
-    let problems = stack.check_layers();
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    stack.assert_layers_unchanged();
 }
 
 #[test]
@@ -421,8 +418,7 @@ fn bad_mount_points_and_options_error_cleanly() {
         "{}",
         format_problems("refused mounts", &problems)
     );
-    let p = stack.check_layers();
-    assert!(p.is_empty(), "{}", p.join("\n"));
+    stack.assert_layers_unchanged();
 }
 
 /// `mount_at` takes "an existing empty directory" (its documentation): a non-empty one is an
@@ -554,8 +550,7 @@ fn six_threads_mount_write_diff_and_drop_in_parallel() {
         "{}",
         format_problems("parallel mounts", &problems)
     );
-    let p = stack.check_layers();
-    assert!(p.is_empty(), "{}", p.join("\n"));
+    stack.assert_layers_unchanged();
 }
 
 #[test]
@@ -611,8 +606,7 @@ fn a_panic_in_the_guards_scope_still_unmounts() {
     let p = gone_problems(&path, Some(&upper));
     assert!(p.is_empty(), "after a thread's panic: {p:#?}");
     assert_eq!(my_temp_dirs(), before);
-    let problems = stack.check_layers();
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    stack.assert_layers_unchanged();
 }
 
 /// Runs this binary on `library_child` with `mode`; (output, timed out).
@@ -672,8 +666,7 @@ fn drop_while_the_process_still_uses_the_mount_returns() {
         "{}",
         format_problems("dropping a Mount this process still uses", &problems)
     );
-    let p = stack.check_layers();
-    assert!(p.is_empty(), "{}", p.join("\n"));
+    stack.assert_layers_unchanged();
 }
 
 fn lowers_env(stack: &Stack<'_>) -> std::ffi::OsString {
@@ -866,8 +859,7 @@ fn the_unprivileged_user_can_use_the_library() {
     }
     assert!(left.is_empty(), "left in the user's $TMPDIR: {left:?}");
     assert!(mounts_under(&tmp).is_empty());
-    let p = stack.check_layers();
-    assert!(p.is_empty(), "{}", p.join("\n"));
+    stack.assert_layers_unchanged();
 }
 
 #[test]
@@ -925,8 +917,7 @@ fn the_example_program_runs_and_leaves_no_mount() {
     assert_eq!(lines[3], format!("unmounted; {} removed", mnt.display()));
     assert!(!is_mounted(&mnt));
     assert_eq!(names_in(&tmp), Vec::<String>::new(), "left in its $TMPDIR");
-    let p = stack.check_layers();
-    assert!(p.is_empty(), "{}", p.join("\n"));
+    stack.assert_layers_unchanged();
 }
 
 #[test]
@@ -986,6 +977,5 @@ fn a_stored_image_through_the_library() {
         !sd.ok(&["image", "ls"]).is_empty(),
         "the store is still usable after the library's mounts"
     );
-    let p = stack.check_layers();
-    assert!(p.is_empty(), "{}", p.join("\n"));
+    stack.assert_layers_unchanged();
 }

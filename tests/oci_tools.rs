@@ -283,8 +283,7 @@ fn mount_snapshot(
         "{}",
         format_problems(&format!("mount invariants of {image}"), &inv)
     );
-    let changed = stack.check_layers();
-    assert!(changed.is_empty(), "{}", changed.join("\n"));
+    stack.assert_layers_unchanged();
     snap
 }
 
@@ -606,8 +605,7 @@ fn debian_image_from_gnu_tar_layers() {
         "umoci unpack vs stratafs mount",
         &umoci_problems(&reference, &mounted, &[]),
     );
-    let changed = stack.check_layers();
-    assert!(changed.is_empty(), "{}", changed.join("\n"));
+    stack.assert_layers_unchanged();
 }
 
 // ---------------------------------------------------------------------------------------------

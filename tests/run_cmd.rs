@@ -392,8 +392,7 @@ fn exit_status_is_the_commands() {
         );
         assert_no_leftovers(&tmp, &format!("after run -- sh -c {script:?}"));
     }
-    let problems = stack.check_layers();
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    stack.assert_layers_unchanged();
 }
 
 #[test]
@@ -456,8 +455,7 @@ fn cwd_is_the_merged_view_and_changes_are_discarded() {
         Some(&b"upper"[..])
     );
     assert_no_leftovers(&tmp, "after the run");
-    let problems = stack.check_layers();
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    stack.assert_layers_unchanged();
 
     // A second run sees the pristine view again.
     let tmp2 = env.fresh_dir("tmp");
@@ -689,8 +687,7 @@ C /x.txt
     assert!(d.is_empty(), "{}", format_problems("the kept changes", &d));
     assert_no_leftovers(&tmp2, "after the second keep-upper run");
     assert_eq!(names_in(&parent), vec!["upper".to_string()]);
-    let problems = stack.check_layers();
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    stack.assert_layers_unchanged();
 }
 
 #[test]
@@ -745,8 +742,7 @@ fn at_mounts_the_view_on_the_given_directory() {
         assert!(!missing.exists(), "run --at created {}", missing.display());
         assert_eq!(fs::read(&file).unwrap(), b"x");
     }
-    let problems = stack.check_layers();
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    stack.assert_layers_unchanged();
 }
 
 /// `--at DIR` takes "an existing empty directory" (`stratafs run --help`): a non-empty one is
@@ -924,8 +920,7 @@ while :; do sleep 0.05; done
         );
         assert_eq!(st.signal(), None, "stratafs itself died of signal {sig}");
     }
-    let problems = stack.check_layers();
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    stack.assert_layers_unchanged();
 }
 
 /// The blocked-signal bits of SIGHUP, SIGINT and SIGTERM in a `SigBlk:` mask of
@@ -1007,8 +1002,7 @@ fn the_command_gets_no_blocked_signal_and_dies_of_forwarded_ones() {
         assert_eq!(st.code(), Some(128 + sig), "signal {sig}: status {st}");
         assert!(!is_mounted(&cwd));
     }
-    let problems = stack.check_layers();
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    stack.assert_layers_unchanged();
 }
 
 #[test]
@@ -1050,8 +1044,7 @@ fn a_command_that_cannot_run_gives_125_and_leaves_nothing() {
     let line = refused_125(&out, "run with a missing lower layer");
     assert!(line.contains("no-such-layer"), "{line}");
     assert_no_leftovers(&tmp, "after run with a missing lower layer");
-    let problems = stack.check_layers();
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    stack.assert_layers_unchanged();
 }
 
 #[test]
@@ -1072,8 +1065,7 @@ fn a_process_left_behind_in_the_view_does_not_prevent_the_cleanup() {
     );
     assert_eq!(code(&out), Some(0), "{}", out.describe());
     assert_no_leftovers(&tmp, "after a run whose command left a process in the view");
-    let problems = stack.check_layers();
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    stack.assert_layers_unchanged();
 }
 
 #[test]
@@ -1292,6 +1284,5 @@ fn the_unprivileged_user_can_run() {
         l.is_empty(),
         "after the user's keep-upper run and diff: {l:#?}"
     );
-    let problems = stack.check_layers();
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    stack.assert_layers_unchanged();
 }

@@ -1295,10 +1295,8 @@ fn mounted_image_matches_kernel_overlay() {
             .map(|l| format!("{l}\n"))
             .collect::<String>()
     );
-    let problems = trees.check_layers();
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
-    let problems = src_stack.check_layers();
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    trees.assert_layers_unchanged();
+    src_stack.assert_layers_unchanged();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -104,6 +104,12 @@ impl<'e> Stack<'e> {
             .collect()
     }
 
+    /// Panics unless every lower layer is as snapshotted ([`Stack::check_layers`] is empty).
+    pub fn assert_layers_unchanged(&self) {
+        let problems = self.check_layers();
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+
     /// Re-snapshots the layers now and returns the differences from when the stack was made
     /// (empty: bit-identical). When it reports problems (the caller's to report), Drop does
     /// not check again; otherwise Drop still checks at the end.
