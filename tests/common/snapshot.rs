@@ -478,6 +478,19 @@ pub fn assert_dir_unchanged(before: &Snapshot, dir: &Path, what: &str) {
     assert!(d.is_empty(), "{}", format_problems(what, &d));
 }
 
+/// A mounted view at `dir` shows what its snapshot `before` did, in the merged comparison mode
+/// ([`Mode::Merged`]); `what` names it in the panic message.
+pub fn assert_view_unchanged(before: &Snapshot, dir: &Path, what: &str) {
+    let d = snapshot_diff(
+        before,
+        &Snapshot::take(dir),
+        Mode::Merged,
+        "before",
+        "after",
+    );
+    assert!(d.is_empty(), "{}", format_problems(what, &d));
+}
+
 /// Invariants every stratafs mount snapshot must satisfy on its own:
 /// uniform st_dev, d_ino == st_ino, d_type == lstat type, no `.wh.` names, no hidden xattrs,
 /// distinct st_ino for distinct objects (shared only by non-directories with nlink > 1).
