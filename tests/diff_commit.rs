@@ -960,9 +960,7 @@ fn run_keep_upper_over_an_image_then_commit_from_it() {
     let stack = env.stack(&[&l2, &l1]);
     let store = env.path("store");
     let sd = StoreDir::new(&store);
-    let d1 = sd.import_layer(&l1.root);
-    let d2 = sd.import_layer(&l2.root);
-    sd.ok(&["image", "create", "img", &d1, &d2]);
+    let [d1, d2] = sd.image_from("img", [&l1.root, &l2.root]);
     let trees = store_trees(&store, &[d2.clone(), d1.clone()]);
     let store_stack = env.stack_paths(trees.clone());
     let tmp = env.fresh_dir("tmp");

@@ -929,9 +929,7 @@ fn a_stored_image_through_the_library() {
     let stack = env.stack(&[&l2, &l1]);
     let kview = stack.kernel_view();
     let sd = StoreDir::new(&env.path("store"));
-    let d1 = sd.import_layer(&l1.root);
-    let d2 = sd.import_layer(&l2.root);
-    sd.ok(&["image", "create", "img", &d1, &d2]);
+    sd.image_from("img", [&l1.root, &l2.root]);
     let before = my_temp_dirs();
     let store = stratafs::store::Store::open(&sd.dir).expect("Store::open");
     {

@@ -1076,9 +1076,7 @@ fn run_a_stored_image() {
     let stack = env.stack(&[&l2, &l1]);
     let kview = stack.kernel_view();
     let store = StoreDir::new(&env.path("store"));
-    let d1 = store.import_layer(&l1.root);
-    let d2 = store.import_layer(&l2.root);
-    store.ok(&["image", "create", "img", &d1, &d2]);
+    let [d1, d2] = store.image_from("img", [&l1.root, &l2.root]);
     let trees: Vec<PathBuf> = [&d2, &d1]
         .iter()
         .map(|d| {

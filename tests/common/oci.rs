@@ -777,6 +777,16 @@ impl StoreDir {
         d
     }
 
+    /// `layer import` of each directory or tar (bottom first), then `image create NAME` of
+    /// them: the layers' digests.
+    pub fn image_from<const N: usize>(&self, name: &str, bottom_first: [&Path; N]) -> [String; N] {
+        let digests = bottom_first.map(|p| self.import_layer(p));
+        let mut args = vec!["image", "create", name];
+        args.extend(digests.iter().map(String::as_str));
+        self.ok(&args);
+        digests
+    }
+
     /// `image inspect NAME` as JSON.
     pub fn image(&self, name: &str) -> Value {
         serde_json::from_str(&self.ok(&["image", "inspect", name])).unwrap()
