@@ -46,7 +46,13 @@ fn trusted_dir(create: bool) -> Option<PathBuf> {
             std::fs::create_dir(d).ok()?;
             std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).ok()?;
         }
-        let m = std::fs::symlink_metadata(d).ok()?;
+        let mut m = std::fs::symlink_metadata(d).ok()?;
+        // Ours but writable by others (made under umask 0 by an older
+        // version): close it; each record is still checked on its own.
+        if m.is_dir() && m.uid() == me && m.mode() & 0o022 != 0 {
+            let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755));
+            m = std::fs::symlink_metadata(d).ok()?;
+        }
         if !m.is_dir() || m.uid() != me || m.mode() & 0o022 != 0 {
             tracing::warn!(dir = %d.display(), "mount registry not trusted (owner or mode); not used");
             return None;
