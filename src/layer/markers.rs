@@ -36,9 +36,20 @@ pub fn is_implied(dir: BorrowedFd<'_>, name: &CStr) -> bool {
     IMPLIED_XATTRS.iter().any(|a| has_xattr(dir, name, a))
 }
 
-/// Whether the layer root `root` was made by the store.
-pub fn is_store_layer(root: BorrowedFd<'_>) -> bool {
-    STORE_LAYER_XATTRS.iter().any(|a| has_xattr(root, c".", a))
+/// For a layer root made by the store: the one xattr that marks its
+/// implied directories (the store writes `trusted.*` or `user.*` names,
+/// never both), so a lookup asks for that name only. `None` for other layers.
+pub fn implied_marker(root: BorrowedFd<'_>) -> Option<&'static CStr> {
+    STORE_LAYER_XATTRS
+        .iter()
+        .zip(IMPLIED_XATTRS)
+        .find(|(layer, _)| has_xattr(root, c".", layer))
+        .map(|(_, implied)| implied)
+}
+
+/// Whether directory `name` in `dir` carries the implied marker `attr`.
+pub fn has_marker(dir: BorrowedFd<'_>, name: &CStr, attr: &CStr) -> bool {
+    has_xattr(dir, name, attr)
 }
 
 /// What a layer directory says about one name.

@@ -107,7 +107,7 @@ pub fn reopen(opath: BorrowedFd<'_>, flags: OFlags) -> Result<OwnedFd, LayerErro
 }
 
 /// Removes `name` from `dir`, recursively if it is a directory, without
-/// following symlinks.
+/// following symlinks; directories are made writable first where needed.
 pub fn remove_tree(dir: BorrowedFd<'_>, name: &CStr) -> Result<(), LayerError> {
     let st = match stat_at(dir, name) {
         Ok(st) => st,
@@ -117,6 +117,17 @@ pub fn remove_tree(dir: BorrowedFd<'_>, name: &CStr) -> Result<(), LayerError> {
     if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Directory {
         return rustix::fs::unlinkat(dir, name, AtFlags::empty())
             .map_err(|e| LayerError::Io(e.into()));
+    }
+    // A directory without owner rwx (a stored layer's 0555 ones) cannot be
+    // emptied by its unprivileged owner until it gets them.
+    if st.st_mode & 0o700 != 0o700 {
+        rustix::fs::chmodat(
+            dir,
+            name,
+            rustix::fs::Mode::from_raw_mode(0o700),
+            AtFlags::empty(),
+        )
+        .map_err(|e| LayerError::Io(e.into()))?;
     }
     let sub = open_subdir(dir, name)?;
     let mut children = Vec::new();

@@ -29,6 +29,27 @@ pub trait Progress {
     fn finish(&self) {}
 }
 
+impl Expect {
+    /// Checks what a blob hashed to against what was expected of it.
+    fn check(&self, blob: Digest, diff_id: Digest) -> Result<(), StoreError> {
+        for (what, want, actual) in [
+            ("blob", self.blob, blob),
+            ("layer diff_id", self.diff_id, diff_id),
+        ] {
+            if let Some(want) = want
+                && want != actual
+            {
+                return Err(StoreError::Mismatch {
+                    what,
+                    blob: want.to_string(),
+                    actual: actual.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// No progress shown.
 pub struct Quiet;
 impl Progress for Quiet {}
@@ -261,23 +282,7 @@ impl Store {
         let (blob_digest, _) = blob
             .finish()
             .map_err(|e| StoreError::Invalid(format!("reading the layer: {e}")))?;
-        let want_blob = expect.blob.unwrap_or(blob_digest);
-        if want_blob != blob_digest {
-            return Err(StoreError::Mismatch {
-                what: "blob",
-                blob: want_blob.to_string(),
-                actual: blob_digest.to_string(),
-            });
-        }
-        if let Some(want) = expect.diff_id
-            && want != diff_id
-        {
-            return Err(StoreError::Mismatch {
-                what: "layer diff_id",
-                blob: want.to_string(),
-                actual: diff_id.to_string(),
-            });
-        }
+        expect.check(blob_digest, diff_id)?;
         let digests = writer.finish()?;
         let mut aliases = vec![diff_id];
         if blob_digest != diff_id {
@@ -297,21 +302,7 @@ impl Store {
         let (blob_digest, _) = blob
             .finish()
             .map_err(|e| StoreError::Invalid(format!("reading the layer: {e}")))?;
-        for (what, want, actual) in [
-            ("blob", expect.blob, blob_digest),
-            ("layer diff_id", expect.diff_id, diff_id),
-        ] {
-            if let Some(want) = want
-                && want != actual
-            {
-                return Err(StoreError::Mismatch {
-                    what,
-                    blob: want.to_string(),
-                    actual: actual.to_string(),
-                });
-            }
-        }
-        Ok(())
+        expect.check(blob_digest, diff_id)
     }
 
     /// Records more aliases of stored layer `d`.

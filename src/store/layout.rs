@@ -241,9 +241,8 @@ impl Drop for Scratch {
     }
 }
 
-/// Removes a directory tree, fd-relative and never following a symlink,
-/// making read-only directories writable first (an unprivileged owner
-/// needs that to empty them).
+/// Removes a directory tree, fd-relative and never following a symlink
+/// (read-only directories made writable first).
 pub fn remove_all(path: &Path) -> Result<(), StoreError> {
     let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
         return Err(StoreError::Invalid(format!(
@@ -259,37 +258,10 @@ pub fn remove_all(path: &Path) -> Result<(), StoreError> {
     .map_err(|e| StoreError::path(parent, e.into()))?;
     let name = crate::layer::to_cstring(name)
         .ok_or_else(|| StoreError::Invalid(format!("bad path {}", path.display())))?;
-    remove_at(dir.as_fd(), &name).map_err(|e| match e {
-        StoreError::Io(io) => StoreError::path(path, io),
-        other => other,
+    crate::layer::remove_tree(dir.as_fd(), &name).map_err(|e| match e {
+        crate::layer::LayerError::Io(io) => StoreError::path(path, io),
+        other => other.into(),
     })
-}
-
-fn remove_at(dir: std::os::fd::BorrowedFd<'_>, name: &std::ffi::CStr) -> Result<(), StoreError> {
-    use rustix::fs::{AtFlags, FileType};
-    let st = match crate::layer::stat_at(dir, name) {
-        Ok(st) => st,
-        Err(e) if e.errno() == libc::ENOENT => return Ok(()),
-        Err(e) => return Err(e.into()),
-    };
-    if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
-        rustix::fs::unlinkat(dir, name, AtFlags::empty())?;
-        return Ok(());
-    }
-    if st.st_mode & 0o700 != 0o700 {
-        rustix::fs::chmodat(dir, name, Mode::from_raw_mode(0o700), AtFlags::empty())?;
-    }
-    let sub = crate::layer::open_subdir(dir, name)?;
-    let mut children = Vec::new();
-    crate::layer::read_dir(sub.as_fd(), |child, _, _| {
-        children.push(child.to_owned());
-        Ok(())
-    })?;
-    for child in children {
-        remove_at(sub.as_fd(), &child)?;
-    }
-    rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)?;
-    Ok(())
 }
 
 /// Writes `bytes` to `path` through a temporary name and a rename.

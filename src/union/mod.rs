@@ -78,8 +78,8 @@ pub struct Union {
     metacopy: bool,
     /// Per layer: the xattr holding owner and mode (`xattr_permissions`).
     overrides: Vec<Option<&'static std::ffi::CStr>>,
-    /// Per layer: made by the store, so its directories may be implied.
-    implies: Vec<bool>,
+    /// Per layer made by the store: the xattr marking its implied directories.
+    implied: Vec<Option<&'static std::ffi::CStr>>,
     /// This process's umask when the union was made (see `create::make`).
     process_umask: u32,
     /// Per layer: a check of file content on open (`--verify=lazy`).
@@ -115,10 +115,16 @@ impl Union {
         }
         let inos = InoMap::new(&layers);
         let nodes = NodeTable::default();
-        let implies: Vec<bool> = layers
+        let implied: Vec<Option<&'static std::ffi::CStr>> = layers
             .iter()
             .enumerate()
-            .map(|(i, l)| !(i == 0 && upper.is_some()) && layer::is_store_layer(l.root().as_fd()))
+            .map(|(i, l)| {
+                if i == 0 && upper.is_some() {
+                    None
+                } else {
+                    layer::implied_marker(l.root().as_fd())
+                }
+            })
             .collect();
         let mut overrides: Vec<_> = layers.iter().map(override_stat::detect).collect();
         if let (Some(_), Some(mode)) = (&upper, view.override_stat) {
@@ -134,7 +140,9 @@ impl Union {
         // The root's metadata: the top layer's, unless the store marks it
         // implied (then the next layer's that is not).
         let shown = (0..layers.len())
-            .find(|&i| !(implies[i] && layer::is_implied(layers[i].root().as_fd(), c".")))
+            .find(|&i| {
+                !implied[i].is_some_and(|x| layer::has_marker(layers[i].root().as_fd(), c".", x))
+            })
             .unwrap_or(0);
         let mut top = layer::stat_self(layers[shown].root().as_fd())?;
         if let Some(o) =
@@ -173,7 +181,7 @@ impl Union {
             dirs: HandleTable::default(),
             view,
             checks: Vec::new(),
-            implies,
+            implied,
             process_umask: process_umask(),
             overrides,
             redirect_dir: upper_spec.is_some_and(|s| s.redirect_dir),
@@ -187,8 +195,12 @@ impl Union {
         layers
             .iter()
             .find(|ld| {
-                !(self.implies.get(ld.layer).copied().unwrap_or(false)
-                    && layer::is_implied(ld.fd.as_fd(), c"."))
+                !self
+                    .implied
+                    .get(ld.layer)
+                    .copied()
+                    .flatten()
+                    .is_some_and(|x| layer::has_marker(ld.fd.as_fd(), c".", x))
             })
             .unwrap_or(&layers[0])
     }
