@@ -4,6 +4,8 @@
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use parking_lot::Mutex;
 use rustix::fs::FileType;
@@ -71,28 +73,41 @@ impl Store {
     /// A content check for `--verify=lazy` over the stored tree of `d`.
     pub fn lazy_check(&self, d: &Digest) -> Result<LazyCheck, StoreError> {
         let manifest = self.manifest(d)?;
-        let tree = layer::Layer::open(&self.tree_path(d))?;
-        let mut expected = HashMap::new();
-        tree_walk::walk(tree.root().as_fd(), &mut |v| {
-            if let Item::Entry { stat, .. } = v.item
-                && FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile
-                && let Some(Body::File { size, sha256, .. }) = manifest
-                    .find(v.path)
-                    .and_then(|r| manifest.resolve(r))
-                    .map(|r| &r.body)
-            {
-                expected
-                    .entry(stat.st_ino)
-                    .or_insert_with(|| (*sha256, *size, v.path.to_vec()));
-            }
-            Ok(())
-        })?;
+        let tree = self.tree_path(d);
+        layer::Layer::open(&tree)?;
         Ok(LazyCheck {
             layer: *d,
-            expected,
+            manifest,
+            tree,
+            expected: OnceLock::new(),
             verified: Mutex::new(HashSet::new()),
         })
     }
+}
+
+/// Per inode of a stored tree's regular file: its content digest, size and
+/// (first) path, from the manifest.
+type FilesByInode = HashMap<u64, (Digest, u64, Vec<u8>)>;
+
+/// Maps each regular file of the tree at `tree` to its manifest record.
+fn files_by_inode(manifest: &Manifest, tree: &Path) -> Result<FilesByInode, StoreError> {
+    let tree = layer::Layer::open(tree)?;
+    let mut expected = HashMap::new();
+    tree_walk::walk(tree.root().as_fd(), &mut |v| {
+        if let Item::Entry { stat, .. } = v.item
+            && FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile
+            && let Some(Body::File { size, sha256, .. }) = manifest
+                .find(v.path)
+                .and_then(|r| manifest.resolve(r))
+                .map(|r| &r.body)
+        {
+            expected
+                .entry(stat.st_ino)
+                .or_insert_with(|| (*sha256, *size, v.path.to_vec()));
+        }
+        Ok(())
+    })?;
+    Ok(expected)
 }
 
 struct Progressed<'a, R> {
@@ -138,7 +153,11 @@ fn first_difference(expected: &Manifest, actual: &Manifest) -> String {
 #[derive(Debug)]
 pub struct LazyCheck {
     layer: Digest,
-    expected: HashMap<u64, (Digest, u64, Vec<u8>)>,
+    manifest: Manifest,
+    tree: PathBuf,
+    /// Built on the first open from the layer, not at mount: a mount pays
+    /// nothing for layers it never reads a file of.
+    expected: OnceLock<Result<FilesByInode, String>>,
     verified: Mutex<HashSet<u64>>,
 }
 
@@ -155,7 +174,14 @@ impl ContentCheck for LazyCheck {
             );
             Err(std::io::Error::from_raw_os_error(libc::EIO))
         };
-        let Some((digest, size, path)) = self.expected.get(&ino) else {
+        let expected = match self
+            .expected
+            .get_or_init(|| files_by_inode(&self.manifest, &self.tree).map_err(|e| e.to_string()))
+        {
+            Ok(map) => map,
+            Err(why) => return fail(&format!("cannot map the layer's files ({why})"), b"?"),
+        };
+        let Some((digest, size, path)) = expected.get(&ino) else {
             return fail("file is not in the layer's manifest", b"?");
         };
         // pread: the caller's file offset stays where it is.
