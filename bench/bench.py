@@ -30,12 +30,15 @@ Everything that was mounted is unmounted on exit, error or signal.
 import argparse
 import atexit
 import datetime
+import functools
 import json
 import os
 import platform
+import pwd
 import random
 import re
 import shutil
+import shlex
 import signal
 import stat
 import statistics
@@ -88,7 +91,15 @@ def drop_caches():
 
 
 def is_mountpoint(path):
-    return subprocess.run(["mountpoint", "-q", path]).returncode == 0
+    """path is in /proc/self/mountinfo (read there, not by stat: a stat of a
+    FUSE mount point would ask its daemon, and a file can be a mount point)."""
+    path = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            mp = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4])
+            if mp == path:
+                return True
+    return False
 
 
 def proc_status_kib(pid, key):
@@ -156,10 +167,68 @@ def rmtree(path):
 
 
 # ---------------------------------------------------------------------------
-# data: one stack of three layers, plus the native merged copy
+# data: three layer stacks, each with the native copy of its merged view
 # ---------------------------------------------------------------------------
+#
+#   DATA/main/    layers/{base,mid,top}: big/, big2/, tree/, huge/, small/, rmtree/;
+#                 untar-N.tar (N files of rmtree/ of the native copy, as untar/)
+#   DATA/deep/    layers/00..99 (00 at the bottom): d/ and b/ in every layer
+#   DATA/debian/  layers/{minbase,apt}: debootstrap --variant=minbase bookworm, and a
+#                 layer made by apt-get in a chroot over a kernel overlay of it
+#
+# Each has its own stamp.json (its parameters), so changing one rebuilds only
+# that one; each stack's native/ is a cp -a of a read-only kernel overlayfs
+# mount of its layers, so it is exactly the merged tree.
 
-DATA_VERSION = 1
+DATA_VERSION = 2
+DEEP_LAYERS = 100
+DEBIAN_SUITE = "bookworm"
+# The test suite's cache of the same Debian image (tests/common/debian.rs):
+# copied when present, instead of running debootstrap and apt again.
+DEBIAN_SEED = "/var/cache/stratafs-tests"
+DEBIAN_SEED_TREES = {"minbase": "bookworm-minbase-v1", "apt": "bookworm-layer1-v1"}
+# The container layer, built the way image builders do (the same script as
+# tests/common/debian.rs, so a copy of its cache is the same image): apt-get
+# install, and deletions that leave kernel whiteouts and opaque directories.
+DEBIAN_LAYER_SCRIPT = r"""
+set -e
+export DEBIAN_FRONTEND=noninteractive LC_ALL=C PATH=/usr/sbin:/usr/bin:/sbin:/bin
+apt-get update
+apt-get install -y --no-install-recommends file less
+apt-get clean
+rm -rf /usr/share/doc/* /usr/share/man/* /usr/share/info/*
+rm -rf /var/lib/apt/lists/*
+rm -rf /etc/apt/apt.conf.d
+mkdir /etc/apt/apt.conf.d
+echo 'APT::Install-Recommends "false";' > /etc/apt/apt.conf.d/99norecommends
+rm -rf /usr/share/locale
+mkdir -p /usr/share/locale
+echo recreated > /usr/share/locale/README
+rm -f /usr/bin/rgrep /etc/issue.net
+echo 'stratafs test layer' >> /etc/motd
+chmod 700 /root
+"""
+
+
+class DataUnavailable(Exception):
+    """A data set that could not be built (e.g. no Debian mirror)."""
+
+
+class Stack:
+    """Lower layers (top first) and the native copy of their merged view."""
+
+    LAYERS = {"main": ["top", "mid", "base"],
+              "deep": [f"{i:02d}" for i in reversed(range(DEEP_LAYERS))],
+              "debian": ["apt", "minbase"]}
+
+    def __init__(self, data, name):
+        self.name = name
+        self.root = os.path.join(data, name)
+        self.lowers = [os.path.join(self.root, "layers", n) for n in self.LAYERS[name]]
+        self.native = os.path.join(self.root, "native")
+
+    def layer(self, name):
+        return os.path.join(self.root, "layers", name)
 
 
 def write_file(path, size, rnd):
@@ -168,12 +237,26 @@ def write_file(path, size, rnd):
             f.write(rnd.randbytes(size))
 
 
+def touch(path, content=b""):
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o644)
+    if content:
+        os.write(fd, content)
+    os.close(fd)
+
+
 def whiteout(path):
     os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
 
 
 def opaque(path):
     os.setxattr(path, "trusted.overlay.opaque", b"y")
+
+
+def random_file(path, mib):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        for _ in range(mib):
+            f.write(os.urandom(MiB))
 
 
 def build_tree(base, top, rnd):
@@ -232,42 +315,44 @@ def build_huge(base, mid, top, n):
         os.makedirs(os.path.join(layer, "huge"), exist_ok=True)
     layers = (base, mid, top)
     for i in range(n):
-        fd = os.open(os.path.join(layers[i % 3], "huge", f"entry-{i:06d}"), os.O_CREAT | os.O_WRONLY, 0o644)
-        os.close(fd)
+        touch(os.path.join(layers[i % 3], "huge", f"entry-{i:06d}"))
     for i in range(0, n, 60):  # i % 3 == 0 -> base name; override in top
-        fd = os.open(os.path.join(top, "huge", f"entry-{i:06d}"), os.O_CREAT | os.O_WRONLY, 0o644)
-        os.write(fd, b"top\n")
-        os.close(fd)
+        touch(os.path.join(top, "huge", f"entry-{i:06d}"), b"top\n")
     for j in range(n // 100):
         name = f"gone-{j:06d}"
-        fd = os.open(os.path.join(base, "huge", name), os.O_CREAT | os.O_WRONLY, 0o644)
-        os.close(fd)
+        touch(os.path.join(base, "huge", name))
         whiteout(os.path.join(mid, "huge", name))
 
 
-def build_data(data, big_mib, huge_n):
-    stamp = os.path.join(data, "stamp.json")
-    want = {"version": DATA_VERSION, "big_mib": big_mib, "huge_n": huge_n}
+def overlay_lowerdir(lowers):
+    """lowerdir= for kernel overlayfs, relative to the layers' parent (the
+    directory to run mount in): the whole option string must fit in one page,
+    too short for 100 absolute paths."""
+    cwd = os.path.dirname(lowers[0])
+    return ":".join(os.path.relpath(lo, cwd) for lo in lowers), cwd
+
+
+def merge_native(stack):
+    """stack.native: cp -a of a read-only kernel overlayfs mount of its layers."""
+    mnt = os.path.join(stack.root, "merge-mnt")
+    os.makedirs(mnt)
+    lowerdir, cwd = overlay_lowerdir(stack.lowers)
+    MOUNTS.add("kernel", mnt)
     try:
-        with open(stamp) as f:
-            if json.load(f) == want:
-                log(f"reusing layers in {data}")
-                return
-    except (OSError, ValueError):
-        pass
-    rmtree(data)
-    os.makedirs(data)
-    base, mid, top = (os.path.join(data, "layers", n) for n in ("base", "mid", "top"))
+        sh(["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={lowerdir}", mnt], cwd=cwd)
+        sh(["cp", "-a", mnt, stack.native])
+    finally:
+        unmount("kernel", mnt)
+    os.rmdir(mnt)
+
+
+def build_main(stack, big_mib, huge_n):
+    base, mid, top = (stack.layer(n) for n in ("base", "mid", "top"))
     for d in (base, mid, top):
         os.makedirs(d)
     rnd = random.Random(42)
-    t0 = time.monotonic()
-    log(f"building layers in {data}")
-    # big/: one large file in the base layer
-    os.makedirs(os.path.join(base, "big"))
-    with open(os.path.join(base, "big", "file"), "wb") as f:
-        for _ in range(big_mib):
-            f.write(os.urandom(MiB))
+    random_file(os.path.join(base, "big", "file"), big_mib)  # the large lower file
+    random_file(os.path.join(mid, "big2", "file"), big_mib)  # the second reader's
     build_tree(base, top, rnd)
     build_huge(base, mid, top, huge_n)
     # small/: 2000 small files in base, for copy-up
@@ -284,20 +369,169 @@ def build_data(data, big_mib, huge_n):
         d = os.path.join(top, "rmtree", f"d{a:02d}")
         os.makedirs(d)
         write_file(os.path.join(d, "top-only"), 10, rnd)
-    # native: the merged view, copied from a read-only kernel overlayfs mount
-    native = os.path.join(data, "native")
-    mnt = os.path.join(data, "merge-mnt")
-    os.makedirs(mnt)
-    sh(["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={top}:{mid}:{base}", mnt])
+    merge_native(stack)
+
+
+def untar_tarball(stack, files):
+    return os.path.join(stack.root, f"untar-{files}.tar")
+
+
+def ensure_tarball(stack, files):
+    """The tarball to unpack: the first files/100 directories of the merged
+    rmtree/ (100 files each, a tenth with one more), renamed untar/."""
+    path = untar_tarball(stack, files)
+    if not os.path.exists(path):
+        dirs = [f"rmtree/d{a:02d}" for a in range(max(1, min(100, files // 100)))]
+        sh(["tar", "-C", stack.native, "--sort=name", "--transform=s,^rmtree,untar,", "-cf", path + ".tmp"] + dirs)
+        os.rename(path + ".tmp", path)
+
+
+def build_deep(stack):
+    """100 layers, each adding 20 files to the shared d/ and one to b/, and
+    overriding d/common; the bottom one (00) also holds b/f0000..f0999, so a
+    lookup of one of those misses in the 99 layers above first."""
+    rnd = random.Random(7)
+    for i in range(DEEP_LAYERS):
+        layer = stack.layer(f"{i:02d}")
+        for sub in ("d", "b"):
+            os.makedirs(os.path.join(layer, sub))
+        for j in range(20):
+            write_file(os.path.join(layer, "d", f"l{i:02d}-{j:02d}"), rnd.randrange(0, 1024), rnd)
+        touch(os.path.join(layer, "d", "common"), f"{i}\n".encode())
+        touch(os.path.join(layer, "b", f"l{i:02d}"))
+    for j in range(1000):
+        write_file(os.path.join(stack.layer("00"), "b", f"f{j:04d}"), rnd.randrange(0, 1024), rnd)
+    merge_native(stack)
+
+
+def host_mirror():
+    """The Debian mirror the host's apt uses (the first non-security .../debian URI)."""
+    paths = ["/etc/apt/sources.list"]
+    if os.path.isdir("/etc/apt/sources.list.d"):
+        paths += sorted(os.path.join("/etc/apt/sources.list.d", f) for f in os.listdir("/etc/apt/sources.list.d"))
+    for p in paths:
+        try:
+            text = open(p).read()
+        except OSError:
+            continue
+        for uri in re.findall(r"(?m)^(?:URIs:|deb(?:\s+\[[^]]*\])?)\s+(https?://\S+)", text):
+            uri = uri.rstrip("/")
+            if uri.endswith("/debian") and "security" not in uri:
+                return uri
+    return "http://deb.debian.org/debian"
+
+
+def build_apt_layer(minbase, upper, scratch):
+    """upper: the upper directory of a kernel overlay over minbase in which
+    DEBIAN_LAYER_SCRIPT ran in a chroot (kernel whiteouts and opaque xattrs)."""
+    work, merged = os.path.join(scratch, "work"), os.path.join(scratch, "merged")
+    for d in (upper, work, merged):
+        os.makedirs(d)
+    mounted = []  # (kind, path), unmounted in reverse order
+
+    def mount(kind, path, argv):
+        MOUNTS.add(kind, path)
+        mounted.append((kind, path))
+        sh(argv)
     try:
-        sh(["cp", "-a", mnt, native])
+        mount("kernel", merged, ["mount", "-t", "overlay", "overlay", "-o",
+                                 f"lowerdir={minbase},upperdir={upper},workdir={work}", merged])
+        mount("proc", os.path.join(merged, "proc"), ["mount", "-t", "proc", "proc", os.path.join(merged, "proc")])
+        resolv = os.path.join(merged, "etc", "resolv.conf")
+        if os.path.isfile(resolv) and not os.path.islink(resolv):
+            mount("bind", resolv, ["mount", "--bind", "/etc/resolv.conf", resolv])
+        r = subprocess.run(["chroot", merged, "/bin/sh", "-c", DEBIAN_LAYER_SCRIPT],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1800)
+        if r.returncode != 0:
+            raise DataUnavailable(f"apt-get in the chroot failed ({r.returncode}): {r.stdout.strip()[-500:]}")
     finally:
-        sh(["umount", mnt])
-    os.rmdir(mnt)
+        for kind, path in reversed(mounted):
+            unmount(kind, path)
+    rmtree(scratch)
+
+
+def build_debian(stack, seed):
+    """debootstrap --variant=minbase bookworm + a layer made with apt-get, or a
+    copy of the test suite's cache of the same image (seed) when it holds it."""
+    minbase, apt = stack.layer("minbase"), stack.layer("apt")
+    seeds = {n: os.path.join(seed, d, "tree") for n, d in DEBIAN_SEED_TREES.items()} if seed else {}
+    if seeds and all(os.path.isdir(p) for p in seeds.values()):
+        log(f"copying the Debian image from {seed}")
+        os.makedirs(os.path.dirname(minbase))
+        for name, src in seeds.items():
+            sh(["cp", "-a", src, stack.layer(name)])
+    else:
+        if not shutil.which("debootstrap"):
+            raise DataUnavailable("debootstrap is not installed (scripts/setup.sh installs it)")
+        mirror = host_mirror()
+        probe = os.path.join(stack.root, "Release")
+        r = subprocess.run(["/usr/lib/apt/apt-helper", "download-file", f"{mirror}/dists/{DEBIAN_SUITE}/Release",
+                            probe], capture_output=True, text=True, timeout=120)
+        if r.returncode != 0:
+            raise DataUnavailable(f"cannot reach the Debian mirror {mirror}: {(r.stdout + r.stderr).strip()[-300:]}")
+        os.unlink(probe)
+        log(f"debootstrap --variant=minbase {DEBIAN_SUITE} from {mirror} (takes a minute or two)")
+        r = subprocess.run(["debootstrap", "--variant=minbase", DEBIAN_SUITE, minbase, mirror],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1800)
+        if r.returncode != 0:
+            raise DataUnavailable(f"debootstrap failed ({r.returncode}): {r.stdout.strip()[-500:]}")
+        log("apt-get install in a chroot over a kernel overlay of it")
+        build_apt_layer(minbase, apt, os.path.join(stack.root, "apt-build"))
+    if ROOTLESS_UID is not None:
+        # the unprivileged daemon must read root-only directories (/root, apt's
+        # partial/): the layers are the user's, as a rootless engine's own are
+        sh(["chown", "-hR", f"{ROOTLESS_UID}:{ROOTLESS_GID}", minbase, apt])
+    merge_native(stack)
+
+
+def ensure_dataset(stack, want, build):
+    """Build stack with build() unless its stamp says it is there with the same
+    parameters (want); a failed build leaves nothing behind."""
+    stamp = os.path.join(stack.root, "stamp.json")
+    try:
+        with open(stamp) as f:
+            if json.load(f) == want:
+                log(f"reusing {stack.root}")
+                return
+    except (OSError, ValueError):
+        pass
+    rmtree(stack.root)
+    os.makedirs(stack.root)
+    t0 = time.monotonic()
+    log(f"building {stack.root}")
+    try:
+        build()
+    except BaseException:
+        rmtree(stack.root)
+        raise
     os.sync()
     with open(stamp, "w") as f:
         json.dump(want, f)
-    log(f"layers built in {time.monotonic() - t0:.1f}s")
+    log(f"{stack.name} built in {time.monotonic() - t0:.1f}s")
+
+
+def build_data(data, names, big_mib, huge_n, untar_files, debian_seed):
+    """The stacks named in names, built (or reused); returns {name: Stack}, and
+    a note for each one that could not be built."""
+    stacks, notes = {}, []
+    for name in names:
+        st = Stack(data, name)
+        if name == "main":
+            ensure_dataset(st, {"version": DATA_VERSION, "big_mib": big_mib, "huge_n": huge_n},
+                           lambda: build_main(st, big_mib, huge_n))
+            ensure_tarball(st, untar_files)
+        elif name == "deep":
+            ensure_dataset(st, {"version": DATA_VERSION, "layers": DEEP_LAYERS}, lambda: build_deep(st))
+        elif name == "debian":
+            try:
+                ensure_dataset(st, {"version": DATA_VERSION, "suite": DEBIAN_SUITE, "owner": ROOTLESS_UID},
+                               lambda: build_debian(st, debian_seed))
+            except (DataUnavailable, subprocess.SubprocessError, OSError) as e:
+                notes.append(f"the Debian image could not be built ({e}); its workloads ran on the synthetic tree/")
+                log(f"WARNING: {notes[-1]}")
+                continue
+        stacks[name] = st
+    return stacks, notes
 
 
 # ---------------------------------------------------------------------------
@@ -338,20 +572,78 @@ def umount_argv(kind, path):
     return ["umount", path]
 
 
+def unmount(kind, path):
+    """Unmount path (mounted as kind; lazily if that fails) and forget it."""
+    r = subprocess.run(umount_argv(kind, path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if r.returncode != 0 or is_mountpoint(path):
+        log(f"warning: {kind} unmount of {path} failed ({r.stderr.strip()}); lazy unmount")
+        subprocess.run(["umount", "-l", path])
+    MOUNTS.remove(path)
+
+
 MOUNTS = Mounts()
 STRATAFS = os.path.join(REPO, "target", "release", "stratafs")
 ROOTLESS_UID = ROOTLESS_GID = None
 
 
-class View:
-    """One mounted (or native) view for one measurement."""
+def mount_argv(impl, lowers, upper, work, mnt):
+    """The command that mounts lowers (top first) with upper and work on mnt,
+    and the directory to run it in."""
+    if impl == "kernel":
+        lowerdir, cwd = overlay_lowerdir(lowers)
+        return ["mount", "-t", "overlay", "overlay", "-o",
+                f"lowerdir={lowerdir},upperdir={upper},workdir={work}", mnt], cwd
+    opts = f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work}"
+    if impl == "fuse-overlayfs":
+        return ["fuse-overlayfs", "-o", opts, mnt], None
+    if impl == "stratafs":
+        argv = [STRATAFS, "mount"]
+        for lo in lowers:
+            argv += ["--lower", lo]
+        return argv + ["--upper", upper, "--work", work, mnt], None
+    if impl == "stratafs-rootless":
+        return as_user([STRATAFS, "-o", f"{opts},allow_other", mnt]), None
+    raise ValueError(impl)
 
-    def __init__(self, impl, data, scratch, copy_native, native_scratch=False):
+
+def mount_and_wait(impl, argv, cwd, mnt, timeout=60.0):
+    """Run the mount command; return the seconds from its start until mnt is
+    in /proc/self/mountinfo and a stat of it succeeds."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    elapsed = None
+    while elapsed is None:
+        if is_mountpoint(mnt):
+            try:
+                os.stat(mnt)
+                elapsed = time.perf_counter() - t0
+                break
+            except OSError:
+                pass
+        if p.poll() not in (None, 0) or time.perf_counter() - t0 > timeout:
+            break
+        time.sleep(0.0005)
+    try:
+        err = p.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        p.kill()
+        err = p.communicate()[1]
+    if p.returncode != 0:
+        raise RuntimeError(f"{impl}: mount failed ({p.returncode}): {err.strip()}")
+    if not is_mountpoint(mnt):
+        raise RuntimeError(f"{impl}: {mnt} is not a mount point after {argv}")
+    return elapsed
+
+
+class View:
+    """One mounted (or native) view of a stack for one measurement."""
+
+    def __init__(self, impl, stack, scratch, copy_native, native_scratch=False):
         self.impl = impl
         self.pid = None
         self.scratch = scratch
-        layers = os.path.join(data, "layers")
-        lowers = [os.path.join(layers, n) for n in ("top", "mid", "base")]
+        self.mount_seconds = None
+        self.mounted = False
         os.makedirs(scratch)
         if impl == "native":
             if copy_native or native_scratch:
@@ -359,40 +651,22 @@ class View:
                 self.root = os.path.join(scratch, "root")
                 os.makedirs(self.root)
                 for sub in copy_native:
-                    sh(["cp", "-a", os.path.join(data, "native", sub), os.path.join(self.root, sub)])
+                    sh(["cp", "-a", os.path.join(stack.native, sub), os.path.join(self.root, sub)])
             else:
-                self.root = os.path.join(data, "native")
-            self.mounted = False
+                self.root = stack.native
             return
         upper, work, mnt = (os.path.join(scratch, n) for n in ("upper", "work", "mnt"))
         for d in (upper, work, mnt):
             os.makedirs(d)
         self.root = mnt
-        if impl == "kernel":
-            argv = ["mount", "-t", "overlay", "overlay", "-o",
-                    f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work}", mnt]
-        elif impl == "fuse-overlayfs":
-            argv = ["fuse-overlayfs", "-o", f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work}", mnt]
-        elif impl == "stratafs":
-            argv = [STRATAFS, "mount"]
-            for lo in lowers:
-                argv += ["--lower", lo]
-            argv += ["--upper", upper, "--work", work, mnt]
-        elif impl == "stratafs-rootless":
+        if impl == "stratafs-rootless":
             # the user owns its upper, work directory and mount point
             for d in (scratch, upper, work, mnt):
                 os.chown(d, ROOTLESS_UID, ROOTLESS_GID)
-            argv = as_user([STRATAFS, "-o", f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work},allow_other",
-                            mnt])
-        else:
-            raise ValueError(impl)
+        argv, cwd = mount_argv(impl, stack.lowers, upper, work, mnt)
         MOUNTS.add(impl, mnt)
-        r = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        if r.returncode != 0:
-            raise RuntimeError(f"{impl}: mount failed ({r.returncode}): {r.stderr.strip()}")
         self.mounted = True
-        if not is_mountpoint(mnt):
-            raise RuntimeError(f"{impl}: {mnt} is not a mount point after {argv}")
+        self.mount_seconds = mount_and_wait(impl, argv, cwd, mnt)
         if impl in FUSE_IMPLS:
             exe = "fuse-overlayfs" if impl == "fuse-overlayfs" else os.path.basename(STRATAFS)
             for _ in range(100):
@@ -405,12 +679,7 @@ class View:
 
     def close(self):
         if self.mounted:
-            r = subprocess.run(umount_argv(self.impl, self.root), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
-            if r.returncode != 0 or is_mountpoint(self.root):
-                log(f"warning: {self.impl} unmount failed ({r.stderr.strip()}); lazy unmount")
-                subprocess.run(["umount", "-l", self.root])
-            MOUNTS.remove(self.root)
+            unmount(self.impl, self.root)
             wait_exit(self.pid)
             self.mounted = False
         rmtree(self.scratch)
@@ -425,20 +694,64 @@ LS = ["env", "LC_ALL=C", "ls", "--color=never"]
 
 class Workload:
     def __init__(self, name, title, argv, cold, unit="s", nbytes=None, copy_native=(), check=None,
-                 warmup=None, native_scratch=False, parse=None):
+                 warmup=None, native_scratch=False, parse=None, stack="main", sub="", prepare=None):
         self.name = name
         self.title = title
-        self.argv = argv  # function(root) -> argv
+        # function(path) -> argv, path being the view's root (or its sub/);
+        # None: the measurement is the mount itself (not for native)
+        self.argv = argv
         self.cold = cold
         self.unit = unit  # "s" (lower is better), "MB/s" or "IOPS" (higher is better)
         self.nbytes = nbytes
         self.copy_native = list(copy_native)
-        self.check = check  # function(root) -> error string or None
-        # warm workloads: function(root) -> argv run unmeasured first (default:
+        self.check = check  # function(path) -> error string or None
+        # warm workloads: function(path) -> argv run unmeasured first (default:
         # argv itself), or False for no warm-up at all
         self.warmup = warmup
         self.native_scratch = native_scratch  # native runs in a fresh empty directory
         self.parse = parse  # function(stdout) -> dict merged into the sample (e.g. iops)
+        self.stack = stack  # the layer stack it runs on ("main", "deep", "debian")
+        self.sub = sub  # the subdirectory of the view it works on
+        # function(path) -> argv run unmeasured on the view before the caches
+        # are dropped (cold) or the warm-up (warm)
+        self.prepare = prepare
+
+    def runs(self, impl):
+        return self.argv is not None or impl != "native"
+
+    def path(self, root):
+        return os.path.join(root, self.sub) if self.sub else root
+
+    def fall_back_to_tree(self):
+        """The Debian image is not there: walk the synthetic tree/ instead."""
+        if self.stack == "debian":
+            self.stack, self.sub = "main", "tree"
+            self.title += " [FALLBACK: synthetic tree/, no Debian image]"
+
+
+def dd_read(path):
+    return ["dd", f"if={path}", "of=/dev/null", "bs=1M", "status=none"]
+
+
+def together(*argvs):
+    """One command that starts all of argvs at once and waits for them all
+    (exit status 1 if any failed)."""
+    script = "".join(f'{shlex.join(a)} & pids="$pids $!"\n' for a in argvs)
+    return ["bash", "-c", script + 's=0; for p in $pids; do wait "$p" || s=1; done; exit $s']
+
+
+@functools.lru_cache(maxsize=None)
+def sample_names(directory, n, seed, prefix=""):
+    """n names from directory's listing (those starting with prefix), chosen
+    with a seeded RNG: the same ones in every run with the same data."""
+    names = sorted(x for x in os.listdir(directory) if x.startswith(prefix))
+    return random.Random(seed).sample(names, min(n, len(names)))
+
+
+def stat_argv(native_dir, sub, prefix=""):
+    """One stat process over 1000 names of sub/, sampled from native_dir."""
+    return lambda r: ["stat", "--format=%i"] + [os.path.join(r, sub, x)
+                                                 for x in sample_names(native_dir, 1000, 1, prefix)]
 
 
 def append_argv(root):
@@ -446,37 +759,99 @@ def append_argv(root):
     return ["bash", "-c", script, "append", root]
 
 
-def check_rm(root):
-    return "rmtree/ still exists" if os.path.lexists(os.path.join(root, "rmtree")) else None
+def untar_argv(tarball):
+    # --no-same-owner: no chown to root, which the rootless daemon cannot do
+    return lambda r: ["tar", "-C", r, "--no-same-owner", "-xf", tarball]
 
 
-def check_append(root):
-    for i in (0, 1999):
-        p = os.path.join(root, "small", f"f{i:04d}")
-        with open(p, "rb") as f:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"x":
-                return f"{p} was not appended to"
-    return None
+def check_gone(sub):
+    return lambda r: f"{sub}/ still exists" if os.path.lexists(os.path.join(r, sub)) else None
 
 
-def workloads(big_mib, huge_n=100_000):
-    hn = f"{huge_n // 1000}k" if huge_n >= 1000 else str(huge_n)
-    big = lambda r: ["dd", f"if={r}/big/file", "of=/dev/null", "bs=1M", "status=none"]  # noqa: E731
+def check_exists(*paths):
+    def check(r):
+        missing = [p for p in paths if not os.path.lexists(os.path.join(r, p))]
+        return f"missing after the workload: {', '.join(missing)}" if missing else None
+    return check
+
+
+def check_appended(size, *paths):
+    """Each of paths (relative) ends in the appended "x" (and has size, if given)."""
+    def check(r):
+        for p in paths:
+            with open(os.path.join(r, p), "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"x" or (size is not None and f.tell() != size):
+                    return f"{p} was not appended to"
+        return None
+    return check
+
+
+def check_size(sub, size):
+    def check(r):
+        got = os.stat(os.path.join(r, sub)).st_size
+        return None if got == size else f"{sub}: {got} bytes, want {size}"
+    return check
+
+
+def check_mode(path, mode):
+    got = os.stat(path).st_mode & 0o7777
+    return None if got == mode else f"{path}: mode {got:o}, want {mode:o}"
+
+
+def count(n):
+    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
+
+
+def workloads(data, big_mib, huge_n, untar_files):
+    hn, tn = count(huge_n), count(untar_files)
     nb = big_mib * MiB
-    return [
-        Workload("read-warm", f"seq read {big_mib} MiB lower file, warm", big, False, "MB/s", nb),
-        Workload("read-cold", f"seq read {big_mib} MiB lower file, cold", big, True, "MB/s", nb),
-        Workload("find-cold", "find, ~8k-entry tree on 2 layers, cold", lambda r: ["find", f"{r}/tree"], True),
-        Workload("find-warm", "find, ~8k-entry tree on 2 layers, warm", lambda r: ["find", f"{r}/tree"], False),
-        Workload("lsR-cold", "ls -lR, ~8k-entry tree on 2 layers, cold", lambda r: LS + ["-lR", f"{r}/tree"], True),
-        Workload("lsR-warm", "ls -lR, ~8k-entry tree on 2 layers, warm", lambda r: LS + ["-lR", f"{r}/tree"], False),
-        Workload("huge-lsf-warm", f"ls -f, {hn}-entry dir on 3 layers, warm", lambda r: LS + ["-f", f"{r}/huge"], False),
-        Workload("huge-lsl-warm", f"ls -l, {hn}-entry dir on 3 layers, warm", lambda r: LS + ["-l", f"{r}/huge"], False),
+    main, deep = Stack(data, "main"), Stack(data, "deep")
+    tarball = untar_tarball(main, untar_files)
+    walk = {"find": ("find", lambda p: ["find", p]), "lsR": ("ls -lR", lambda p: LS + ["-lR", p])}
+    wls = [
+        Workload("read-warm", f"seq read {big_mib} MiB lower file, warm",
+                 lambda r: dd_read(f"{r}/big/file"), False, "MB/s", nb),
+        Workload("read-cold", f"seq read {big_mib} MiB lower file, cold",
+                 lambda r: dd_read(f"{r}/big/file"), True, "MB/s", nb),
+        Workload("read2-cold", f"2 concurrent seq readers of two {big_mib} MiB lower files, cold",
+                 lambda r: together(dd_read(f"{r}/big/file"), dd_read(f"{r}/big2/file")), True, "MB/s", 2 * nb),
+        Workload("write-seq", f"seq write of a new {big_mib} MiB file, fsync at the end, cold",
+                 lambda r: ["dd", "if=/dev/zero", f"of={r}/new", "bs=1M", f"count={big_mib}", "conv=fsync",
+                            "status=none"], True, "MB/s", nb, native_scratch=True, check=check_size("new", nb)),
+    ]
+    for key, (what, cmd) in walk.items():
+        for cold in (True, False):
+            temp = "cold" if cold else "warm"
+            wls.append(Workload(f"deb-{key}-{temp}", f"{what}, Debian image (minbase + apt layer), {temp}",
+                                cmd, cold, stack="debian"))
+    wls.append(Workload("walk2-cold", "2 concurrent ls -lR, Debian image, cold",
+                        lambda p: together(walk["lsR"][1](p), walk["lsR"][1](p)), True, stack="debian"))
+    for opt, key in (("-f", "lsf"), ("-l", "lsl")):
+        for cold in (True, False):
+            temp = "cold" if cold else "warm"
+            wls.append(Workload(f"huge-{key}-{temp}", f"ls {opt}, {hn}-entry dir on 3 layers, {temp}",
+                                lambda p, opt=opt: LS + [opt, p], cold, sub="huge"))
+    wls += [
+        Workload("huge-stat-cold", f"stat of 1000 random names in the {hn}-entry dir, cold",
+                 stat_argv(os.path.join(main.native, "huge"), "huge"), True),
+        Workload("deep-mount", f"mount time, {DEEP_LAYERS}-layer stack, cold", None, True, stack="deep"),
+        Workload("deep-lsl-warm", f"ls -l of a dir all {DEEP_LAYERS} layers add to (2k entries), warm",
+                 lambda p: LS + ["-l", p], False, stack="deep", sub="d"),
+        Workload("deep-stat-cold", f"stat of 1000 bottom-layer names under {DEEP_LAYERS} layers, cold",
+                 stat_argv(os.path.join(deep.native, "b"), "b", "f"), True, stack="deep"),
+        Workload("copyup-big", f"copy-up: append 1 byte to the {big_mib} MiB lower file, cold",
+                 lambda r: ["bash", "-c", 'printf x >>"$1"/big/file', "append", r], True, copy_native=["big"],
+                 check=check_appended(nb + 1, "big/file")),
         Workload("copyup-append", "copy-up: append 1 byte to 2000 small lower files, cold", append_argv, True,
-                 copy_native=["small"], check=check_append),
+                 copy_native=["small"], check=check_appended(None, "small/f0000", "small/f1999")),
         Workload("rm-lower", "rm -rf of a 10k-file lower tree, cold", lambda r: ["rm", "-rf", f"{r}/rmtree"], True,
-                 copy_native=["rmtree"], check=check_rm),
+                 copy_native=["rmtree"], check=check_gone("rmtree")),
+        Workload("untar", f"untar of a {tn}-file tarball into a new dir, cold", untar_argv(tarball), True,
+                 native_scratch=True, check=check_exists("untar/d00/f00", "untar/d00/top-only", "untar/d00/f99")),
+        Workload("rm-untarred", f"rm -rf of those {tn} untarred files (in the upper), cold",
+                 lambda r: ["rm", "-rf", f"{r}/untar"], True, native_scratch=True, prepare=untar_argv(tarball),
+                 check=check_gone("untar")),
         Workload("chmod-big", f"copy-up: chmod of the {big_mib} MiB lower file, cold",
                  lambda r: ["chmod", "600", f"{r}/big/file"], True, copy_native=["big"],
                  check=lambda r: check_mode(os.path.join(r, "big", "file"), 0o600)),
@@ -484,6 +859,7 @@ def workloads(big_mib, huge_n=100_000):
                  lambda r: ["bash", "-c", 'chmod 600 "$1"/small/*', "chmod", r], True, copy_native=["small"],
                  check=lambda r: check_mode(os.path.join(r, "small", "f1999"), 0o600)),
     ]
+    return wls
 
 
 def fio_argv(name, path, rw, runtime, extra=()):
@@ -516,50 +892,67 @@ def fio_workloads(big_mib, runtime):
     ]
 
 
-def check_mode(path, mode):
-    got = os.stat(path).st_mode & 0o7777
-    return None if got == mode else f"{path}: mode {got:o}, want {mode:o}"
+def run_timed(wl, view):
+    """Run the workload's command on view (prepared, then cold or warm); the sample."""
+    path = wl.path(view.root)
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "timeout": 600}
+    if wl.prepare:
+        sh(wl.prepare(path), **quiet)
+    argv = wl.argv(path)
+    if wl.cold:
+        drop_caches()
+    elif wl.warmup is not False:
+        sh(wl.warmup(path) if wl.warmup else argv, **quiet)
+    cpu0 = proc_cpu_seconds(view.pid) if view.pid else None
+    t0 = time.perf_counter()
+    r = subprocess.run(argv, stdout=subprocess.PIPE if wl.parse else subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, timeout=600)
+    res = {"seconds": time.perf_counter() - t0}
+    cpu1 = proc_cpu_seconds(view.pid) if view.pid else None
+    if cpu0 is not None and cpu1 is not None:
+        res["daemon_cpu"] = cpu1 - cpu0
+    if r.returncode != 0:
+        res["error"] = f"exit {r.returncode}: {r.stderr.decode(errors='replace').strip()[:300]}"
+    elif wl.parse:
+        try:
+            res.update(wl.parse(r.stdout))
+        except (ValueError, KeyError, IndexError) as e:
+            res["error"] = f"cannot parse the output: {e!r}"
+    if "error" not in res and wl.check:
+        err = wl.check(path)
+        if err:
+            res["error"] = err
+    return res
 
 
-def measure(impl, wl, data, scratch):
-    """One measurement: mount, (warm up | drop caches), run, read daemon stats, unmount."""
+def measure(impl, wl, stack, scratch):
+    """One measurement: mount, (warm up | drop caches), run, read daemon stats, unmount.
+    A mount-time workload (argv None) drops the caches first and times the mount."""
     # settle: write back what earlier measurements left dirty (their upper
     # directories were just deleted) so that it is not charged to this one
     os.sync()
+    if wl.argv is None:
+        drop_caches()
     try:
-        view = View(impl, data, scratch, wl.copy_native, wl.native_scratch)
+        view = View(impl, stack, scratch, wl.copy_native, wl.native_scratch)
     except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
         MOUNTS.cleanup()
         rmtree(scratch)
         return {"seconds": float("nan"), "error": f"setup failed: {e}"}
     try:
-        argv = wl.argv(view.root)
-        if wl.cold:
-            drop_caches()
-        elif wl.warmup is not False:
-            warm = wl.warmup(view.root) if wl.warmup else argv
-            sh(warm, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
-        cpu0 = proc_cpu_seconds(view.pid) if view.pid else None
-        t0 = time.perf_counter()
-        r = subprocess.run(argv, stdout=subprocess.PIPE if wl.parse else subprocess.DEVNULL,
-                           stderr=subprocess.PIPE, timeout=600)
-        elapsed = time.perf_counter() - t0
-        res = {"seconds": elapsed}
-        if r.returncode != 0:
-            res["error"] = f"exit {r.returncode}: {r.stderr.decode(errors='replace').strip()[:300]}"
-        elif wl.parse:
+        if wl.argv is None:
+            res = {"seconds": view.mount_seconds}
+            if view.mount_seconds is None:
+                res.update(seconds=float("nan"), error="the mount point never answered a stat")
+            cpu = proc_cpu_seconds(view.pid) if view.pid else None
+            if cpu is not None:
+                res["daemon_cpu"] = cpu  # all of it: the daemon is as old as the mount
+        else:
             try:
-                res.update(wl.parse(r.stdout))
-            except (ValueError, KeyError, IndexError) as e:
-                res["error"] = f"cannot parse the output: {e!r}"
-        if "error" not in res and wl.check:
-            err = wl.check(view.root)
-            if err:
-                res["error"] = err
+                res = run_timed(wl, view)
+            except (subprocess.SubprocessError, OSError) as e:
+                res = {"seconds": float("nan"), "error": f"{e}"[:300]}
         if view.pid:
-            cpu1 = proc_cpu_seconds(view.pid)
-            if cpu0 is not None and cpu1 is not None:
-                res["daemon_cpu"] = cpu1 - cpu0
             res["vmhwm_kib"] = proc_status_kib(view.pid, "VmHWM")
         return res
     finally:
@@ -714,7 +1107,7 @@ and how to read this). Do not edit by hand; rerun the harness.
 - {('**WARNING: builds/tests ran during the run, these numbers are disturbed**: '
     + '; '.join(f"{k}: {', '.join(v)}" for k, v in info['disturbed'].items()))
    if info['disturbed'] else 'no cargo/rustc/nextest seen running after any workload'}
-- {info['fuse-overlayfs']}, as root
+{''.join(f"- **NOTE: {n}**{chr(10)}" for n in info['notes'])}- {info['fuse-overlayfs']}, as root
 - stratafs: commit {info['stratafs']}; {info.get('stratafs binary', '?')}; "stratafs (root)": `stratafs mount`
   as root (no passthrough yet); "stratafs rootless": the drop-in command line
   (`stratafs -o lowerdir=…,upperdir=…,workdir=…,allow_other MNT`) run by the
@@ -759,26 +1152,26 @@ implementations:
         f.write("\n".join([text] + kept))
 
 
-def prepare_rootless(data):
+def prepare_rootless(stacks):
     """The unprivileged daemon cannot read trusted.overlay.* xattrs: give the
     opaque directories user.overlay.* markers too (kernel overlayfs, as root
     without userxattr, ignores them), and check that it can read the layers."""
-    layers = [os.path.join(data, "layers", n) for n in ("top", "mid", "base")]
-    sh([STRATAFS, "layer", "add-user-markers"] + layers, stdout=subprocess.DEVNULL)
-    probe = os.path.join(data, "layers", "base", "big", "file")
+    for st in stacks.values():
+        sh([STRATAFS, "layer", "add-user-markers"] + st.lowers, stdout=subprocess.DEVNULL)
+    probe = os.path.join(stacks["main"].layer("base"), "big", "file")
     if subprocess.run(as_user(["test", "-r", probe])).returncode != 0:
         raise SystemExit(f"{ROOTLESS_USER} cannot read {probe}: every directory above the layers must be "
                          "searchable by it (--keep-data/--tmpdir in a private place?)")
 
 
-def sample_mount_options(data, tmp, impls):
+def sample_mount_options(stack, tmp, impls):
     """Mount each implementation once to record the options the kernel shows."""
     opts = {}
     scratch = os.path.join(tmp, "opts")
     for impl in impls:
         if impl == "native":
             continue
-        v = View(impl, data, os.path.join(scratch, impl), [])
+        v = View(impl, stack, os.path.join(scratch, impl), [])
         try:
             with open("/proc/mounts") as f:
                 for line in f:
@@ -795,41 +1188,51 @@ def sample_mount_options(data, tmp, impls):
     return opts
 
 
-def sanity_check(data, tmp, impls):
-    """Every implementation must show the same merged tree as the native copy."""
-    def listing(root):
-        entries = []
-        for d, dirs, files in os.walk(root):
-            if os.path.relpath(d, root) == ".":
-                dirs.remove("huge")
-            for name in dirs + files:
-                path = os.path.join(d, name)
-                st = os.lstat(path)
-                rel = os.path.relpath(path, root)
-                if stat.S_ISREG(st.st_mode):
-                    entries.append(f"{rel} f {st.st_size} {st.st_mode:o}")
-                elif stat.S_ISLNK(st.st_mode):
-                    entries.append(f"{rel} l {os.readlink(path)}")
-                else:
-                    entries.append(f"{rel} {stat.S_IFMT(st.st_mode):o} {st.st_mode:o}")
-        return sorted(entries), len(os.listdir(os.path.join(root, "huge")))
+def listing(root, counted=()):
+    """Every entry under root (name, type, size, mode, symlink target), sorted;
+    the top-level directories in counted are only counted."""
+    entries, counts = [], {}
+    for d, dirs, files in os.walk(root):
+        if d == root:
+            for c in counted:
+                if c in dirs:
+                    dirs.remove(c)
+                    counts[c] = len(os.listdir(os.path.join(root, c)))
+        for name in dirs + files:
+            path = os.path.join(d, name)
+            st = os.lstat(path)
+            rel = os.path.relpath(path, root)
+            if stat.S_ISREG(st.st_mode):
+                entries.append(f"{rel} f {st.st_size} {st.st_mode:o}")
+            elif stat.S_ISLNK(st.st_mode):
+                entries.append(f"{rel} l {os.readlink(path)}")
+            else:
+                entries.append(f"{rel} {stat.S_IFMT(st.st_mode):o} {st.st_mode:o}")
+    return sorted(entries), counts
 
-    want = listing(os.path.join(data, "native"))
+
+def sanity_check(stacks, tmp, impls):
+    """Every implementation must show the same merged trees as the native copies.
+    Returns {stack: (entries, counts)} of the native copies and the differences."""
+    want, bad = {}, []
     scratch = os.path.join(tmp, "sanity")
-    bad = []
-    for impl in impls:
-        if impl == "native":
-            continue
-        v = View(impl, data, os.path.join(scratch, impl), [])
-        try:
-            got = listing(v.root)
-        finally:
-            v.close()
-        if got != want:
-            extra = set(got[0]) - set(want[0])
-            missing = set(want[0]) - set(got[0])
-            bad.append(f"{impl}: huge/ {got[1]} entries (want {want[1]}); "
-                       f"{len(extra)} extra e.g. {sorted(extra)[:3]}, {len(missing)} missing e.g. {sorted(missing)[:3]}")
+    for name, st in stacks.items():
+        counted = ("huge",) if name == "main" else ()
+        want[name] = listing(st.native, counted)
+        for impl in impls:
+            if impl == "native":
+                continue
+            v = View(impl, st, os.path.join(scratch, impl), [])
+            try:
+                got = listing(v.root, counted)
+            finally:
+                v.close()
+            if got != want[name]:
+                extra = set(got[0]) - set(want[name][0])
+                missing = set(want[name][0]) - set(got[0])
+                bad.append(f"{impl} on {name}: counts {got[1]} (want {want[name][1]}); "
+                           f"{len(extra)} extra e.g. {sorted(extra)[:3]}, "
+                           f"{len(missing)} missing e.g. {sorted(missing)[:3]}")
     rmtree(scratch)
     return want, bad
 
@@ -846,7 +1249,10 @@ def main():
     p.add_argument("--reps", type=int, help="repetitions per workload (default: 3 quick, 5 full)")
     p.add_argument("--big-mib", type=int, help="size of the large lower file (default: 256 quick, 1024 full)")
     p.add_argument("--huge", type=int,
-                   help="entries in the large directory (default: 20000 quick, 100000 full)")
+                   help="entries in the large directory (default: 10000 quick, 100000 full)")
+    p.add_argument("--untar-files", type=int,
+                   help="files in the tarball of untar/rm-untarred, a multiple of 100 up to 10000 "
+                        "(default: 2000 quick, 10000 full)")
     p.add_argument("--only", help="comma-separated workload names to run (default: all)")
     p.add_argument("--impls", default=",".join(IMPLS), help=f"comma-separated subset of {','.join(IMPLS)}")
     p.add_argument("--fio-runtime", type=int, help="seconds of each fio run (default: 1 quick, 10 full)")
@@ -856,6 +1262,9 @@ def main():
     p.add_argument("--tmpdir", default="/var/tmp", help="where to build layers and mount (default /var/tmp)")
     p.add_argument("--keep-data", metavar="DIR",
                    help="build the layers in DIR and keep them; reused by later runs with the same sizes")
+    p.add_argument("--debian-seed", default=DEBIAN_SEED, metavar="DIR",
+                   help=f"copy the Debian image from the test suite's cache DIR if it holds it, instead of "
+                        f"debootstrap + apt (default {DEBIAN_SEED}; '' to always build)")
     p.add_argument("--output", default=os.path.join(HERE, "RESULTS.md"), help="report file (default bench/RESULTS.md)")
     p.add_argument("--no-report", action="store_true", help="print the table only, do not write the report")
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
@@ -863,22 +1272,26 @@ def main():
     args.reps = args.reps or (3 if args.quick else 5)
     args.big_mib = args.big_mib or (256 if args.quick else 1024)
     args.fio_runtime = args.fio_runtime or (1 if args.quick else 10)
-    # quick: a smaller huge/ (ls -l of 100k entries, warm-up included, is ~10 s
-    # a run on the slowest FUSE columns, too much for the 5-minute budget)
-    args.huge = args.huge or (20_000 if args.quick else 100_000)
+    # quick: a smaller huge/ and tarball (ls -l of 100k entries, warm-up
+    # included, is ~10 s a run on the slowest FUSE columns, untar + rm of 10k
+    # files ~10 s: too much for the 5-minute budget)
+    args.huge = args.huge or (10_000 if args.quick else 100_000)
+    args.untar_files = args.untar_files or (2000 if args.quick else 10_000)
     STRATAFS = os.path.abspath(args.stratafs)
     ROOTLESS_USER = args.rootless_user
-    wls = workloads(args.big_mib, args.huge) + fio_workloads(args.big_mib, args.fio_runtime)
+
+    def selected_workloads(data):
+        wls = workloads(data, args.big_mib, args.huge, args.untar_files) + fio_workloads(args.big_mib,
+                                                                                         args.fio_runtime)
+        return [w for w in wls if w.name in args.only.split(",")] if args.only else wls
     if args.list:
-        for wl in wls:
+        for wl in selected_workloads("DATA"):
             print(f"{wl.name:16} {wl.title}")
         return 0
     if args.only:
-        names = args.only.split(",")
-        unknown = set(names) - {w.name for w in wls}
+        unknown = set(args.only.split(",")) - {w.name for w in selected_workloads("DATA")}
         if unknown:
             p.error(f"unknown workloads: {', '.join(sorted(unknown))}")
-        wls = [w for w in wls if w.name in names]
     impls = [i for i in args.impls.split(",") if i]
     for i in impls:
         if i not in IMPLS:
@@ -887,16 +1300,17 @@ def main():
         p.error("run as root (kernel overlayfs, drop_caches)")
     if {"stratafs", "stratafs-rootless"} & set(impls) and not os.access(STRATAFS, os.X_OK):
         p.error(f"{STRATAFS} missing: cargo build --release")
-    if any(w.unit == "IOPS" for w in wls) and not shutil.which("fio"):
+    if any(w.unit == "IOPS" for w in selected_workloads("DATA")) and not shutil.which("fio"):
         p.error("fio missing: scripts/setup.sh (or apt-get install fio), or leave the fio-* workloads out with --only")
+    try:  # also the owner of the Debian layers (build_debian), whether or not it runs
+        pw = pwd.getpwnam(ROOTLESS_USER)
+        ROOTLESS_UID, ROOTLESS_GID = pw.pw_uid, pw.pw_gid
+    except KeyError:
+        pass
     if "stratafs-rootless" in impls:
-        import pwd
-        try:
-            pw = pwd.getpwnam(ROOTLESS_USER)
-        except KeyError:
+        if ROOTLESS_UID is None:
             p.error(f"no account {ROOTLESS_USER} for stratafs-rootless (scripts/setup.sh makes it), "
                     "or leave it out with --impls")
-        ROOTLESS_UID, ROOTLESS_GID = pw.pw_uid, pw.pw_gid
         for tool in ("setpriv", "fusermount3"):
             if not shutil.which(tool):
                 p.error(f"{tool} missing (stratafs-rootless)")
@@ -923,24 +1337,32 @@ def main():
     started = datetime.datetime.now(datetime.timezone.utc)
     t_start = time.monotonic()
     data = os.path.abspath(args.keep_data) if args.keep_data else os.path.join(tmp, "data")
-    build_data(data, args.big_mib, args.huge)
+    wls = selected_workloads(data)
+    stacks, notes = build_data(data, ["main"] + sorted({w.stack for w in wls} - {"main"}),
+                               args.big_mib, args.huge, args.untar_files, args.debian_seed)
+    for wl in wls:
+        if wl.stack not in stacks:
+            wl.fall_back_to_tree()
     if "stratafs-rootless" in impls:
-        prepare_rootless(data)
-    want, bad = sanity_check(data, tmp, impls)
-    log(f"merged view: {len(want[0])} entries outside huge/, {want[1]} in huge/")
+        prepare_rootless(stacks)
+    want, bad = sanity_check(stacks, tmp, impls)
+    for name, (entries, counts) in want.items():
+        log(f"merged view of {name}: {len(entries)} entries"
+            + "".join(f", {n} more in {d}/" for d, n in counts.items()))
     for b in bad:
         log(f"WARNING: merged view differs from native: {b}")
-    mount_opts = sample_mount_options(data, tmp, impls)
+    mount_opts = sample_mount_options(stacks["main"], tmp, impls)
 
-    results = {wl.name: {i: [] for i in impls} for wl in wls}
+    results = {wl.name: {i: [] for i in impls if wl.runs(i)} for wl in wls}
     n = 0
     for wl in wls:
         t_wl = time.monotonic()
+        wl_impls = list(results[wl.name])
         for rep in range(args.reps):
-            order = impls[rep % len(impls):] + impls[:rep % len(impls)]
+            order = wl_impls[rep % len(wl_impls):] + wl_impls[:rep % len(wl_impls)]
             for impl in order:
                 n += 1
-                res = measure(impl, wl, data, os.path.join(tmp, f"m{n}"))
+                res = measure(impl, wl, stacks[wl.stack], os.path.join(tmp, f"m{n}"))
                 results[wl.name][impl].append(res)
                 if "error" in res:
                     log(f"{wl.name} {impl}: ERROR {res['error']}")
@@ -950,7 +1372,7 @@ def main():
             log(f"WARNING: {', '.join(b)} running during {wl.name}")
         log(f"{wl.name}: {time.monotonic() - t_wl:.1f}s  " + "  ".join(
             f"{i}={fmt_val(wl, summarize(wl, results[wl.name][i])['median'])}"
-            if summarize(wl, results[wl.name][i]) else f"{i}=ERR" for i in impls))
+            if summarize(wl, results[wl.name][i]) else f"{i}=ERR" for i in wl_impls))
     elapsed = time.monotonic() - t_start
     print(table(wls, results, impls))
     print()
@@ -959,8 +1381,11 @@ def main():
         info = machine_info(args.tmpdir)
         info["loadavg_before"] = loadavg_before
         info["disturbed"] = disturbed
+        info["notes"] = notes
         write_report(args.output, args, cmd, info, wls, results, impls, started, elapsed, mount_opts)
         log(f"wrote {args.output}")
+    for note in notes:
+        log(f"NOTE: {note}")
     log(f"total {elapsed:.0f}s")
     return 1 if bad else 0
 
