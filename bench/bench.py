@@ -436,7 +436,6 @@ def build_apt_layer(minbase, upper, scratch):
     try:
         mount("kernel", merged, ["mount", "-t", "overlay", "overlay", "-o",
                                  f"lowerdir={minbase},upperdir={upper},workdir={work}", merged])
-        mount("proc", os.path.join(merged, "proc"), ["mount", "-t", "proc", "proc", os.path.join(merged, "proc")])
         resolv = os.path.join(merged, "etc", "resolv.conf")
         if os.path.isfile(resolv) and not os.path.islink(resolv):
             mount("bind", resolv, ["mount", "--bind", "/etc/resolv.conf", resolv])
