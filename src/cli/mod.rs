@@ -48,7 +48,7 @@ enum WhiteoutArg {
     after_help = "Drop-in for fuse-overlayfs: the second form takes fuse-overlayfs' command line \
                   and options (lowerdir, upperdir, workdir, uidmapping, gidmapping, squash_to_root, \
                   squash_to_uid, squash_to_gid, static_nlink, noacl, fsync, volatile, timeout, \
-                  writeback, noxattrs, xattr_permissions, allow_other, allow_root, ro, suid, dev, \
+                  writeback, passthrough, noxattrs, xattr_permissions, allow_other, allow_root, ro, suid, dev, \
                   exec, noatime, max_write, ...), mounts, and returns once the mount is ready. \
                   -f stays in the foreground, -d logs every request. Installed as \
                   mount.fuse.stratafs it serves mount(8) and /etc/fstab."

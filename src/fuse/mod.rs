@@ -2,6 +2,7 @@
 //! calls the union core and replies. No layer decisions are made here.
 
 mod convert;
+mod passthrough;
 
 use std::ffi::OsStr;
 use std::sync::Arc;
@@ -22,6 +23,8 @@ use std::os::unix::ffi::OsStrExt;
 
 use crate::union::{Caller, NewEntry, Node, SetAttr, SetTime, Union};
 use convert::{errno, file_attr, file_type, negative_entry};
+use passthrough::{Passthrough, Route};
+use std::os::fd::AsFd;
 
 /// Options of the adapter that are not union semantics.
 #[derive(Debug, Clone)]
@@ -34,6 +37,9 @@ pub struct AdapterConfig {
     /// Kernel writeback cache for writes.
     pub writeback: bool,
     pub max_write: Option<u32>,
+    /// Ask for FUSE passthrough (needs CAP_SYS_ADMIN in the initial user
+    /// namespace); falls back to the daemon when refused.
+    pub passthrough: bool,
 }
 
 impl Default for AdapterConfig {
@@ -43,6 +49,7 @@ impl Default for AdapterConfig {
             acl: true,
             writeback: false,
             max_write: None,
+            passthrough: false,
         }
     }
 }
@@ -50,11 +57,35 @@ impl Default for AdapterConfig {
 pub struct StrataFs {
     core: Arc<Union>,
     cfg: AdapterConfig,
+    passthrough: Passthrough,
+    /// The kernel leaves clearing setuid/setgid on writes to us
+    /// (FUSE_HANDLE_KILLPRIV_V2), and so skips a security.capability
+    /// lookup per write.
+    killpriv: bool,
 }
 
 impl StrataFs {
     pub fn new(core: Arc<Union>, cfg: AdapterConfig) -> Self {
-        StrataFs { core, cfg }
+        StrataFs {
+            core,
+            cfg,
+            passthrough: Passthrough::default(),
+            killpriv: false,
+        }
+    }
+
+    /// How the kernel is to serve a new handle of `ino`.
+    fn route(
+        &self,
+        ino: u64,
+        fh: u64,
+        flags: i32,
+        open_backing: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> std::io::Result<fuser::BackingId>,
+    ) -> Route {
+        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let fd = self.core.stable_fd(fh).ok().flatten();
+        let fd = fd.as_ref().map(|fd| fd.as_fd());
+        self.passthrough.route(ino, fh, fd, writable, open_backing)
     }
 
     /// With a writeback cache the kernel reads pages of files opened for
@@ -69,6 +100,13 @@ impl StrataFs {
         } else {
             flags
         }
+    }
+
+    /// Whether a change by this caller must clear setuid/setgid, which is
+    /// ours to do under FUSE_HANDLE_KILLPRIV_V2. The request carries no
+    /// capabilities: root is taken to hold CAP_FSETID.
+    fn lacks_fsetid(&self, req: &Request) -> bool {
+        self.killpriv && req.uid() != 0
     }
 
     /// Attributes as the mount shows them.
@@ -96,6 +134,20 @@ fn caller(req: &Request, umask: u32) -> Caller {
         gid: req.gid(),
         umask,
     }
+}
+
+/// The caller's groups: its gid and, from /proc, its supplementary groups.
+fn caller_groups(req: &Request) -> Vec<u32> {
+    let mut groups = vec![req.gid()];
+    if let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", req.pid()))
+        && let Some(line) = status.lines().find_map(|l| l.strip_prefix("Groups:"))
+    {
+        groups.extend(
+            line.split_whitespace()
+                .filter_map(|g| g.parse::<u32>().ok()),
+        );
+    }
+    groups
 }
 
 fn set_time(t: TimeOrNow) -> SetTime {
@@ -147,7 +199,23 @@ impl fuser::Filesystem for StrataFs {
         if self.cfg.acl && !self.core.view().no_xattrs {
             caps.push(InitFlags::FUSE_POSIX_ACL);
         }
-        if self.cfg.writeback && self.core.is_writable() {
+        let passthrough = self.cfg.passthrough
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            // Layers on a plain file system; this mount may itself be a lower of an overlay.
+            && config.set_max_stack_depth(1).is_ok();
+        self.passthrough.enable(passthrough);
+        self.killpriv = self.core.drops_setid()
+            && config
+                .add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2)
+                .is_ok();
+        tracing::debug!(
+            asked = self.cfg.passthrough,
+            passthrough,
+            killpriv = self.killpriv,
+            "kernel caching"
+        );
+        // The kernel's writeback cache does not apply to passthrough files.
+        if self.cfg.writeback && !passthrough && self.core.is_writable() {
             caps.push(InitFlags::FUSE_WRITEBACK_CACHE);
         }
         if let Some(max) = self.cfg.max_write
@@ -201,11 +269,29 @@ impl fuser::Filesystem for StrataFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _s = debug_span!("open", ino = ino.0, flags = flags.0).entered();
-        match self.core.open(ino.0, self.open_flags(flags.0)) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-            Err(e) => reply.error(errno(&e)),
+        let fh = match self.core.open(ino.0, self.open_flags(flags.0)) {
+            Ok(fh) => fh,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        if flags.0 & libc::O_TRUNC != 0
+            && self.lacks_fsetid(req)
+            && let Err(e) = self
+                .core
+                .drop_setid(fh, |g| caller_groups(req).contains(&g))
+        {
+            self.core.release(fh);
+            return reply.error(errno(&e));
+        }
+        match self.route(ino.0, fh, flags.0, |fd| reply.open_backing(fd)) {
+            Route::Cached => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Route::Backed(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
+            Route::Refused => {
+                self.passthrough.release(fh);
+                self.core.release(fh);
+                reply.error(fuser::Errno::EIO)
+            }
         }
     }
 
@@ -237,6 +323,7 @@ impl fuser::Filesystem for StrataFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.passthrough.release(fh.0);
         self.core.release(fh.0);
         reply.ok();
     }
@@ -407,7 +494,7 @@ impl fuser::Filesystem for StrataFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -424,7 +511,7 @@ impl fuser::Filesystem for StrataFs {
         reply: ReplyAttr,
     ) {
         let _s = debug_span!("setattr", ino = ino.0).entered();
-        let set = SetAttr {
+        let mut set = SetAttr {
             mode,
             uid,
             gid,
@@ -432,7 +519,13 @@ impl fuser::Filesystem for StrataFs {
             atime: atime.map(set_time),
             mtime: mtime.map(set_time),
             fh: fh.map(|f| f.0),
+            drop_setid: None,
         };
+        let groups;
+        if size.is_some() && self.lacks_fsetid(req) {
+            groups = caller_groups(req);
+            set.drop_setid = Some(&groups);
+        }
         match self.core.setattr(ino.0, set) {
             Ok(attr) => reply.attr(&self.cfg.ttl, &self.attr_out(attr)),
             Err(e) => reply.error(errno(&e)),
@@ -548,17 +641,24 @@ impl fuser::Filesystem for StrataFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let _s = debug_span!("write", fh = fh.0, offset, len = data.len()).entered();
+        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
+            && let Err(e) = self
+                .core
+                .drop_setid(fh.0, |g| caller_groups(req).contains(&g))
+        {
+            return reply.error(errno(&e));
+        }
         match self.core.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(&e)),
@@ -583,13 +683,29 @@ impl fuser::Filesystem for StrataFs {
             .core
             .create_entry(parent.0, name, mode, caller(req, umask), what)
         {
-            Ok((node, Some(fh))) => reply.created(
-                &self.cfg.ttl,
-                &self.attr_out(node.attr()),
-                GENERATION,
-                FileHandle(fh),
-                FopenFlags::FOPEN_KEEP_CACHE,
-            ),
+            Ok((node, Some(fh))) => {
+                let attr = self.attr_out(node.attr());
+                let (ttl, fh) = (&self.cfg.ttl, FileHandle(fh));
+                match self.route(node.ino(), fh.0, flags, |fd| reply.open_backing(fd)) {
+                    Route::Cached => {
+                        reply.created(ttl, &attr, GENERATION, fh, FopenFlags::FOPEN_KEEP_CACHE)
+                    }
+                    Route::Refused => {
+                        self.passthrough.release(fh.0);
+                        self.core.release(fh.0);
+                        self.core.forget(node.ino(), 1);
+                        reply.error(fuser::Errno::EIO)
+                    }
+                    Route::Backed(id) => reply.created_passthrough(
+                        ttl,
+                        &attr,
+                        GENERATION,
+                        fh,
+                        FopenFlags::empty(),
+                        &id,
+                    ),
+                }
+            }
             Ok((node, None)) => {
                 self.core.forget(node.ino(), 1);
                 reply.error(fuser::Errno::EIO);

@@ -33,8 +33,8 @@ pub use redirect::{
 pub use upper::{Dialect, DialectChoice, Upper};
 pub use user_markers::{UserMarkerStats, add_user_markers};
 pub use walk::{
-    open_file, open_path, open_subdir, proc_fd_path, read_dir, remove_tree, reopen, stat_at,
-    stat_self,
+    drop_setid, open_file, open_path, open_subdir, proc_fd_path, read_dir, remove_tree, reopen,
+    stat_at, stat_self,
 };
 pub use xattrs::{content_xattrs, is_private_xattr, read_sized};
 

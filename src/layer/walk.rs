@@ -83,6 +83,30 @@ pub fn proc_fd_path(fd: BorrowedFd<'_>) -> std::ffi::CString {
     std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
 }
 
+/// Clears setuid, and setgid where it means "set group on exec" (group
+/// execute set) or the writer is not in the file's group (`in_group` of the
+/// file's gid), as a write or truncation by an unprivileged caller does.
+/// Works on O_PATH handles too.
+pub fn drop_setid(fd: BorrowedFd<'_>, in_group: impl Fn(u32) -> bool) -> Result<(), LayerError> {
+    let st = stat_self(fd)?;
+    let mode = st.st_mode;
+    let mut kept = mode & !libc::S_ISUID;
+    if mode & libc::S_ISGID != 0 && (mode & libc::S_IXGRP != 0 || !in_group(st.st_gid)) {
+        kept &= !libc::S_ISGID;
+    }
+    if kept == mode {
+        return Ok(());
+    }
+    let path = proc_fd_path(fd);
+    rustix::fs::chmodat(
+        rustix::fs::CWD,
+        path.as_c_str(),
+        Mode::from_raw_mode(kept & 0o7777),
+        rustix::fs::AtFlags::empty(),
+    )
+    .map_err(|e| LayerError::Io(e.into()))
+}
+
 /// Opens an O_PATH handle on `name` in `dir` itself (never a symlink's target).
 pub fn open_path(dir: BorrowedFd<'_>, name: &CStr) -> Result<OwnedFd, LayerError> {
     rustix::fs::openat2(

@@ -125,7 +125,7 @@ pub fn run(spec: &MountSpec) -> Result<(), MountError> {
 /// written by this very user cannot carry such markers; one owned by
 /// somebody else might: say so rather than silently showing hidden entries.
 fn warn_unreadable_markers(lowers: &[PathBuf]) {
-    if reads_trusted_xattrs() {
+    if privileged() {
         return;
     }
     let me = rustix::process::geteuid().as_raw();
@@ -146,8 +146,9 @@ fn warn_unreadable_markers(lowers: &[PathBuf]) {
     }
 }
 
-/// True for root of the initial user namespace, which reads trusted xattrs.
-fn reads_trusted_xattrs() -> bool {
+/// True for root of the initial user namespace, which reads trusted xattrs
+/// and may use FUSE passthrough.
+fn privileged() -> bool {
     rustix::process::geteuid().is_root()
         && std::fs::read_to_string("/proc/self/uid_map")
             .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
@@ -219,6 +220,7 @@ fn adapter_config(spec: &MountSpec) -> AdapterConfig {
     }
     cfg.acl = spec.fuse.acl;
     cfg.writeback = spec.fuse.writeback;
+    cfg.passthrough = spec.fuse.passthrough.unwrap_or_else(privileged);
     cfg.max_write = spec.fuse.max_write;
     cfg
 }

@@ -34,6 +34,8 @@ pub struct FuseOptions {
     /// How long the kernel may cache entries and attributes.
     pub timeout: Option<Duration>,
     pub writeback: bool,
+    /// FUSE passthrough for file I/O; `None` means "when privileged".
+    pub passthrough: Option<bool>,
     pub max_write: Option<u32>,
     /// FUSE event loops; `None` picks two per CPU (at least four).
     pub threads: Option<usize>,
@@ -55,6 +57,7 @@ impl Default for FuseOptions {
             acl: true,
             timeout: None,
             writeback: false,
+            passthrough: None,
             max_write: None,
             threads: None,
             fsname: None,

@@ -150,6 +150,32 @@ impl Union {
         self.files.remove(fh);
     }
 
+    /// Clears setuid/setgid of the file behind `fh`, as a write or
+    /// truncation by a caller without CAP_FSETID does; `in_group` tells
+    /// whether the caller is in a group (as the mount shows it).
+    pub fn drop_setid(&self, fh: u64, in_group: impl Fn(u32) -> bool) -> Result<()> {
+        let file = self.files.get(fh)?;
+        self.drop_setid_of(file.fd()?.as_fd(), in_group)
+    }
+
+    pub(crate) fn drop_setid_of(
+        &self,
+        fd: std::os::fd::BorrowedFd<'_>,
+        in_group: impl Fn(u32) -> bool,
+    ) -> Result<()> {
+        layer::drop_setid(fd, |disk| in_group(self.view.gid_map.to_shown(disk)))?;
+        Ok(())
+    }
+
+    /// The real file behind handle `fh`, if it stays that file for the
+    /// handle's life (not a lower file that a copy-up would replace), for
+    /// the kernel to use directly.
+    pub fn stable_fd(&self, fh: u64) -> Result<Option<Arc<OwnedFd>>> {
+        let file = self.files.get(fh)?;
+        let fd = file.fd()?;
+        Ok(file.follow.lock().is_none().then_some(fd))
+    }
+
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
         let file = self.files.get(fh)?;
         // A volatile mount (`fsync=0`) promises no durability: skip it, as

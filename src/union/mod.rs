@@ -252,6 +252,13 @@ impl Union {
         self.upper.is_some()
     }
 
+    /// Whether the union itself can clear setuid/setgid when an unprivileged
+    /// caller writes or truncates: the upper files' modes are the real ones
+    /// (not recorded in an xattr, as with `xattr_permissions`).
+    pub fn drops_setid(&self) -> bool {
+        self.is_writable() && self.upper_override().is_none()
+    }
+
     /// fsync of a union directory's upper directory, if it has one.
     pub fn fsyncdir(&self, ino: u64) -> Result<()> {
         let node = self.nodes.get(ino)?;

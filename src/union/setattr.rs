@@ -19,7 +19,7 @@ pub enum SetTime {
 
 /// The changes one setattr asks for; `None` leaves a field alone.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct SetAttr {
+pub struct SetAttr<'a> {
     pub mode: Option<u32>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
@@ -28,6 +28,9 @@ pub struct SetAttr {
     pub mtime: Option<SetTime>,
     /// An open handle, when the change comes through one (ftruncate).
     pub fh: Option<u64>,
+    /// A truncation by a caller without CAP_FSETID also clears setuid/setgid;
+    /// then this holds the caller's groups.
+    pub drop_setid: Option<&'a [u32]>,
 }
 
 fn timespec(t: Option<SetTime>) -> Timespec {
@@ -48,7 +51,7 @@ fn timespec(t: Option<SetTime>) -> Timespec {
 }
 
 impl Union {
-    pub fn setattr(&self, ino: u64, set: SetAttr) -> Result<Attr> {
+    pub fn setattr(&self, ino: u64, set: SetAttr<'_>) -> Result<Attr> {
         self.check_writable()?;
         let node = self.nodes.get(ino)?;
         let uid = set
@@ -114,6 +117,9 @@ impl Union {
                     let w = layer::reopen(fd.as_fd(), OFlags::WRONLY)?;
                     rustix::fs::ftruncate(w.as_fd(), size)?;
                 }
+            }
+            if let Some(groups) = set.drop_setid {
+                self.drop_setid_of(fd.as_fd(), |g| groups.contains(&g))?;
             }
         }
         if set.atime.is_some() || set.mtime.is_some() {

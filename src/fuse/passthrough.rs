@@ -1,0 +1,171 @@
+//! FUSE passthrough: the kernel reads and writes the real file itself, so
+//! file I/O runs at the speed of the layer's own file system.
+//!
+//! The kernel puts each inode in one I/O mode while it has open files: all
+//! through its page cache, or all passed through to one backing file; an open
+//! answered in the other mode fails with EIO. So the mode of every open inode
+//! is tracked here, and an inode is passed through only when its real file
+//! cannot change while open: a file of the upper layer, or any file of a
+//! read-only mount. A lower file of a writable mount may be copied up while
+//! open (the new opens must then reach the copy, which the kernel could not
+//! switch to), so it stays on the page cache.
+
+use std::collections::HashMap;
+use std::os::fd::BorrowedFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use fuser::BackingId;
+use parking_lot::Mutex;
+
+/// How one open is served.
+pub enum Route {
+    /// Through the daemon, with the kernel page cache.
+    Cached,
+    /// By the kernel on this backing file.
+    Backed(Arc<BackingId>),
+    /// Not at all: the inode is passed through to another file (a bug if
+    /// it happens; EIO rather than the wrong file).
+    Refused,
+}
+
+/// The real file behind an inode: device and inode number.
+type FileKey = (u64, u64);
+
+enum Mode {
+    Cached,
+    Backed { id: Arc<BackingId>, file: FileKey },
+}
+
+struct Open {
+    mode: Mode,
+    handles: usize,
+}
+
+#[derive(Default)]
+pub struct Passthrough {
+    enabled: AtomicBool,
+    /// Set once an inode was tracked: from then on every open and release is.
+    tracking: AtomicBool,
+    inodes: Mutex<Inodes>,
+}
+
+#[derive(Default)]
+struct Inodes {
+    by_ino: HashMap<u64, Open>,
+    /// Every tracked file handle, with its inode.
+    by_fh: HashMap<u64, u64>,
+}
+
+impl Passthrough {
+    pub fn enable(&self, on: bool) {
+        self.enabled.store(on, Ordering::Relaxed);
+        if on {
+            self.tracking.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Picks how handle `fh` of inode `ino` is served. `fd` is its real
+    /// file if that never changes while open; `writable` if open for
+    /// writing; `open_backing` registers `fd` with the kernel.
+    pub fn route(
+        &self,
+        ino: u64,
+        fh: u64,
+        fd: Option<BorrowedFd<'_>>,
+        writable: bool,
+        open_backing: impl FnOnce(BorrowedFd<'_>) -> std::io::Result<BackingId>,
+    ) -> Route {
+        if !self.tracking.load(Ordering::Relaxed) {
+            return Route::Cached;
+        }
+        let mut inodes = self.inodes.lock();
+        let route = match inodes.by_ino.get_mut(&ino) {
+            Some(open) => {
+                let route = match &open.mode {
+                    Mode::Cached => Route::Cached,
+                    Mode::Backed { id, file } if fd.and_then(file_key) == Some(*file) => {
+                        Route::Backed(id.clone())
+                    }
+                    Mode::Backed { .. } => {
+                        tracing::error!(ino, "passed-through inode opened on another file");
+                        return Route::Refused;
+                    }
+                };
+                open.handles += 1;
+                route
+            }
+            None => {
+                let mode = self.first_mode(fd, writable, open_backing);
+                let route = match &mode {
+                    Mode::Cached => Route::Cached,
+                    Mode::Backed { id, .. } => Route::Backed(id.clone()),
+                };
+                inodes.by_ino.insert(ino, Open { mode, handles: 1 });
+                route
+            }
+        };
+        inodes.by_fh.insert(fh, ino);
+        route
+    }
+
+    /// The mode of an inode opened for the first time.
+    fn first_mode(
+        &self,
+        fd: Option<BorrowedFd<'_>>,
+        writable: bool,
+        open_backing: impl FnOnce(BorrowedFd<'_>) -> std::io::Result<BackingId>,
+    ) -> Mode {
+        let Some(fd) = fd.filter(|_| self.enabled.load(Ordering::Relaxed)) else {
+            return Mode::Cached;
+        };
+        let Ok(st) = rustix::fs::fstat(fd) else {
+            return Mode::Cached;
+        };
+        // A passthrough write clears no setuid/setgid bit (the kernel leaves
+        // that to the daemon): such files are written through the daemon.
+        if writable && st.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
+            return Mode::Cached;
+        }
+        match open_backing(fd) {
+            Ok(id) => Mode::Backed {
+                id: Arc::new(id),
+                file: (st.st_dev, st.st_ino),
+            },
+            Err(e) => {
+                // Refused for one file, refused for all (no privilege, a
+                // stacked layer file system): stop asking.
+                tracing::warn!(error = %e, "FUSE passthrough unavailable; file I/O goes through the daemon");
+                self.enabled.store(false, Ordering::Relaxed);
+                Mode::Cached
+            }
+        }
+    }
+
+    /// Forgets handle `fh`; the last one of an inode frees its backing file.
+    pub fn release(&self, fh: u64) {
+        if !self.tracking.load(Ordering::Relaxed) {
+            return;
+        }
+        let freed = {
+            let mut inodes = self.inodes.lock();
+            let Some(ino) = inodes.by_fh.remove(&fh) else {
+                return;
+            };
+            match inodes.by_ino.get_mut(&ino) {
+                Some(open) if open.handles > 1 => {
+                    open.handles -= 1;
+                    None
+                }
+                Some(_) => inodes.by_ino.remove(&ino),
+                None => None,
+            }
+        };
+        // A backing id is closed (an ioctl) outside the lock.
+        drop(freed);
+    }
+}
+
+fn file_key(fd: BorrowedFd<'_>) -> Option<FileKey> {
+    rustix::fs::fstat(fd).ok().map(|st| (st.st_dev, st.st_ino))
+}

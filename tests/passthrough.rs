@@ -1,0 +1,287 @@
+//! File I/O served by the kernel (FUSE passthrough, as root) and what the daemon must still
+//! do then: file data read and written through the mount without passing through the daemon
+//! (its /proc/PID/io counters stay flat), a file copied up while open for reading from its
+//! lower layer, and setuid/setgid cleared by unprivileged writes and truncations exactly as
+//! kernel overlayfs clears them (the daemon asks the kernel to leave that to it).
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+/// Bytes the daemon's threads read and wrote with syscalls (`rchar`, `wchar`).
+fn daemon_io(pids: &[i32]) -> (u64, u64) {
+    let mut total = (0, 0);
+    for pid in pids {
+        let io = fs::read_to_string(format!("/proc/{pid}/io")).expect("daemon io counters");
+        for line in io.lines() {
+            let value = |p: &str| {
+                line.strip_prefix(p)
+                    .map(|v| v.trim().parse::<u64>().unwrap())
+            };
+            if let Some(v) = value("rchar:") {
+                total.0 += v;
+            }
+            if let Some(v) = value("wchar:") {
+                total.1 += v;
+            }
+        }
+    }
+    total
+}
+
+fn pattern(len: usize, salt: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(salt) ^ (i >> 12) as u8)
+        .collect()
+}
+
+const MIB: usize = 1 << 20;
+
+/// As root, the file data of a read-only mount's lower files and of the upper layer's files
+/// moves through the mount (8 MiB each: a lower file read, a new file written in 4 KiB blocks
+/// in scrambled order and fsynced, then read back after the caches are dropped) while the
+/// daemon reads and writes almost nothing: the kernel does the I/O on the real files. Sizes
+/// and contents are right through the mount and in the upper layer, and an append that
+/// copies a lower file up keeps working.
+#[test]
+fn file_data_bypasses_the_daemon_as_root() {
+    require_root();
+    let env = TestEnv::new("pt-io");
+    let base = env.layer("base");
+    let lower_data = pattern(8 * MIB, 1);
+    base.file("big", &lower_data);
+    let stack = env.stack(&[&base]);
+    let moved = |pids: &[i32], before: (u64, u64)| {
+        let after = daemon_io(pids);
+        (after.0 - before.0, after.1 - before.1)
+    };
+
+    let ro = stack.stratafs();
+    let before = daemon_io(ro.daemon_pids());
+    assert!(
+        fs::read(ro.join("big")).unwrap() == lower_data,
+        "lower file read wrong"
+    );
+    let (read, _) = moved(ro.daemon_pids(), before);
+    assert!(
+        read < MIB as u64,
+        "the daemon read {read} B of an 8 MiB lower file itself"
+    );
+    ro.unmount();
+
+    let (upper, work) = upper_work(&env.fresh_dir("rw"));
+    let m = stack.stratafs_rw(&UpperSpec::new(&upper, &work));
+    let pids = m.daemon_pids().to_vec();
+    let before = daemon_io(&pids);
+    let new_data = pattern(8 * MIB, 7);
+    let f = fs::File::create(m.join("new")).unwrap();
+    // Blocks in a scrambled order, so that nothing coalesces them into big writes.
+    let blocks = new_data.len() / 4096;
+    for k in 0..blocks {
+        let b = (k * 769) % blocks;
+        f.write_all_at(&new_data[b * 4096..(b + 1) * 4096], (b * 4096) as u64)
+            .unwrap();
+    }
+    f.sync_all().unwrap();
+    drop(f);
+    drop_caches();
+    assert!(fs::read(m.join("new")).unwrap() == new_data);
+    let (read, written) = moved(&pids, before);
+    assert!(
+        read < MIB as u64 && written < MIB as u64,
+        "the daemon moved the data itself: read {read} B, wrote {written} B for 8 MiB each way"
+    );
+    assert_eq!(
+        fs::metadata(m.join("new")).unwrap().len(),
+        new_data.len() as u64
+    );
+    assert!(
+        fs::read(upper.join("new")).unwrap() == new_data,
+        "upper copy differs"
+    );
+
+    // A copy-up by an append, then more writes through the kernel on the upper file.
+    let mut a = fs::OpenOptions::new()
+        .append(true)
+        .open(m.join("big"))
+        .unwrap();
+    a.write_all(b"tail").unwrap();
+    drop(a);
+    let mut expect = lower_data.clone();
+    expect.extend_from_slice(b"tail");
+    assert_eq!(
+        fs::metadata(m.join("big")).unwrap().len(),
+        expect.len() as u64
+    );
+    assert!(fs::read(m.join("big")).unwrap() == expect);
+    assert!(fs::read(upper.join("big")).unwrap() == expect);
+    m.unmount();
+    stack.assert_layers_unchanged();
+}
+
+fn drop_caches() {
+    fs::write("/proc/sys/vm/drop_caches", "3").expect("drop_caches");
+}
+
+/// A lower file held open for reading while another open copies it up and writes it: the
+/// writer, every later open and the upper layer see the new data, and once every handle is
+/// closed the file is served by the kernel from the upper copy. (Kernel overlayfs also
+/// redirects the old reader to the copy; with passthrough the old reader may keep the lower
+/// data until it reopens: not asserted either way.)
+#[test]
+fn copy_up_while_open_for_reading() {
+    require_root();
+    let env = TestEnv::new("pt-copyup");
+    let base = env.layer("base");
+    base.file("f", "lower data\n");
+    let stack = env.stack(&[&base]);
+    let (upper, work) = upper_work(&env.fresh_dir("rw"));
+    let m = stack.stratafs_rw(&UpperSpec::new(&upper, &work));
+
+    let mut reader = fs::File::open(m.join("f")).unwrap();
+    let mut s = String::new();
+    reader.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "lower data\n");
+
+    let mut writer = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.join("f"))
+        .unwrap();
+    writer.write_all(b"UPPER").unwrap();
+    writer.seek(SeekFrom::Start(0)).unwrap();
+    let mut w = String::new();
+    writer.read_to_string(&mut w).unwrap();
+    assert_eq!(w, "UPPER data\n");
+    assert_eq!(fs::read_to_string(m.join("f")).unwrap(), "UPPER data\n");
+    let mut again = vec![0u8; 5];
+    reader.read_exact_at(&mut again, 0).unwrap(); // the old handle still reads
+    drop(reader);
+    drop(writer);
+
+    assert_eq!(fs::read_to_string(m.join("f")).unwrap(), "UPPER data\n");
+    fs::OpenOptions::new()
+        .append(true)
+        .open(m.join("f"))
+        .unwrap()
+        .write_all(b"more\n")
+        .unwrap();
+    assert_eq!(
+        fs::read_to_string(m.join("f")).unwrap(),
+        "UPPER data\nmore\n"
+    );
+    assert_eq!(
+        fs::read_to_string(upper.join("f")).unwrap(),
+        "UPPER data\nmore\n"
+    );
+    m.unmount();
+    stack.assert_layers_unchanged();
+}
+
+/// A shell script run as uid/gid 1000 in `root`; panics if it fails.
+fn run_as_user(root: &Path, script: &str) {
+    let out = run_timeout(
+        Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(root)
+            .uid(1000)
+            .gid(1000),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.success(),
+        "as uid 1000 in {}: {}",
+        root.display(),
+        out.describe()
+    );
+}
+
+/// Writes, truncations and O_TRUNC opens by an unprivileged caller clear setuid, and setgid
+/// where group execute is set or the caller is not in the file's group; root's writes keep them — the modes afterwards are the
+/// kernel overlay's, for lower files (copied up by the change) and for files already in the
+/// upper layer.
+#[test]
+fn unprivileged_writes_clear_setuid_like_the_kernel() {
+    require_root();
+    let env = TestEnv::new("pt-setid");
+    let base = env.layer("base");
+    let files = [
+        ("append-suid", 0o4777),
+        ("append-sgid-x", 0o2777),
+        ("append-sgid-nox", 0o2767),
+        ("truncate-suid", 0o4777),
+        ("otrunc-suid", 0o4777),
+        ("root-append-suid", 0o4777),
+        ("plain", 0o777),
+        ("append-sgid-nox-mygroup", 0o2767),
+    ];
+    for (name, mode) in files {
+        let gid = if name.ends_with("mygroup") { 1000 } else { 0 };
+        base.file(name, "#!/bin/sh\n").owner(0, gid).mode(mode);
+    }
+    fs::set_permissions(&base.root, fs::Permissions::from_mode(0o777)).unwrap();
+    let stack = env.stack(&[&base]);
+    let script = "printf x >> append-suid && printf x >> append-sgid-x && \
+                  printf x >> append-sgid-nox && truncate -s 3 truncate-suid && \
+                  : > otrunc-suid && printf x >> plain && printf x >> append-sgid-nox-mygroup && \
+                  cp plain up-suid && chmod 4777 up-suid && printf y >> up-suid";
+    let modes = |root: &Path| -> Vec<(String, u32)> {
+        let mut names: Vec<_> = files.iter().map(|f| f.0.to_string()).collect();
+        names.push("up-suid".into());
+        names
+            .into_iter()
+            .map(|n| {
+                let mode = fs::metadata(root.join(&n)).unwrap().mode() & 0o7777;
+                (n, mode)
+            })
+            .collect()
+    };
+    let act = |root: &Path| {
+        run_as_user(root, script);
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(root.join("root-append-suid"))
+            .unwrap();
+        f.write_all(b"root\n").unwrap();
+    };
+
+    // The mount's root is the upper directory's: the user may create files in it.
+    let (ku, kw) = upper_work(&env.fresh_dir("krw"));
+    fs::set_permissions(&ku, fs::Permissions::from_mode(0o777)).unwrap();
+    let kernel_modes = {
+        let k = KernelOverlay::writable(&stack.kernel_lowers(), &ku, &kw, &env.fresh_dir("mnt/k"))
+            .unwrap();
+        act(k.path());
+        modes(k.path())
+    };
+    let (upper, work) = upper_work(&env.fresh_dir("rw"));
+    fs::set_permissions(&upper, fs::Permissions::from_mode(0o777)).unwrap();
+    let m = stack.stratafs_rw(&UpperSpec::new(&upper, &work));
+    act(m.path());
+    let ours = modes(m.path());
+    m.unmount();
+
+    let fmt = |v: &[(String, u32)]| {
+        v.iter()
+            .map(|(n, m)| format!("{n} {m:o}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    assert_eq!(fmt(&ours), fmt(&kernel_modes), "stratafs vs kernel overlay");
+    // What the kernel does, spelled out, so that the oracle itself is checked.
+    assert_eq!(
+        fmt(&ours),
+        "append-suid 777, append-sgid-x 777, append-sgid-nox 767, truncate-suid 777, \
+         otrunc-suid 777, root-append-suid 4777, plain 777, append-sgid-nox-mygroup 2767, \
+         up-suid 777"
+    );
+    stack.assert_layers_unchanged();
+}
