@@ -279,6 +279,9 @@ fn serve(spec: &MountSpec, union: Union, ready: Option<daemon::Ready>) -> Result
     // inherits the mask and only the signal thread below receives them.
     let signals = crate::sys::block_termination_signals()
         .map_err(|e| MountError::io("blocking signals", e))?;
+    // Recorded before the mount appears, so that whoever sees the mount
+    // (a foreground caller polling /proc/mounts) finds its record too.
+    let _registered = register(&spec.record());
     let mounted = open_session(spec, union);
     let (mut session, mounted_here) = match mounted {
         Ok(m) => m,
@@ -309,7 +312,6 @@ fn serve(spec: &MountSpec, union: Union, ready: Option<daemon::Ready>) -> Result
             }
         })
         .map_err(|e| MountError::io("starting the signal thread", e))?;
-    let _registered = register(&spec.record());
     if let Some(ready) = ready {
         ready.succeeded();
     }

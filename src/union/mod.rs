@@ -71,7 +71,7 @@ pub struct Union {
     inos: InoMap,
     nodes: NodeTable,
     files: HandleTable<file::OpenFile>,
-    dirs: HandleTable<Vec<DirEntry>>,
+    dirs: HandleTable<readdir::OpenDir>,
     view: ViewOptions,
     /// `UpperSpec::redirect_dir` and `UpperSpec::metacopy`.
     redirect_dir: bool,

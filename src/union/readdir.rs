@@ -8,6 +8,7 @@ use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStringExt;
 use std::sync::Arc;
 
+use parking_lot::Mutex;
 use rustix::fs::FileType;
 
 use super::Union;
@@ -37,16 +38,35 @@ impl DirEntry {
     }
 }
 
+/// An open directory handle. Its listing is taken at the first readdir, not
+/// at opendir: the kernel answers most re-reads of a directory from its own
+/// cache and then never asks for one.
+#[derive(Debug)]
+pub struct OpenDir {
+    node: Arc<Node>,
+    listing: Mutex<Option<Arc<Vec<DirEntry>>>>,
+}
+
 impl Union {
     pub fn opendir(&self, ino: u64) -> Result<u64> {
         let node = self.nodes.get(ino)?;
-        let entries = self.list(&node)?;
-        Ok(self.dirs.insert(entries))
+        node.dir_layers()?;
+        Ok(self.dirs.insert(OpenDir {
+            node,
+            listing: Mutex::new(None),
+        }))
     }
 
     /// The snapshot of an open directory handle; entry `i` has offset `i + 1`.
     pub fn readdir(&self, fh: u64) -> Result<Arc<Vec<DirEntry>>> {
-        self.dirs.get(fh)
+        let dir = self.dirs.get(fh)?;
+        let mut listing = dir.listing.lock();
+        if let Some(entries) = &*listing {
+            return Ok(entries.clone());
+        }
+        let entries = Arc::new(self.list(&dir.node)?);
+        *listing = Some(entries.clone());
+        Ok(entries)
     }
 
     /// The node of a listed entry, counting one kernel reference, as
