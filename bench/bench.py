@@ -693,7 +693,8 @@ LS = ["env", "LC_ALL=C", "ls", "--color=never"]
 
 class Workload:
     def __init__(self, name, title, argv, cold, unit="s", nbytes=None, copy_native=(), check=None,
-                 warmup=None, native_scratch=False, parse=None, stack="main", sub="", prepare=None):
+                 warmup=None, native_scratch=False, parse=None, stack="main", sub="", prepare=None,
+                 after=None):
         self.name = name
         self.title = title
         # function(path) -> argv, path being the view's root (or its sub/);
@@ -714,6 +715,9 @@ class Workload:
         # function(path) -> argv run unmeasured on the view before the caches
         # are dropped (cold) or the warm-up (warm)
         self.prepare = prepare
+        # a warm workload measured on the same mount right after this cold one
+        # (whose run is then its warm-up), when both are selected
+        self.after = after
 
     def runs(self, impl):
         return self.argv is not None or impl != "native"
@@ -726,6 +730,13 @@ class Workload:
         if self.stack == "debian":
             self.stack, self.sub = "main", "tree"
             self.title += " [FALLBACK: synthetic tree/, no Debian image]"
+
+
+def cold_and_warm(name, title, argv, **kw):
+    """NAME-cold and NAME-warm; the warm one is measured on the cold one's
+    mount right after it (the cold run is its warm-up)."""
+    return [Workload(f"{name}-cold", f"{title}, cold", argv, True, **kw),
+            Workload(f"{name}-warm", f"{title}, warm", argv, False, after=f"{name}-cold", **kw)]
 
 
 def dd_read(path):
@@ -809,10 +820,8 @@ def workloads(data, big_mib, huge_n, untar_files):
     tarball = untar_tarball(main, untar_files)
     walk = {"find": ("find", lambda p: ["find", p]), "lsR": ("ls -lR", lambda p: LS + ["-lR", p])}
     wls = [
-        Workload("read-warm", f"seq read {big_mib} MiB lower file, warm",
-                 lambda r: dd_read(f"{r}/big/file"), False, "MB/s", nb),
-        Workload("read-cold", f"seq read {big_mib} MiB lower file, cold",
-                 lambda r: dd_read(f"{r}/big/file"), True, "MB/s", nb),
+        *cold_and_warm("read", f"seq read {big_mib} MiB lower file", lambda r: dd_read(f"{r}/big/file"),
+                       unit="MB/s", nbytes=nb),
         Workload("read2-cold", f"2 concurrent seq readers of two {big_mib} MiB lower files, cold",
                  lambda r: together(dd_read(f"{r}/big/file"), dd_read(f"{r}/big2/file")), True, "MB/s", 2 * nb),
         Workload("write-seq", f"seq write of a new {big_mib} MiB file, fsync at the end, cold",
@@ -820,17 +829,12 @@ def workloads(data, big_mib, huge_n, untar_files):
                             "status=none"], True, "MB/s", nb, native_scratch=True, check=check_size("new", nb)),
     ]
     for key, (what, cmd) in walk.items():
-        for cold in (True, False):
-            temp = "cold" if cold else "warm"
-            wls.append(Workload(f"deb-{key}-{temp}", f"{what}, Debian image (minbase + apt layer), {temp}",
-                                cmd, cold, stack="debian"))
+        wls += cold_and_warm(f"deb-{key}", f"{what}, Debian image (minbase + apt layer)", cmd, stack="debian")
     wls.append(Workload("walk2-cold", "2 concurrent ls -lR, Debian image, cold",
                         lambda p: together(walk["lsR"][1](p), walk["lsR"][1](p)), True, stack="debian"))
     for opt, key in (("-f", "lsf"), ("-l", "lsl")):
-        for cold in (True, False):
-            temp = "cold" if cold else "warm"
-            wls.append(Workload(f"huge-{key}-{temp}", f"ls {opt}, {hn}-entry dir on 3 layers, {temp}",
-                                lambda p, opt=opt: LS + [opt, p], cold, sub="huge"))
+        wls += cold_and_warm(f"huge-{key}", f"ls {opt}, {hn}-entry dir on 3 layers",
+                             lambda p, opt=opt: LS + [opt, p], sub="huge")
     wls += [
         Workload("huge-stat-cold", f"stat of 1000 random names in the {hn}-entry dir, cold",
                  stat_argv(os.path.join(main.native, "huge"), "huge"), True),
@@ -891,8 +895,9 @@ def fio_workloads(big_mib, runtime):
     ]
 
 
-def run_timed(wl, view):
-    """Run the workload's command on view (prepared, then cold or warm); the sample."""
+def run_timed(wl, view, warmed=False):
+    """Run the workload's command on view (prepared, then cold or warm, unless
+    warmed: it just ran on it); the sample, with the daemon's stats."""
     path = wl.path(view.root)
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "timeout": 600}
     if wl.prepare:
@@ -900,7 +905,7 @@ def run_timed(wl, view):
     argv = wl.argv(path)
     if wl.cold:
         drop_caches()
-    elif wl.warmup is not False:
+    elif wl.warmup is not False and not warmed:
         sh(wl.warmup(path) if wl.warmup else argv, **quiet)
     cpu0 = proc_cpu_seconds(view.pid) if view.pid else None
     t0 = time.perf_counter()
@@ -921,12 +926,17 @@ def run_timed(wl, view):
         err = wl.check(path)
         if err:
             res["error"] = err
+    if view.pid:
+        res["vmhwm_kib"] = proc_status_kib(view.pid, "VmHWM")
     return res
 
 
-def measure(impl, wl, stack, scratch):
-    """One measurement: mount, (warm up | drop caches), run, read daemon stats, unmount.
-    A mount-time workload (argv None) drops the caches first and times the mount."""
+def measure(impl, group, stack, scratch):
+    """One measurement of each workload of group (one, or a cold one and its
+    warm twin) on one fresh mount: mount, (warm up | drop caches), run, read
+    the daemon's stats, unmount; the samples. A mount-time workload (argv None)
+    drops the caches first and times the mount."""
+    wl = group[0]
     # settle: write back what earlier measurements left dirty (their upper
     # directories were just deleted) so that it is not charged to this one
     os.sync()
@@ -937,25 +947,31 @@ def measure(impl, wl, stack, scratch):
     except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
         MOUNTS.cleanup()
         rmtree(scratch)
-        return {"seconds": float("nan"), "error": f"setup failed: {e}"}
+        return [{"seconds": float("nan"), "error": f"setup failed: {e}"} for _ in group]
     try:
         if wl.argv is None:
-            res = {"seconds": view.mount_seconds}
-            if view.mount_seconds is None:
-                res.update(seconds=float("nan"), error="the mount point never answered a stat")
-            cpu = proc_cpu_seconds(view.pid) if view.pid else None
-            if cpu is not None:
-                res["daemon_cpu"] = cpu  # all of it: the daemon is as old as the mount
-        else:
+            return [mount_sample(view)]
+        samples = []
+        for i, w in enumerate(group):
             try:
-                res = run_timed(wl, view)
+                samples.append(run_timed(w, view, warmed=i > 0))
             except (subprocess.SubprocessError, OSError) as e:
-                res = {"seconds": float("nan"), "error": f"{e}"[:300]}
-        if view.pid:
-            res["vmhwm_kib"] = proc_status_kib(view.pid, "VmHWM")
-        return res
+                samples.append({"seconds": float("nan"), "error": f"{e}"[:300]})
+        return samples
     finally:
         view.close()
+
+
+def mount_sample(view):
+    res = {"seconds": view.mount_seconds}
+    if view.mount_seconds is None:
+        res.update(seconds=float("nan"), error="the mount point never answered a stat")
+    if view.pid:
+        cpu = proc_cpu_seconds(view.pid)
+        if cpu is not None:
+            res["daemon_cpu"] = cpu  # all of it: the daemon is as old as the mount
+        res["vmhwm_kib"] = proc_status_kib(view.pid, "VmHWM")
+    return res
 
 
 # ---------------------------------------------------------------------------
@@ -1254,7 +1270,7 @@ def main():
                         "(default: 2000 quick, 10000 full)")
     p.add_argument("--only", help="comma-separated workload names to run (default: all)")
     p.add_argument("--impls", default=",".join(IMPLS), help=f"comma-separated subset of {','.join(IMPLS)}")
-    p.add_argument("--fio-runtime", type=int, help="seconds of each fio run (default: 1 quick, 10 full)")
+    p.add_argument("--fio-runtime", type=int, help="seconds of each fio run (default: 1 quick, 5 full)")
     p.add_argument("--rootless-user", default=ROOTLESS_USER,
                    help=f"account that runs stratafs-rootless (default {ROOTLESS_USER})")
     p.add_argument("--stratafs", default=STRATAFS, help="stratafs binary (default: target/release/stratafs)")
@@ -1270,7 +1286,7 @@ def main():
     args = p.parse_args()
     args.reps = args.reps or (3 if args.quick else 5)
     args.big_mib = args.big_mib or (256 if args.quick else 1024)
-    args.fio_runtime = args.fio_runtime or (1 if args.quick else 10)
+    args.fio_runtime = args.fio_runtime or (1 if args.quick else 5)  # full: 30-minute budget
     # quick: a smaller huge/ and tarball (ls -l of 100k entries, warm-up
     # included, is ~10 s a run on the slowest FUSE columns, untar + rm of 10k
     # files ~10 s: too much for the 5-minute budget)
@@ -1353,25 +1369,32 @@ def main():
     mount_opts = sample_mount_options(stacks["main"], tmp, impls)
 
     results = {wl.name: {i: [] for i in impls if wl.runs(i)} for wl in wls}
+    selected = {wl.name for wl in wls}
+    twins = {wl.after: wl for wl in wls if wl.after in selected}  # cold name -> warm twin
     n = 0
     for wl in wls:
+        if wl.after in selected:
+            continue  # measured with its cold twin
+        group = [wl] + ([twins[wl.name]] if wl.name in twins else [])
         t_wl = time.monotonic()
         wl_impls = list(results[wl.name])
         for rep in range(args.reps):
             order = wl_impls[rep % len(wl_impls):] + wl_impls[:rep % len(wl_impls)]
             for impl in order:
                 n += 1
-                res = measure(impl, wl, stacks[wl.stack], os.path.join(tmp, f"m{n}"))
-                results[wl.name][impl].append(res)
-                if "error" in res:
-                    log(f"{wl.name} {impl}: ERROR {res['error']}")
+                for w, res in zip(group, measure(impl, group, stacks[wl.stack], os.path.join(tmp, f"m{n}"))):
+                    results[w.name][impl].append(res)
+                    if "error" in res:
+                        log(f"{w.name} {impl}: ERROR {res['error']}")
         b = busy_processes()
-        if b:
-            disturbed[wl.name] = b
-            log(f"WARNING: {', '.join(b)} running during {wl.name}")
-        log(f"{wl.name}: {time.monotonic() - t_wl:.1f}s  " + "  ".join(
-            f"{i}={fmt_val(wl, summarize(wl, results[wl.name][i])['median'])}"
-            if summarize(wl, results[wl.name][i]) else f"{i}=ERR" for i in wl_impls))
+        for w in group:
+            if b:
+                disturbed[w.name] = b
+                log(f"WARNING: {', '.join(b)} running during {w.name}")
+            took = f"{time.monotonic() - t_wl:.1f}s" if w is wl else f"(with {wl.name})"
+            log(f"{w.name}: {took}  " + "  ".join(
+                f"{i}={fmt_val(w, summarize(w, results[w.name][i])['median'])}"
+                if summarize(w, results[w.name][i]) else f"{i}=ERR" for i in wl_impls))
     elapsed = time.monotonic() - t_start
     print(table(wls, results, impls))
     print()
