@@ -209,7 +209,10 @@ fn run_probe_child() {
     // SAFETY: geteuid has no preconditions.
     let uid = unsafe { libc::geteuid() };
     fs::write(out.join("uid"), uid.to_string()).unwrap();
-    let status = fs::read_to_string("/proc/self/status").unwrap();
+    // This thread's mask, inherited from the one the command started with. Not
+    // /proc/self (the main thread's), which reads "everything blocked" while the
+    // test harness's main thread is inside pthread_create.
+    let status = fs::read_to_string("/proc/thread-self/status").unwrap();
     let sigblk = status
         .lines()
         .find_map(|l| l.strip_prefix("SigBlk:"))

@@ -186,7 +186,7 @@ impl OverlayOptions {
                     self.fuse.threads = Some(1);
                 }
             }
-            "writeback" => self.fuse.writeback = flag(name, &need(value)?)?,
+            "writeback" => self.fuse.writeback = Some(flag(name, &need(value)?)?),
             "passthrough" => self.fuse.passthrough = Some(flag(name, &need(value)?)?),
             "noxattrs" => self.view.no_xattrs = flag(name, &need(value)?)?,
             "xattr_permissions" => {

@@ -34,8 +34,8 @@ pub struct AdapterConfig {
     pub ttl: Duration,
     /// Let the kernel enforce POSIX ACLs and cache them per inode.
     pub acl: bool,
-    /// Kernel writeback cache for writes.
-    pub writeback: bool,
+    /// Kernel writeback cache for writes; `None`: when passthrough is off.
+    pub writeback: Option<bool>,
     pub max_write: Option<u32>,
     /// Ask for FUSE passthrough (needs CAP_SYS_ADMIN in the initial user
     /// namespace); falls back to the daemon when refused.
@@ -47,7 +47,7 @@ impl Default for AdapterConfig {
         AdapterConfig {
             ttl: Duration::from_secs(24 * 3600),
             acl: true,
-            writeback: false,
+            writeback: None,
             max_write: None,
             passthrough: false,
         }
@@ -62,6 +62,8 @@ pub struct StrataFs {
     /// (FUSE_HANDLE_KILLPRIV_V2), and so skips a security.capability
     /// lookup per write.
     killpriv: bool,
+    /// The kernel caches writes (FUSE_WRITEBACK_CACHE).
+    writeback: bool,
 }
 
 impl StrataFs {
@@ -71,6 +73,7 @@ impl StrataFs {
             cfg,
             passthrough: Passthrough::default(),
             killpriv: false,
+            writeback: false,
         }
     }
 
@@ -91,7 +94,7 @@ impl StrataFs {
     /// With a writeback cache the kernel reads pages of files opened for
     /// writing only and applies O_APPEND itself.
     fn open_flags(&self, flags: i32) -> i32 {
-        if !self.cfg.writeback {
+        if !self.writeback {
             return flags;
         }
         let flags = flags & !libc::O_APPEND;
@@ -208,16 +211,18 @@ impl fuser::Filesystem for StrataFs {
             && config
                 .add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2)
                 .is_ok();
+        // The kernel's writeback cache does not apply to passthrough files.
+        self.writeback = self.cfg.writeback.unwrap_or(!passthrough)
+            && self.core.is_writable()
+            && config
+                .add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE)
+                .is_ok();
         tracing::debug!(
-            asked = self.cfg.passthrough,
             passthrough,
             killpriv = self.killpriv,
+            writeback = self.writeback,
             "kernel caching"
         );
-        // The kernel's writeback cache does not apply to passthrough files.
-        if self.cfg.writeback && !passthrough && self.core.is_writable() {
-            caps.push(InitFlags::FUSE_WRITEBACK_CACHE);
-        }
         if let Some(max) = self.cfg.max_write
             && let Err(nearest) = config.set_max_write(max)
         {
@@ -273,6 +278,14 @@ impl fuser::Filesystem for StrataFs {
         let _s = debug_span!("open", ino = ino.0, flags = flags.0).entered();
         let fh = match self.core.open(ino.0, self.open_flags(flags.0)) {
             Ok(fh) => fh,
+            // The read access the writeback cache wants is not granted (an
+            // unprivileged daemon on a write-only file): as asked, then.
+            Err(e) if e.errno() == libc::EACCES && self.open_flags(flags.0) != flags.0 => {
+                match self.core.open(ino.0, flags.0) {
+                    Ok(fh) => fh,
+                    Err(e) => return reply.error(errno(&e)),
+                }
+            }
             Err(e) => return reply.error(errno(&e)),
         };
         if flags.0 & libc::O_TRUNC != 0

@@ -32,6 +32,7 @@ pub struct Mount {
     upper: Option<PathBuf>,
     work: Option<PathBuf>,
     session: Option<BackgroundSession>,
+    core: std::sync::Arc<Union>,
     /// Removed after unmounting: a temporary mount point, an ephemeral upper.
     temporary: Vec<PathBuf>,
     _registered: Option<super::Registered>,
@@ -193,7 +194,8 @@ impl MountBuilder {
                 return Err(e.into());
             }
         };
-        let (session, mounted_here) = match open_session(&spec, union) {
+        let union = std::sync::Arc::new(union);
+        let (session, mounted_here) = match open_session(&spec, union.clone()) {
             Ok(s) => s,
             Err(e) => {
                 cleanup(&temporary);
@@ -219,6 +221,7 @@ impl MountBuilder {
             work: spec.upper.as_ref().map(|u| u.work.clone()),
             upper,
             session: Some(session),
+            core: union,
             temporary,
             _keep_alive: self.keep_alive,
         })
@@ -275,6 +278,13 @@ impl Mount {
                 let _ = std::fs::remove_dir_all(&dir);
             }
         };
+        // The kernel releases closed files in the background; unmounting
+        // under a release in progress makes its reply fail. Give them a
+        // moment (files still held open by a process are not awaited long).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
+        while self.core.has_open_files() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         // Unmounted (mount(2) or fusermount3), the request loop ends.
         if unmount(&self.path, false).is_ok() {
             let _ = session.join();

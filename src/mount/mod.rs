@@ -249,8 +249,11 @@ fn raise_fd_limit() {
 /// Mounts `union` at the spec's mount point and returns the session (not
 /// yet serving), and whether the mount was made here with mount(2) (then
 /// it is ours to unmount; fuser's own mounts are fuser's).
-fn open_session(spec: &MountSpec, union: Union) -> Result<(Session<StrataFs>, bool), MountError> {
-    let fs = StrataFs::new(Arc::new(union), adapter_config(spec));
+fn open_session(
+    spec: &MountSpec,
+    union: Arc<Union>,
+) -> Result<(Session<StrataFs>, bool), MountError> {
+    let fs = StrataFs::new(union, adapter_config(spec));
     let config = session_config(spec);
     let fuse_err = |err: std::io::Error| MountError::Fuse {
         path: spec.mountpoint.clone(),
@@ -282,7 +285,7 @@ fn serve(spec: &MountSpec, union: Union, ready: Option<daemon::Ready>) -> Result
     // Recorded before the mount appears, so that whoever sees the mount
     // (a foreground caller polling /proc/mounts) finds its record too.
     let _registered = register(&spec.record());
-    let mounted = open_session(spec, union);
+    let mounted = open_session(spec, Arc::new(union));
     let (mut session, mounted_here) = match mounted {
         Ok(m) => m,
         Err(e) => {

@@ -33,7 +33,8 @@ pub struct FuseOptions {
     pub acl: bool,
     /// How long the kernel may cache entries and attributes.
     pub timeout: Option<Duration>,
-    pub writeback: bool,
+    /// Kernel writeback cache; `None` means "when passthrough is off".
+    pub writeback: Option<bool>,
     /// FUSE passthrough for file I/O; `None` means "when privileged".
     pub passthrough: Option<bool>,
     pub max_write: Option<u32>,
@@ -56,7 +57,7 @@ impl Default for FuseOptions {
             dirsync: false,
             acl: true,
             timeout: None,
-            writeback: false,
+            writeback: None,
             passthrough: None,
             max_write: None,
             threads: None,

@@ -146,6 +146,11 @@ impl Union {
         Ok(u32::try_from(done).unwrap_or(u32::MAX))
     }
 
+    /// Whether some file is open through the mount.
+    pub fn has_open_files(&self) -> bool {
+        !self.files.is_empty()
+    }
+
     pub fn release(&self, fh: u64) {
         self.files.remove(fh);
     }

@@ -36,6 +36,10 @@ impl<T> HandleTable<T> {
             .ok_or(Error::BadHandle(fh))
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
     pub fn remove(&self, fh: u64) {
         self.map.remove(&fh);
     }
