@@ -48,6 +48,12 @@ pub struct Upper {
     counter: AtomicU64,
 }
 
+impl Drop for Upper {
+    fn drop(&mut self) {
+        self.drop_shared_whiteout();
+    }
+}
+
 fn io(e: rustix::io::Errno) -> LayerError {
     LayerError::Io(e.into())
 }

@@ -30,17 +30,49 @@ fn oci_name(name: &CStr) -> Result<CString, LayerError> {
         .ok_or_else(|| LayerError::Io(std::io::Error::from_raw_os_error(libc::ENAMETOOLONG)))
 }
 
+/// The workdir's whiteout that the overlay-dialect whiteouts are hard links of.
+const SHARED_WHITEOUT: &CStr = c"#whiteout";
+
 impl Upper {
     /// Hides `name` (absent from upper `dir`) in the layers below.
     pub fn write_whiteout(&self, dir: BorrowedFd<'_>, name: &CStr) -> Result<(), LayerError> {
         match self.dialect() {
-            Dialect::Overlay { .. } => {
-                rustix::fs::mknodat(dir, name, FileType::CharacterDevice, Mode::empty(), 0)
-                    .map_err(io)?
-            }
+            Dialect::Overlay { .. } => self.new_whiteout(dir, name)?,
             Dialect::Oci => create_empty(dir, &oci_name(name)?)?,
         }
-        self.sync_dir(dir)
+        Ok(())
+    }
+
+    /// A new overlay whiteout `name` in `dir`: a hard link of one shared
+    /// whiteout in the workdir, as kernel overlayfs makes them (a link costs
+    /// far less than a new inode), or a new device node where linking fails
+    /// (the link count limit reached).
+    fn new_whiteout(&self, dir: BorrowedFd<'_>, name: &CStr) -> Result<(), LayerError> {
+        for _ in 0..2 {
+            match rustix::fs::linkat(self.work(), SHARED_WHITEOUT, dir, name, AtFlags::empty()) {
+                Ok(()) => return Ok(()),
+                Err(rustix::io::Errno::NOENT) => {
+                    let made = rustix::fs::mknodat(
+                        self.work(),
+                        SHARED_WHITEOUT,
+                        FileType::CharacterDevice,
+                        Mode::empty(),
+                        0,
+                    );
+                    if !matches!(made, Ok(()) | Err(rustix::io::Errno::EXIST)) {
+                        break;
+                    }
+                }
+                Err(rustix::io::Errno::EXIST) => return Err(io(rustix::io::Errno::EXIST)),
+                Err(_) => break,
+            }
+        }
+        rustix::fs::mknodat(dir, name, FileType::CharacterDevice, Mode::empty(), 0).map_err(io)
+    }
+
+    /// Removes the shared whiteout (at unmount: the workdir is left clean).
+    pub(crate) fn drop_shared_whiteout(&self) {
+        let _ = rustix::fs::unlinkat(self.work(), SHARED_WHITEOUT, AtFlags::empty());
     }
 
     /// Replaces the upper entry `name` in `dir` by a whiteout, atomically in
@@ -55,14 +87,7 @@ impl Upper {
         match self.dialect() {
             Dialect::Overlay { .. } => {
                 let tmp = self.temp_name();
-                rustix::fs::mknodat(
-                    self.work(),
-                    &tmp,
-                    FileType::CharacterDevice,
-                    Mode::empty(),
-                    0,
-                )
-                .map_err(io)?;
+                self.new_whiteout(self.work(), &tmp)?;
                 let flags = if is_dir {
                     RenameFlags::EXCHANGE
                 } else {
@@ -84,7 +109,7 @@ impl Upper {
                 self.remove_entry(dir, name, is_dir)?;
             }
         }
-        self.sync_dir(dir)
+        Ok(())
     }
 
     /// Removes an upper entry; a directory (which may still hold markers) is
@@ -96,14 +121,13 @@ impl Upper {
         is_dir: bool,
     ) -> Result<(), LayerError> {
         if !is_dir {
-            rustix::fs::unlinkat(dir, name, AtFlags::empty()).map_err(io)?;
-            return self.sync_dir(dir);
+            return rustix::fs::unlinkat(dir, name, AtFlags::empty()).map_err(io);
         }
         let tmp = self.temp_name();
         rustix::fs::renameat_with(dir, name, self.work(), &tmp, RenameFlags::NOREPLACE)
             .map_err(io)?;
         self.discard(&tmp);
-        self.sync_dir(dir)
+        Ok(())
     }
 
     /// Removes the OCI whiteout of `name` from `dir`, if there is one (an

@@ -110,8 +110,6 @@ impl Union {
                 replaces,
                 matches!(what, NewEntry::Dir),
             )?;
-        } else {
-            upper.sync_dir(dir.as_fd())?;
         }
 
         let node = self.new_upper_node(&parent, dir.as_fd(), name)?;
@@ -267,7 +265,6 @@ impl Union {
                 &name,
                 AtFlags::SYMLINK_FOLLOW,
             )?;
-            upper.sync_dir(dir.as_fd())?;
         }
         parent.forget_xattrs();
         let node = self.nodes.remember_known(node.ino()).unwrap_or(node);

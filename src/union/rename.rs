@@ -225,8 +225,6 @@ impl Union {
             }
             upper.drop_oci_whiteout(to.as_fd(), newname)?;
         }
-        upper.sync_dir(from.as_fd())?;
-        upper.sync_dir(to.as_fd())?;
         src.detach(parent, name);
         src.relocate(newparent.clone(), newname.to_owned());
         match dst {
