@@ -513,6 +513,10 @@ def build_data(data, names, big_mib, huge_n, untar_files, debian_seed):
     """The stacks named in names, built (or reused); returns {name: Stack}, and
     a note for each one that could not be built."""
     stacks, notes = {}, []
+    if os.path.exists(os.path.join(data, "stamp.json")):  # the one-stack layout of DATA_VERSION 1
+        for old in ("layers", "native"):
+            rmtree(os.path.join(data, old))
+        os.unlink(os.path.join(data, "stamp.json"))
     for name in names:
         st = Stack(data, name)
         if name == "main":
