@@ -183,6 +183,7 @@ def rmtree(path):
 DATA_VERSION = 2
 DEEP_LAYERS = 100
 DEBIAN_SUITE = "bookworm"
+DEBIAN_TITLE = "Debian image (minbase + apt layer)"
 # The test suite's cache of the same Debian image (tests/common/debian.rs):
 # copied when present, instead of running debootstrap and apt again.
 DEBIAN_SEED = "/var/cache/stratafs-tests"
@@ -733,7 +734,7 @@ class Workload:
         """The Debian image is not there: walk the synthetic tree/ instead."""
         if self.stack == "debian":
             self.stack, self.sub = "main", "tree"
-            self.title += " [FALLBACK: synthetic tree/, no Debian image]"
+            self.title = self.title.replace(DEBIAN_TITLE, "synthetic tree/ (FALLBACK: no Debian image)")
 
 
 def cold_and_warm(name, title, argv, **kw):
@@ -833,8 +834,8 @@ def workloads(data, big_mib, huge_n, untar_files):
                             "status=none"], True, "MB/s", nb, native_scratch=True, check=check_size("new", nb)),
     ]
     for key, (what, cmd) in walk.items():
-        wls += cold_and_warm(f"deb-{key}", f"{what}, Debian image (minbase + apt layer)", cmd, stack="debian")
-    wls.append(Workload("walk2-cold", "2 concurrent ls -lR, Debian image, cold",
+        wls += cold_and_warm(f"deb-{key}", f"{what}, {DEBIAN_TITLE}", cmd, stack="debian")
+    wls.append(Workload("walk2-cold", f"2 concurrent ls -lR, {DEBIAN_TITLE}, cold",
                         lambda p: together(walk["lsR"][1](p), walk["lsR"][1](p)), True, stack="debian"))
     for opt, key in (("-f", "lsf"), ("-l", "lsl")):
         wls += cold_and_warm(f"huge-{key}", f"ls {opt}, {hn}-entry dir on 3 layers",
