@@ -1137,14 +1137,18 @@ and how to read this). Do not edit by hand; rerun the harness.
 - mount options seen in /proc/mounts:
 {chr(10).join(f'  - {k}: `{v}`' for k, v in mount_opts.items())}
 - repetitions: {args.reps}, implementations interleaved (order rotated each repetition);
-  every measurement on a fresh mount with an empty upper directory
+  every measurement on a fresh mount with an empty upper directory (a warm workload
+  with its cold twin in the run: on the twin's mount, right after its cold sample)
+- data: the stacks of bench/README.md; huge/ {args.huge} entries, big files
+  {args.big_mib} MiB, tarball {args.untar_files} files
 
 Each cell: median [min–max] of {args.reps} runs; **bold** is the cost ratio to
 kernel overlayfs in the same run (time / kernel time, or for MB/s and IOPS
 kernel MB/s / MB/s and kernel IOPS / IOPS: a time-equivalent ratio), so below 1×
 is faster than the kernel and above 1× slower, in every row. Cold = `sync; echo 3 >
 /proc/sys/vm/drop_caches` after mounting; warm = the command ran once, unmeasured,
-on the same mount just before.
+on the same mount just before. Mount time: from starting the mount command until
+the mount point is in /proc/self/mountinfo and answers a stat (caches dropped first).
 
 {table(wls, results, impls)}
 
