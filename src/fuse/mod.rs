@@ -392,12 +392,13 @@ impl fuser::Filesystem for StrataFs {
             Ok(e) => e,
             Err(e) => return reply.error(errno(&e)),
         };
-        for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
+        for i in offset as usize..entries.len() {
+            let Some(entry) = entries.get(i) else { break };
             let full = reply.add(
                 INodeNo(entry.ino),
                 i as u64 + 1,
                 file_type(entry.kind),
-                &entry.name,
+                entry.name,
             );
             if full {
                 break;
@@ -419,7 +420,8 @@ impl fuser::Filesystem for StrataFs {
             Ok(e) => e,
             Err(e) => return reply.error(errno(&e)),
         };
-        for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
+        for i in offset as usize..entries.len() {
+            let Some(entry) = entries.get(i) else { break };
             let off = i as u64 + 1;
             if entry.name == "." || entry.name == ".." {
                 // The kernel takes no reference for these: report attributes only.
@@ -435,7 +437,7 @@ impl fuser::Filesystem for StrataFs {
                 if reply.add(
                     INodeNo(entry.ino),
                     off,
-                    &entry.name,
+                    entry.name,
                     &Duration::ZERO,
                     &fa,
                     GENERATION,
@@ -445,7 +447,7 @@ impl fuser::Filesystem for StrataFs {
                 continue;
             }
             // The kernel counts one reference per entry it accepts, like a lookup.
-            let node = match self.core.lookup_listed(ino.0, entry) {
+            let node = match self.core.lookup_listed(ino.0, &entry) {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::debug!(name = ?entry.name, error = %e, "entry vanished during readdirplus");
@@ -455,7 +457,7 @@ impl fuser::Filesystem for StrataFs {
             let full = reply.add(
                 INodeNo(node.ino()),
                 off,
-                &entry.name,
+                entry.name,
                 &self.cfg.ttl,
                 &self.attr_out(node.attr()),
                 GENERATION,

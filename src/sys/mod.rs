@@ -2,9 +2,11 @@
 //! syscalls that rustix does not cover. Each block carries a SAFETY note.
 
 mod fork;
+mod malloc;
 mod signals;
 mod xattr_at;
 
 pub use fork::{ForkResult, fork};
+pub use malloc::{limit_arenas, trim};
 pub use signals::{TerminationSignals, block_termination_signals, unblock_signals_in_child};
 pub use xattr_at::{getxattr_at, listxattr_at, setxattr_at};

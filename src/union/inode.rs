@@ -239,7 +239,13 @@ impl Node {
 #[derive(Debug, Default)]
 pub struct NodeTable {
     nodes: DashMap<u64, Arc<Node>>,
+    /// Nodes dropped since the allocator was last trimmed.
+    dropped: AtomicU64,
 }
+
+/// After this many nodes are dropped, free memory goes back to the system:
+/// the daemon's size follows what the kernel holds.
+const TRIM_EVERY: u64 = 8192;
 
 impl NodeTable {
     pub fn insert_root(&self, node: Node) {
@@ -296,8 +302,15 @@ impl NodeTable {
         };
         if reached_zero {
             // Re-checked under the shard lock: a lookup may have raced us.
-            self.nodes
+            let removed = self
+                .nodes
                 .remove_if(&ino, |_, node| node.lookups.load(Ordering::Relaxed) == 0);
+            if removed.is_some() && self.dropped.fetch_add(1, Ordering::Relaxed) + 1 >= TRIM_EVERY {
+                self.dropped.store(0, Ordering::Relaxed);
+                drop(removed);
+                self.nodes.shrink_to_fit();
+                crate::sys::trim();
+            }
         }
     }
 

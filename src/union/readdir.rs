@@ -3,9 +3,9 @@
 //! per open handle, so offsets (telldir/seekdir) index a stable snapshot.
 
 use std::collections::HashSet;
-use std::ffi::OsString;
+use std::ffi::OsStr;
 use std::os::fd::AsFd;
-use std::os::unix::ffi::OsStringExt;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -17,24 +17,73 @@ use super::error::{Error, Result};
 use super::inode::{Node, NodeState};
 use crate::layer;
 
-#[derive(Debug, Clone)]
-pub struct DirEntry {
-    pub name: OsString,
+/// One entry of a listing, borrowed from it.
+#[derive(Debug, Clone, Copy)]
+pub struct DirEntry<'a> {
+    pub name: &'a OsStr,
     pub ino: u64,
     pub kind: Kind,
-    /// For a non-directory: which of the directory's layers holds it, and its
-    /// attributes, so that readdirplus needs no second lookup.
-    leaf: Option<(usize, Attr)>,
+    /// For a non-directory of a read-only union: which of the directory's
+    /// layers holds it, and its attributes, so that readdirplus needs no
+    /// second lookup.
+    leaf: Option<&'a (usize, Attr)>,
 }
 
-impl DirEntry {
-    fn dot(name: &str, ino: u64) -> Self {
-        DirEntry {
-            name: name.into(),
+#[derive(Debug)]
+struct Listed {
+    /// End of the name in [`Listing::names`]; it starts where the previous ends.
+    name_end: u32,
+    kind: Kind,
+    /// Index into [`Listing::leaves`].
+    leaf: Option<u32>,
+    ino: u64,
+}
+
+/// A merged directory listing, compact: a directory of 100k entries is read
+/// once per open handle and held while the kernel reads it.
+#[derive(Debug, Default)]
+pub struct Listing {
+    names: Vec<u8>,
+    entries: Vec<Listed>,
+    leaves: Vec<(usize, Attr)>,
+}
+
+impl Listing {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Entry `i`, whose offset is `i + 1`.
+    pub fn get(&self, i: usize) -> Option<DirEntry<'_>> {
+        let e = self.entries.get(i)?;
+        let start = match i {
+            0 => 0,
+            _ => self.entries[i - 1].name_end as usize,
+        };
+        Some(DirEntry {
+            name: OsStr::from_bytes(&self.names[start..e.name_end as usize]),
+            ino: e.ino,
+            kind: e.kind,
+            leaf: e.leaf.and_then(|l| self.leaves.get(l as usize)),
+        })
+    }
+
+    fn push(&mut self, name: &[u8], ino: u64, kind: Kind, leaf: Option<(usize, Attr)>) {
+        self.names.extend_from_slice(name);
+        let leaf = leaf.map(|l| {
+            self.leaves.push(l);
+            (self.leaves.len() - 1) as u32
+        });
+        self.entries.push(Listed {
+            name_end: self.names.len() as u32,
+            kind,
+            leaf,
             ino,
-            kind: Kind::Dir,
-            leaf: None,
-        }
+        });
     }
 }
 
@@ -44,7 +93,7 @@ impl DirEntry {
 #[derive(Debug)]
 pub struct OpenDir {
     node: Arc<Node>,
-    listing: Mutex<Option<Arc<Vec<DirEntry>>>>,
+    listing: Mutex<Option<Arc<Listing>>>,
 }
 
 impl Union {
@@ -58,7 +107,7 @@ impl Union {
     }
 
     /// The snapshot of an open directory handle; entry `i` has offset `i + 1`.
-    pub fn readdir(&self, fh: u64) -> Result<Arc<Vec<DirEntry>>> {
+    pub fn readdir(&self, fh: u64) -> Result<Arc<Listing>> {
         let dir = self.dirs.get(fh)?;
         let mut listing = dir.listing.lock();
         if let Some(entries) = &*listing {
@@ -71,12 +120,12 @@ impl Union {
 
     /// The node of a listed entry, counting one kernel reference, as
     /// [`Union::lookup`] would give it; a non-directory needs no layer access.
-    pub fn lookup_listed(&self, parent: u64, entry: &DirEntry) -> Result<Arc<Node>> {
+    pub fn lookup_listed(&self, parent: u64, entry: &DirEntry<'_>) -> Result<Arc<Node>> {
         let dir_node = self.nodes.get(parent)?;
         let name = super::lookup::checked_name(&entry.name)?;
         // With a writable layer the listing may be older than the tree: the
         // name may now be another file. Only a fresh lookup is safe.
-        let Some((source, attr)) = entry.leaf.filter(|_| self.upper.is_none()) else {
+        let Some(&(source, attr)) = entry.leaf.filter(|_| self.upper.is_none()) else {
             return self.lookup_in(&dir_node, name);
         };
         if let Some(node) = self.nodes.remember_known(entry.ino) {
@@ -100,10 +149,14 @@ impl Union {
         self.dirs.remove(fh);
     }
 
-    pub(crate) fn list(&self, node: &Node) -> Result<Vec<DirEntry>> {
+    pub(crate) fn list(&self, node: &Node) -> Result<Listing> {
         let layers = node.dir_layers()?;
         let parent = node.parent().map_or(super::ROOT_INO, |p| p.ino());
-        let mut entries = vec![DirEntry::dot(".", node.ino()), DirEntry::dot("..", parent)];
+        let mut entries = Listing::default();
+        entries.push(b".", node.ino(), Kind::Dir, None);
+        entries.push(b"..", parent, Kind::Dir, None);
+        // Only a read-only union may answer readdirplus from the listing.
+        let keep_attrs = self.upper.is_none();
         // Names already decided by a higher layer: shown, or whited out.
         let mut decided: HashSet<Vec<u8>> = HashSet::new();
         for (source, ld) in layers.iter().enumerate() {
@@ -122,13 +175,9 @@ impl Union {
                 if decided.contains(bytes) {
                     return Ok(());
                 }
-                let entry = if ftype == FileType::Directory {
-                    DirEntry {
-                        name: OsString::from_vec(bytes.to_vec()),
-                        ino: self.entry_ino(ld.layer, dir, name, real_ino),
-                        kind: Kind::Dir,
-                        leaf: None,
-                    }
+                if ftype == FileType::Directory {
+                    let ino = self.entry_ino(ld.layer, dir, name, real_ino);
+                    entries.push(bytes, ino, Kind::Dir, None);
                 } else {
                     // Whiteouts hide among char devices and empty files, and
                     // d_type may be unknown: every non-directory is stat'ed.
@@ -142,15 +191,10 @@ impl Union {
                     let Some(attr) = Attr::from_stat(ino, &st) else {
                         return Ok(());
                     };
-                    DirEntry {
-                        name: OsString::from_vec(bytes.to_vec()),
-                        ino,
-                        kind: attr.kind,
-                        leaf: (attr.kind != Kind::Dir).then_some((source, attr)),
-                    }
-                };
+                    let leaf = (keep_attrs && attr.kind != Kind::Dir).then_some((source, attr));
+                    entries.push(bytes, ino, attr.kind, leaf);
+                }
                 decided.insert(bytes.to_vec());
-                entries.push(entry);
                 Ok(())
             })?;
             decided.extend(whiteouts);
