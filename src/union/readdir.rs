@@ -122,7 +122,7 @@ impl Union {
     /// [`Union::lookup`] would give it; a non-directory needs no layer access.
     pub fn lookup_listed(&self, parent: u64, entry: &DirEntry<'_>) -> Result<Arc<Node>> {
         let dir_node = self.nodes.get(parent)?;
-        let name = super::lookup::checked_name(&entry.name)?;
+        let name = super::lookup::checked_name(entry.name)?;
         // With a writable layer the listing may be older than the tree: the
         // name may now be another file. Only a fresh lookup is safe.
         let Some(&(source, attr)) = entry.leaf.filter(|_| self.upper.is_none()) else {
