@@ -350,12 +350,12 @@ impl Union {
         };
         let data = meta_only.then(|| match below {
             Some(d) => d,
-            None => LowerData {
+            None => Box::new(LowerData {
                 layer,
                 dir: dir.clone(),
                 name: lname.clone(),
                 path: data_path,
-            },
+            }),
         });
         node.update(|s| {
             s.body = NodeBody::Upper {
@@ -562,7 +562,7 @@ impl Union {
         let data = self.metacopy_data(0, parent, dir, name)?;
         Ok(NodeBody::Upper {
             fd,
-            data: Some(data),
+            data: Some(Box::new(data)),
         })
     }
 
@@ -597,7 +597,12 @@ impl Union {
             && layer::is_metacopy(dir.as_fd(), &name)
             && let Some(parent) = node.parent()
         {
-            Some(self.metacopy_data(layer, &parent, dir.as_fd(), &name)?)
+            Some(Box::new(self.metacopy_data(
+                layer,
+                &parent,
+                dir.as_fd(),
+                &name,
+            )?))
         } else {
             None
         };

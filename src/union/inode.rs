@@ -84,7 +84,7 @@ pub enum NodeBody {
         name: CString,
         /// For a metadata-only copy in a lower layer (a kernel or stratafs
         /// upper stacked as a lower): the file below holding its data.
-        data: Option<LowerData>,
+        data: Option<Box<LowerData>>,
         /// Whether `data` was looked for: on first open or copy-up, not at
         /// lookup, which must stay cheap for the files never opened.
         checked: bool,
@@ -94,7 +94,7 @@ pub enum NodeBody {
     /// metadata-only copy keeps its data in a lower file until first written.
     Upper {
         fd: Arc<OwnedFd>,
-        data: Option<LowerData>,
+        data: Option<Box<LowerData>>,
     },
 }
 
