@@ -28,12 +28,6 @@ fn assert_same_inos(a: &BTreeMap<Vec<u8>, u64>, b: &BTreeMap<Vec<u8>, u64>, what
     assert!(problems.is_empty(), "{}", format_problems(what, &problems));
 }
 
-fn drop_kernel_caches() {
-    // Dentries and inodes: makes the kernel FORGET the FUSE inodes, so the next lookups are
-    // answered afresh by the daemon.
-    fs::write("/proc/sys/vm/drop_caches", "2").expect("drop_caches");
-}
-
 fn build_varied(env: &TestEnv) -> (Layer, Layer, Layer) {
     let base = env.layer("base");
     let mid = env.layer("mid");
@@ -66,7 +60,7 @@ fn inodes_stable_within_mount_and_across_remount() {
     let s1 = Snapshot::take(m.path());
     let inv = mount_invariants(&s1);
     assert!(inv.is_empty(), "{}", format_problems("invariants", &inv));
-    drop_kernel_caches();
+    forget_kernel_inodes();
     let s2 = Snapshot::take(m.path());
     assert_same_inos(
         &ino_map(&s1),

@@ -91,7 +91,7 @@ fn file_data_bypasses_the_daemon_as_root() {
     }
     f.sync_all().unwrap();
     drop(f);
-    drop_caches();
+    drop_kernel_caches();
     assert!(fs::read(m.join("new")).unwrap() == new_data);
     let (read, written) = moved(&pids, before);
     assert!(
@@ -124,10 +124,6 @@ fn file_data_bypasses_the_daemon_as_root() {
     assert!(fs::read(upper.join("big")).unwrap() == expect);
     m.unmount();
     stack.assert_layers_unchanged();
-}
-
-fn drop_caches() {
-    fs::write("/proc/sys/vm/drop_caches", "3").expect("drop_caches");
 }
 
 /// A lower file held open for reading while another open copies it up and writes it: the

@@ -43,10 +43,6 @@ fn d_ino(dir: &Path, name: &str) -> u64 {
         .ino
 }
 
-fn drop_caches() {
-    fs::write("/proc/sys/vm/drop_caches", "2").expect("drop_caches");
-}
-
 /// Files deleted while open keep working through their fds until the last close: a lower file
 /// copied up by the open, a lower file copied up later by a write through the fd, a new file.
 /// While they are open the name is gone from the view and from upper; after the last close
@@ -220,7 +216,7 @@ fn inode_numbers_survive_copy_up_rename_and_remount() {
     after.insert("d/new2", new_ino);
     after.insert("link", new_ino);
     check(m.path(), &after, "st_ino after rename and link");
-    drop_caches();
+    forget_kernel_inodes();
     check(
         m.path(),
         &after,
@@ -229,7 +225,7 @@ fn inode_numbers_survive_copy_up_rename_and_remount() {
     m.unmount();
     let m2 = stack.stratafs_rw(&spec);
     check(m2.path(), &after, "st_ino across remount");
-    drop_caches();
+    forget_kernel_inodes();
     check(m2.path(), &after, "st_ino across remount, inodes forgotten");
     let s = Snapshot::take(m2.path());
     let inv = mount_invariants(&s);
@@ -1176,10 +1172,6 @@ fn a_long_copy_up_does_not_stall_other_requests() {
         (256 << 20) + 1
     );
     m.unmount();
-}
-
-fn drop_kernel_caches() {
-    fs::write("/proc/sys/vm/drop_caches", "3").expect("drop caches");
 }
 
 /// Hard links of a lower file that the mount has seen stay one file through copy-up: a write

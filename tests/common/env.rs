@@ -358,3 +358,14 @@ pub fn tmp_leftovers(tmp: &Path) -> Vec<String> {
     );
     out
 }
+
+/// Makes the kernel forget the mount's dentries and inodes (the daemon gets FORGETs): the next
+/// lookups are answered afresh.
+pub fn forget_kernel_inodes() {
+    std::fs::write("/proc/sys/vm/drop_caches", "2").expect("drop_caches");
+}
+
+/// [`forget_kernel_inodes`], and the page cache too: file data is read from the layers again.
+pub fn drop_kernel_caches() {
+    std::fs::write("/proc/sys/vm/drop_caches", "3").expect("drop_caches");
+}
