@@ -133,13 +133,7 @@ impl Union {
         keep_times(parent_fd.as_fd(), &parent_st);
         node.update(|s| {
             if let NodeBody::Dir { layers } = &mut s.body {
-                layers.insert(
-                    0,
-                    LayerDir {
-                        layer: 0,
-                        fd: fd.clone(),
-                    },
-                );
+                layers.insert(0, LayerDir::new(0, fd.clone()));
             }
         });
         node.forget_xattrs();

@@ -207,10 +207,7 @@ impl Union {
         let attr = attr_of(ino, &st)?;
         let body = if attr.kind == Kind::Dir {
             NodeBody::Dir {
-                layers: vec![LayerDir {
-                    layer: 0,
-                    fd: Arc::new(layer::open_subdir(dir, &name)?),
-                }],
+                layers: vec![LayerDir::new(0, Arc::new(layer::open_subdir(dir, &name)?))],
             }
         } else {
             NodeBody::Upper {

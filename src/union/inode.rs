@@ -6,12 +6,12 @@
 //! and for every hard link of one file. A copied-up entry keeps the number of
 //! its origin (recorded in a private xattr). The FUSE node id is the same number.
 
-use std::collections::HashMap;
-use std::ffi::CString;
+use std::collections::{HashMap, HashSet};
+use std::ffi::{CStr, CString};
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::os::fd::OwnedFd;
-use std::sync::Arc;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
@@ -70,6 +70,54 @@ impl InoMap {
 pub struct LayerDir {
     pub layer: usize,
     pub fd: Arc<OwnedFd>,
+    /// Its names, read once on demand (see [`LayerDir::may_hold`]).
+    names: Arc<OnceLock<Option<NameIndex>>>,
+}
+
+/// The names in a lower layer directory, markers included. `None` for a
+/// directory too big to keep them all.
+type NameIndex = HashSet<Box<[u8]>>;
+
+/// Directories with more entries than this are probed name by name.
+const MAX_INDEXED: usize = 16 * 1024;
+
+impl LayerDir {
+    pub fn new(layer: usize, fd: Arc<OwnedFd>) -> Self {
+        LayerDir {
+            layer,
+            fd,
+            names: Arc::default(),
+        }
+    }
+
+    /// False when this (lower, never changing) directory surely has neither
+    /// `name` nor its OCI whiteout: its names are read once, so that a lookup
+    /// in a union directory of many layers skips the layers without the name
+    /// instead of probing each one.
+    pub fn may_hold(&self, name: &CStr) -> bool {
+        let Some(names) = self.names.get_or_init(|| read_names(self.fd.as_fd())) else {
+            return true;
+        };
+        if names.contains(name.to_bytes()) {
+            return true;
+        }
+        let wh = [crate::layer::OCI_WHITEOUT_PREFIX, name.to_bytes()].concat();
+        names.contains(wh.as_slice())
+    }
+}
+
+fn read_names(dir: std::os::fd::BorrowedFd<'_>) -> Option<NameIndex> {
+    let mut names = NameIndex::new();
+    let read = crate::layer::read_dir(dir, |name, _, _| {
+        if names.len() >= MAX_INDEXED {
+            return Err(crate::layer::LayerError::Io(std::io::Error::other(
+                "too many",
+            )));
+        }
+        names.insert(name.to_bytes().into());
+        Ok(())
+    });
+    read.ok().map(|()| names)
 }
 
 #[derive(Debug, Clone)]

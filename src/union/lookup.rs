@@ -17,6 +17,10 @@ use crate::layer::{self, Presence, Redirect};
 /// chain them in a loop.
 const MAX_REDIRECTS: u32 = 16;
 
+/// From this many layers in a union directory, lookups use the lower
+/// layers' name indexes.
+const INDEX_MIN_LAYERS: usize = 8;
+
 /// Validates a single name coming from the kernel.
 pub(crate) fn checked_name(name: &OsStr) -> Result<CString> {
     let bytes = name.as_bytes();
@@ -70,7 +74,13 @@ impl Union {
         layers: &'a [LayerDir],
         name: &CStr,
     ) -> Result<Option<Top<'a>>> {
+        // Deep stacks: most layers lack most names; their listings (read
+        // once) say so without a probe each.
+        let indexed = layers.len() >= INDEX_MIN_LAYERS;
         for (index, ld) in layers.iter().enumerate() {
+            if indexed && !self.is_upper(ld.layer) && !ld.may_hold(name) {
+                continue;
+            }
             match layer::probe(ld.fd.as_fd(), name)? {
                 Presence::Absent => continue,
                 Presence::Whiteout => return Ok(None),
@@ -190,10 +200,7 @@ impl Union {
                     let redirect = (!opaque)
                         .then(|| layer::read_redirect(fd.as_fd()))
                         .flatten();
-                    dirs.push(LayerDir {
-                        layer: ld.layer,
-                        fd,
-                    });
+                    dirs.push(LayerDir::new(ld.layer, fd));
                     match redirect {
                         _ if opaque => break,
                         None => {}
@@ -231,10 +238,7 @@ impl Union {
             .iter()
             .enumerate()
             .skip(above + 1)
-            .map(|(i, l)| LayerDir {
-                layer: i,
-                fd: l.root().clone(),
-            })
+            .map(|(i, l)| LayerDir::new(i, l.root().clone()))
             .collect();
         for comp in path {
             if dirs.is_empty() {

@@ -158,10 +158,7 @@ impl Union {
         let root_layers = layers
             .iter()
             .enumerate()
-            .map(|(i, l)| LayerDir {
-                layer: i,
-                fd: l.root().clone(),
-            })
+            .map(|(i, l)| LayerDir::new(i, l.root().clone()))
             .collect();
         nodes.insert_root(Node::new(NodeState {
             parent: None,
