@@ -191,24 +191,7 @@ DEBIAN_SEED_TREES = {"minbase": "bookworm-minbase-v1", "apt": "bookworm-layer1-v
 # The container layer, built the way image builders do (the same script as
 # tests/common/debian.rs, so a copy of its cache is the same image): apt-get
 # install, and deletions that leave kernel whiteouts and opaque directories.
-DEBIAN_LAYER_SCRIPT = r"""
-set -e
-export DEBIAN_FRONTEND=noninteractive LC_ALL=C PATH=/usr/sbin:/usr/bin:/sbin:/bin
-apt-get update
-apt-get install -y --no-install-recommends file less
-apt-get clean
-rm -rf /usr/share/doc/* /usr/share/man/* /usr/share/info/*
-rm -rf /var/lib/apt/lists/*
-rm -rf /etc/apt/apt.conf.d
-mkdir /etc/apt/apt.conf.d
-echo 'APT::Install-Recommends "false";' > /etc/apt/apt.conf.d/99norecommends
-rm -rf /usr/share/locale
-mkdir -p /usr/share/locale
-echo recreated > /usr/share/locale/README
-rm -f /usr/bin/rgrep /etc/issue.net
-echo 'stratafs test layer' >> /etc/motd
-chmod 700 /root
-"""
+DEBIAN_LAYER_SCRIPT = (Path(__file__).resolve().parent.parent / "scripts" / "debian-layer.sh").read_text()
 
 
 class DataUnavailable(Exception):

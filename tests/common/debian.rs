@@ -142,24 +142,8 @@ impl Drop for MountGuard {
     }
 }
 
-pub const LAYER_SCRIPT: &str = r#"
-set -e
-export DEBIAN_FRONTEND=noninteractive LC_ALL=C PATH=/usr/sbin:/usr/bin:/sbin:/bin
-apt-get update
-apt-get install -y --no-install-recommends file less
-apt-get clean
-rm -rf /usr/share/doc/* /usr/share/man/* /usr/share/info/*
-rm -rf /var/lib/apt/lists/*
-rm -rf /etc/apt/apt.conf.d
-mkdir /etc/apt/apt.conf.d
-echo 'APT::Install-Recommends "false";' > /etc/apt/apt.conf.d/99norecommends
-rm -rf /usr/share/locale
-mkdir -p /usr/share/locale
-echo recreated > /usr/share/locale/README
-rm -f /usr/bin/rgrep /etc/issue.net
-echo 'stratafs test layer' >> /etc/motd
-chmod 700 /root
-"#;
+/// The apt layer's script (also the benchmark's, so both build the same image).
+pub const LAYER_SCRIPT: &str = include_str!("../../scripts/debian-layer.sh");
 
 pub fn build_layer(chroot: &Path, rootfs: &Path, tmp: &Path, tree: &Path) {
     let work = tmp.join("work");
