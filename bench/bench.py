@@ -191,7 +191,7 @@ DEBIAN_SEED_TREES = {"minbase": "bookworm-minbase-v1", "apt": "bookworm-layer1-v
 # The container layer, built the way image builders do (the same script as
 # tests/common/debian.rs, so a copy of its cache is the same image): apt-get
 # install, and deletions that leave kernel whiteouts and opaque directories.
-DEBIAN_LAYER_SCRIPT = (Path(__file__).resolve().parent.parent / "scripts" / "debian-layer.sh").read_text()
+DEBIAN_LAYER_SCRIPT = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts", "debian-layer.sh")).read()
 
 
 class DataUnavailable(Exception):
