@@ -566,16 +566,17 @@ if [[ "${upper_names% }" == "$expected_upper" ]]; then
 else
     fail "upper/ should hold '$expected_upper', holds '${upper_names% }'"
 fi
-expect_work_clean() { # WHEN
+expect_work_clean() { # WHEN EXPECTED
     local got
-    got="$(cd "$WORKDIR" && find . -mindepth 1 -printf '%P ' )"
-    if [[ "${got% }" == .stratafs.lock ]]; then
-        pass "work/ holds only .stratafs.lock ($1)"
+    got="$(cd "$WORKDIR" && find . -mindepth 1 -printf '%P\n' | LC_ALL=C sort | tr '\n' ' ')"
+    if [[ "${got% }" == "$2" ]]; then
+        pass "work/ holds only $2 ($1)"
     else
-        fail "work/ should hold only .stratafs.lock ($1), holds '${got% }'"
+        fail "work/ should hold only $2 ($1), holds '${got% }'"
     fi
 }
-expect_work_clean "after the changes"
+# While mounted, the one whiteout the upper's whiteouts are hard links of.
+expect_work_clean "after the changes" "#whiteout .stratafs.lock"
 container_listing="$(listing "$CMNT")"
 container_entries="$(find "$CMNT" | wc -l)"
 
@@ -588,7 +589,7 @@ if is_mounted "$CMNT"; then
 else
     pass "$CMNT is no longer a mount point"
 fi
-expect_work_clean "after unmount"
+expect_work_clean "after unmount" ".stratafs.lock"
 for layer in top mid base; do
     after="$(fingerprint "$WORK/$layer")"
     if [[ "$after" == "${before[$layer]}" ]]; then
