@@ -194,6 +194,6 @@ impl Upper {
         if let Err(e) = self.drop_oci_whiteout(dir, name) {
             tracing::warn!(error = %e, ?name, "cannot remove an OCI whiteout");
         }
-        self.sync_dir(dir)
+        Ok(())
     }
 }

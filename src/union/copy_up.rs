@@ -119,7 +119,6 @@ impl Union {
             &st,
             node.ino(),
         )?;
-        upper.sync_dir(made.as_fd())?;
         let mut tmp = tmp;
         tmp.armed = false;
         let parent_st = layer::stat_self(parent_fd.as_fd())?;
@@ -376,7 +375,6 @@ impl Union {
                     &name,
                     rustix::fs::AtFlags::SYMLINK_FOLLOW,
                 )?;
-                upper.sync_dir(dir.as_fd())?;
                 self.one_less_lower_name(upper, dir.as_fd(), &name);
                 Ok(())
             });
