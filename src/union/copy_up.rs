@@ -322,8 +322,9 @@ impl Union {
                 )?;
             }
         }
-        // Data and metadata reach the disk before the name makes them visible.
-        if let Some(dst) = &data_fd {
+        // Copied data reaches the disk before the name makes it visible (a
+        // metadata-only copy has none; the kernel does not sync those either).
+        if let Some(dst) = data_fd.as_ref().filter(|_| !meta_only) {
             upper.sync(dst.as_fd())?;
         }
         if shared {
