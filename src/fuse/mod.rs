@@ -24,7 +24,6 @@ use std::os::unix::ffi::OsStrExt;
 use crate::union::{Caller, NewEntry, Node, SetAttr, SetTime, Union};
 use convert::{errno, file_attr, file_type, negative_entry};
 use passthrough::{Passthrough, Route};
-use std::os::fd::AsFd;
 
 /// Options of the adapter that are not union semantics.
 #[derive(Debug, Clone)]
@@ -86,9 +85,9 @@ impl StrataFs {
         open_backing: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> std::io::Result<fuser::BackingId>,
     ) -> Route {
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        let fd = self.core.stable_fd(fh).ok().flatten();
-        let fd = fd.as_ref().map(|fd| fd.as_fd());
-        self.passthrough.route(ino, fh, fd, writable, open_backing)
+        let stable_fd = || self.core.stable_fd(fh).ok().flatten();
+        self.passthrough
+            .route(ino, fh, stable_fd, writable, open_backing)
     }
 
     /// With a writeback cache the kernel reads pages of files opened for
@@ -276,11 +275,12 @@ impl fuser::Filesystem for StrataFs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _s = debug_span!("open", ino = ino.0, flags = flags.0).entered();
-        let fh = match self.core.open(ino.0, self.open_flags(flags.0)) {
+        let wanted = self.open_flags(flags.0);
+        let fh = match self.core.open(ino.0, wanted) {
             Ok(fh) => fh,
             // The read access the writeback cache wants is not granted (an
             // unprivileged daemon on a write-only file): as asked, then.
-            Err(e) if e.errno() == libc::EACCES && self.open_flags(flags.0) != flags.0 => {
+            Err(e) if e.errno() == libc::EACCES && wanted != flags.0 => {
                 match self.core.open(ino.0, flags.0) {
                     Ok(fh) => fh,
                     Err(e) => return reply.error(errno(&e)),
@@ -301,7 +301,6 @@ impl fuser::Filesystem for StrataFs {
             Route::Cached => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             Route::Backed(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
             Route::Refused => {
-                self.passthrough.release(fh);
                 self.core.release(fh);
                 reply.error(fuser::Errno::EIO)
             }
@@ -395,14 +394,8 @@ impl fuser::Filesystem for StrataFs {
             Ok(e) => e,
             Err(e) => return reply.error(errno(&e)),
         };
-        for i in offset as usize..entries.len() {
-            let Some(entry) = entries.get(i) else { break };
-            let full = reply.add(
-                INodeNo(entry.ino),
-                i as u64 + 1,
-                file_type(entry.kind),
-                entry.name,
-            );
+        for (off, entry) in entries.entries_after(offset) {
+            let full = reply.add(INodeNo(entry.ino), off, file_type(entry.kind), entry.name);
             if full {
                 break;
             }
@@ -423,9 +416,7 @@ impl fuser::Filesystem for StrataFs {
             Ok(e) => e,
             Err(e) => return reply.error(errno(&e)),
         };
-        for i in offset as usize..entries.len() {
-            let Some(entry) = entries.get(i) else { break };
-            let off = i as u64 + 1;
+        for (off, entry) in entries.entries_after(offset) {
             if entry.name == "." || entry.name == ".." {
                 // The kernel takes no reference for these: report attributes only.
                 let attr = match self.core.getattr(entry.ino) {
@@ -709,7 +700,6 @@ impl fuser::Filesystem for StrataFs {
                         reply.created(ttl, &attr, GENERATION, fh, FopenFlags::FOPEN_KEEP_CACHE)
                     }
                     Route::Refused => {
-                        self.passthrough.release(fh.0);
                         self.core.release(fh.0);
                         self.core.forget(node.ino(), 1);
                         reply.error(fuser::Errno::EIO)

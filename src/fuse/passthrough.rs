@@ -11,7 +11,7 @@
 //! switch to), so it stays on the page cache.
 
 use std::collections::HashMap;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -65,14 +65,15 @@ impl Passthrough {
         }
     }
 
-    /// Picks how handle `fh` of inode `ino` is served. `fd` is its real
-    /// file if that never changes while open; `writable` if open for
-    /// writing; `open_backing` registers `fd` with the kernel.
+    /// Picks how handle `fh` of inode `ino` is served. `stable_fd` gives its
+    /// real file if that never changes while open (asked only when needed:
+    /// opens are a hot path); `writable` if open for writing;
+    /// `open_backing` registers the file with the kernel.
     pub fn route(
         &self,
         ino: u64,
         fh: u64,
-        fd: Option<BorrowedFd<'_>>,
+        stable_fd: impl FnOnce() -> Option<Arc<OwnedFd>>,
         writable: bool,
         open_backing: impl FnOnce(BorrowedFd<'_>) -> std::io::Result<BackingId>,
     ) -> Route {
@@ -84,7 +85,9 @@ impl Passthrough {
             Some(open) => {
                 let route = match &open.mode {
                     Mode::Cached => Route::Cached,
-                    Mode::Backed { id, file } if fd.and_then(file_key) == Some(*file) => {
+                    Mode::Backed { id, file }
+                        if stable_fd().and_then(|fd| file_key(fd.as_fd())) == Some(*file) =>
+                    {
                         Route::Backed(id.clone())
                     }
                     Mode::Backed { .. } => {
@@ -96,7 +99,7 @@ impl Passthrough {
                 route
             }
             None => {
-                let mode = self.first_mode(fd, writable, open_backing);
+                let mode = self.first_mode(stable_fd, writable, open_backing);
                 let route = match &mode {
                     Mode::Cached => Route::Cached,
                     Mode::Backed { id, .. } => Route::Backed(id.clone()),
@@ -112,13 +115,17 @@ impl Passthrough {
     /// The mode of an inode opened for the first time.
     fn first_mode(
         &self,
-        fd: Option<BorrowedFd<'_>>,
+        stable_fd: impl FnOnce() -> Option<Arc<OwnedFd>>,
         writable: bool,
         open_backing: impl FnOnce(BorrowedFd<'_>) -> std::io::Result<BackingId>,
     ) -> Mode {
-        let Some(fd) = fd.filter(|_| self.enabled.load(Ordering::Relaxed)) else {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return Mode::Cached;
+        }
+        let Some(fd) = stable_fd() else {
             return Mode::Cached;
         };
+        let fd = fd.as_fd();
         let Ok(st) = rustix::fs::fstat(fd) else {
             return Mode::Cached;
         };

@@ -140,9 +140,7 @@ impl Union {
         // The root's metadata: the top layer's, unless the store marks it
         // implied (then the next layer's that is not).
         let shown = (0..layers.len())
-            .find(|&i| {
-                !implied[i].is_some_and(|x| layer::has_marker(layers[i].root().as_fd(), c".", x))
-            })
+            .find(|&i| !is_implied_dir(&implied, i, layers[i].root().as_fd()))
             .unwrap_or(0);
         let mut top = layer::stat_self(layers[shown].root().as_fd())?;
         if let Some(o) =
@@ -191,14 +189,7 @@ impl Union {
     pub(crate) fn attr_dir<'a>(&self, layers: &'a [LayerDir]) -> &'a LayerDir {
         layers
             .iter()
-            .find(|ld| {
-                !self
-                    .implied
-                    .get(ld.layer)
-                    .copied()
-                    .flatten()
-                    .is_some_and(|x| layer::has_marker(ld.fd.as_fd(), c".", x))
-            })
+            .find(|ld| !is_implied_dir(&self.implied, ld.layer, ld.fd.as_fd()))
             .unwrap_or(&layers[0])
     }
 
@@ -303,4 +294,18 @@ fn process_umask() -> u32 {
                 .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
         })
         .unwrap_or(0o022)
+}
+
+/// Whether directory `dir` of layer `layer` is one the store marked implied
+/// (made for a tar's entries below it, with no metadata of its own).
+fn is_implied_dir(
+    implied: &[Option<&'static std::ffi::CStr>],
+    layer: usize,
+    dir: std::os::fd::BorrowedFd<'_>,
+) -> bool {
+    implied
+        .get(layer)
+        .copied()
+        .flatten()
+        .is_some_and(|x| layer::has_marker(dir, c".", x))
 }

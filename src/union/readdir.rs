@@ -72,6 +72,13 @@ impl Listing {
         })
     }
 
+    /// The entries from `offset` on (offsets as readdir reports them: entry
+    /// `i` has offset `i + 1`), each with its offset.
+    pub fn entries_after(&self, offset: u64) -> impl Iterator<Item = (u64, DirEntry<'_>)> {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        (start..self.len()).filter_map(|i| Some((i as u64 + 1, self.get(i)?)))
+    }
+
     fn push(&mut self, name: &[u8], ino: u64, kind: Kind, leaf: Option<(usize, Attr)>) {
         self.names.extend_from_slice(name);
         let leaf = leaf.map(|l| {
