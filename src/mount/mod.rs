@@ -282,7 +282,7 @@ fn serve(spec: &MountSpec, union: Union, ready: Option<daemon::Ready>) -> Result
     // inherits the mask and only the signal thread below receives them.
     let signals = crate::sys::block_termination_signals()
         .map_err(|e| MountError::io("blocking signals", e))?;
-    crate::sys::limit_arenas();
+    crate::sys::tune_allocator();
     // Recorded before the mount appears, so that whoever sees the mount
     // (a foreground caller polling /proc/mounts) finds its record too.
     let _registered = register(&spec.record());

@@ -7,6 +7,6 @@ mod signals;
 mod xattr_at;
 
 pub use fork::{ForkResult, fork};
-pub use malloc::{limit_arenas, trim};
+pub use malloc::{trim, tune_allocator};
 pub use signals::{TerminationSignals, block_termination_signals, unblock_signals_in_child};
 pub use xattr_at::{getxattr_at, listxattr_at, setxattr_at};

@@ -99,7 +99,7 @@ impl Union {
             };
             // Metadata as shown: an implied directory's comes from below.
             let shown = self.attr_dir(layers);
-            (state.name.clone(), shown.fd.clone(), shown.layer)
+            (state.name.to_c_string(), shown.fd.clone(), shown.layer)
         };
         let st = self.logical(
             lower_layer,
@@ -132,7 +132,10 @@ impl Union {
         keep_times(parent_fd.as_fd(), &parent_st);
         node.update(|s| {
             if let NodeBody::Dir { layers } = &mut s.body {
-                layers.insert(0, LayerDir::new(0, fd.clone()));
+                let upper = LayerDir::new(0, fd.clone());
+                *layers = std::iter::once(upper)
+                    .chain(layers.iter().cloned())
+                    .collect();
             }
         });
         node.forget_xattrs();
@@ -206,19 +209,16 @@ impl Union {
             match &state.body {
                 NodeBody::Upper { fd, .. } => return Ok(fd.clone()),
                 NodeBody::Dir { .. } => return Err(Error::IsDir),
-                NodeBody::Lower {
-                    layer,
-                    dir,
-                    name,
-                    data,
-                    ..
-                } => (
-                    state.name.clone(),
-                    *layer,
-                    dir.clone(),
-                    name.clone(),
-                    data.clone(),
-                ),
+                NodeBody::Lower { data, .. } => {
+                    let (layer, dir, lname) = state.lower_file().ok_or(Error::NotFound)?;
+                    (
+                        state.name.to_c_string(),
+                        layer,
+                        dir.clone(),
+                        lname.to_owned(),
+                        data.clone(),
+                    )
+                }
             }
         };
         let raw = layer::stat_at(dir.as_fd(), &lname)?;
@@ -365,7 +365,7 @@ impl Union {
     /// of the lower file), so that every name shows the one copy, now and
     /// after a remount.
     fn link_other_names(&self, upper: &Upper, node: &Node, fd: &OwnedFd) {
-        let others = node.state().others.clone();
+        let others = node.state().others().to_vec();
         let src = layer::proc_fd_path(fd.as_fd());
         for (parent, name) in others {
             let linked = self.upper_dir(&parent).and_then(|dir| {
@@ -561,28 +561,27 @@ impl Union {
 
     /// The node body of non-directory `name` in directory `dir` of lower
     /// layer `layer`; whether it is a metadata-only copy is found on first use.
-    pub(crate) fn lower_leaf(layer: usize, dir: &Arc<OwnedFd>, name: &CStr) -> NodeBody {
+    /// Its name in `dir` is the node's own.
+    pub(crate) fn lower_leaf(layer: usize, dir: &Arc<OwnedFd>) -> NodeBody {
         NodeBody::Lower {
-            layer,
-            dir: dir.clone(),
-            name: name.to_owned(),
-            data: None,
+            layer: layer as u32,
             checked: false,
+            dir: dir.clone(),
+            data: None,
         }
     }
 
     /// Finds out, once, whether lower file `node` is a metadata-only copy
     /// whose data is in a layer further down.
     pub(crate) fn resolve_lower_data(&self, node: &Arc<Node>) -> Result<()> {
-        let (layer, dir, name) = match &node.state().body {
-            NodeBody::Lower {
-                layer,
-                dir,
-                name,
-                checked: false,
-                ..
-            } => (*layer, dir.clone(), name.clone()),
-            _ => return Ok(()),
+        let (layer, dir, name) = {
+            let state = node.state();
+            match (&state.body, state.lower_file()) {
+                (NodeBody::Lower { checked: false, .. }, Some((layer, dir, name))) => {
+                    (layer, dir.clone(), name.to_owned())
+                }
+                _ => return Ok(()),
+            }
         };
         let attr = node.attr();
         let data = if attr.kind == super::attr::Kind::File
@@ -703,5 +702,5 @@ fn node_state_parts(
         }
         _ => None,
     };
-    (state.parent.clone(), state.name.clone(), upper_fd)
+    (state.parent.clone(), state.name.to_c_string(), upper_fd)
 }

@@ -12,7 +12,7 @@ use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Uid};
 use super::Union;
 use super::attr::Kind;
 use super::error::{Error, Result};
-use super::inode::{LayerDir, Node, NodeBody, NodeState};
+use super::inode::{LayerDir, Node, NodeBody};
 use super::lookup::{attr_of, checked_name};
 use super::override_stat;
 use crate::layer::{self, Presence};
@@ -207,7 +207,7 @@ impl Union {
         let attr = attr_of(ino, &st)?;
         let body = if attr.kind == Kind::Dir {
             NodeBody::Dir {
-                layers: vec![LayerDir::new(0, Arc::new(layer::open_subdir(dir, &name)?))],
+                layers: Box::new([LayerDir::new(0, Arc::new(layer::open_subdir(dir, &name)?))]),
             }
         } else {
             NodeBody::Upper {
@@ -216,13 +216,9 @@ impl Union {
             }
         };
         parent.forget_xattrs();
-        Ok(self.nodes.remember(Node::new(NodeState {
-            parent: Some(parent.clone()),
-            name,
-            others: Vec::new(),
-            body,
-            attr,
-        })))
+        Ok(self
+            .nodes
+            .remember(Node::new(Some(parent.clone()), &name, body, &attr)))
     }
 
     /// link(2): a new name for `ino` in `newparent`. The source is copied up

@@ -80,7 +80,13 @@ impl Union {
             OpenFile::new(fd)
         } else {
             self.resolve_lower_data(&node)?;
-            let body = node.state().body.clone();
+            let (body, lower) = {
+                let state = node.state();
+                let lower = state
+                    .lower_file()
+                    .map(|(layer, dir, name)| (layer, dir.clone(), name.to_owned()));
+                (state.body.clone(), lower)
+            };
             match body {
                 NodeBody::Lower { data: Some(d), .. } if self.is_writable() => OpenFile::following(
                     self.open_lower(d.layer, d.dir.as_fd(), &d.name)?,
@@ -89,14 +95,15 @@ impl Union {
                 NodeBody::Lower { data: Some(d), .. } => {
                     OpenFile::new(self.open_lower(d.layer, d.dir.as_fd(), &d.name)?)
                 }
-                NodeBody::Lower {
-                    layer, dir, name, ..
-                } if self.is_writable() => {
-                    OpenFile::following(self.open_lower(layer, dir.as_fd(), &name)?, node.clone())
+                NodeBody::Lower { .. } => {
+                    let (layer, dir, name) = lower.ok_or(Error::NotFound)?;
+                    let fd = self.open_lower(layer, dir.as_fd(), &name)?;
+                    if self.is_writable() {
+                        OpenFile::following(fd, node.clone())
+                    } else {
+                        OpenFile::new(fd)
+                    }
                 }
-                NodeBody::Lower {
-                    layer, dir, name, ..
-                } => OpenFile::new(self.open_lower(layer, dir.as_fd(), &name)?),
                 NodeBody::Upper { data: Some(d), .. } => OpenFile::following(
                     self.open_lower(d.layer, d.dir.as_fd(), &d.name)?,
                     node.clone(),
@@ -245,12 +252,12 @@ impl Union {
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
         let node = self.nodes.get(ino)?;
         let state = node.state();
-        if state.attr.kind != Kind::Symlink {
+        if state.kind() != Kind::Symlink {
             return Err(Error::NotSymlink);
         }
         let target = match &state.body {
-            NodeBody::Lower { dir, name, .. } => {
-                rustix::fs::readlinkat(dir.as_fd(), name.as_c_str(), Vec::new())?
+            NodeBody::Lower { dir, .. } => {
+                rustix::fs::readlinkat(dir.as_fd(), state.lower_name(), Vec::new())?
             }
             NodeBody::Upper { fd, .. } => rustix::fs::readlinkat(fd.as_fd(), c"", Vec::new())?,
             NodeBody::Dir { .. } => return Err(Error::NotSymlink),

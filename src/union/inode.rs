@@ -10,15 +10,16 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::{CStr, CString};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
-use super::attr::Attr;
+use super::attr::{Attr, Kind, PackedAttr};
 use super::error::{Error, Result};
+use super::name::Name;
 use crate::layer::Layer;
 
 /// FUSE's fixed node id of the mount root.
@@ -124,18 +125,18 @@ fn read_names(dir: std::os::fd::BorrowedFd<'_>) -> Option<NameIndex> {
 pub enum NodeBody {
     /// A union directory: its layers, top (upper, if any) first, cut below
     /// the first opaque one.
-    Dir { layers: Vec<LayerDir> },
-    /// A non-directory that lives in a lower layer, as `name` in `dir`.
+    Dir { layers: Box<[LayerDir]> },
+    /// A non-directory that lives in a lower layer, in `dir` under the
+    /// node's name (see [`NodeState::lower_file`]).
     Lower {
-        layer: usize,
-        dir: Arc<OwnedFd>,
-        name: CString,
-        /// For a metadata-only copy in a lower layer (a kernel or stratafs
-        /// upper stacked as a lower): the file below holding its data.
-        data: Option<Box<LowerData>>,
+        layer: u32,
         /// Whether `data` was looked for: on first open or copy-up, not at
         /// lookup, which must stay cheap for the files never opened.
         checked: bool,
+        dir: Arc<OwnedFd>,
+        /// For a metadata-only copy in a lower layer (a kernel or stratafs
+        /// upper stacked as a lower): the file below holding its data.
+        data: Option<Box<LowerData>>,
     },
     /// A non-directory in the upper layer, held by an O_PATH fd so that
     /// renames, hard links and unlinks of its names never lose it. A
@@ -156,18 +157,102 @@ pub struct LowerData {
     pub path: Vec<CString>,
 }
 
+/// The names of a node besides its primary one, with their directories.
+type OtherNames = Vec<(Arc<Node>, CString)>;
+
+/// What few nodes have, boxed so that the others pay one pointer for it.
+#[derive(Debug, Default)]
+struct Extra {
+    /// Other names of a non-directory seen in this mount (hard links in a
+    /// lower layer): a copy-up links them to the copy too.
+    others: OtherNames,
+    /// A lower body's name in its layer directory, once the node's own name
+    /// changed (a hard link reached by another name, or the first name
+    /// unlinked).
+    lower_name: Option<CString>,
+    /// The filtered xattr name list, cached until the node changes (see
+    /// [`Node::cache_xattrs`]), when not empty.
+    xattr_names: Option<Box<[u8]>>,
+}
+
+impl Extra {
+    fn is_empty(&self) -> bool {
+        self.others.is_empty() && self.lower_name.is_none() && self.xattr_names.is_none()
+    }
+}
+
 /// What may change about a node: where it is, what backs it, its attributes.
-#[derive(Debug, Clone)]
+/// Kept small: the kernel may hold a node for every file of a big tree.
+#[derive(Debug)]
 pub struct NodeState {
     /// The directory it was last seen in, and its name there (for copy-up).
     pub parent: Option<Arc<Node>>,
-    pub name: CString,
-    /// Other names of a non-directory seen in this mount (hard links in a
-    /// lower layer): a copy-up links them to the copy too.
-    pub others: Vec<(Arc<Node>, CString)>,
+    pub name: Name,
+    extra: Option<Box<Extra>>,
     pub body: NodeBody,
     /// Last known attributes; lower-only entries never change.
-    pub attr: Attr,
+    attr: PackedAttr,
+    /// Known to have no visible xattrs, as most files (`ls -l` asks every
+    /// file for its ACL and security label).
+    no_xattrs: bool,
+}
+
+impl NodeState {
+    pub fn attr(&self, ino: u64) -> Attr {
+        self.attr.unpack(ino)
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.attr.kind()
+    }
+
+    pub fn set_attr(&mut self, attr: &Attr) {
+        self.attr = PackedAttr::pack(attr);
+    }
+
+    pub fn others(&self) -> &[(Arc<Node>, CString)] {
+        self.extra.as_deref().map_or(&[], |e| e.others.as_slice())
+    }
+
+    fn extra_mut(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_default()
+    }
+
+    /// Drops the box once nothing is in it.
+    fn tidy_extra(&mut self) {
+        if self.extra.as_deref().is_some_and(Extra::is_empty) {
+            self.extra = None;
+        }
+    }
+
+    /// The file a lower node reads: its layer, the layer directory, and its
+    /// name there.
+    pub fn lower_file(&self) -> Option<(usize, &Arc<OwnedFd>, &CStr)> {
+        match &self.body {
+            NodeBody::Lower { layer, dir, .. } => Some((*layer as usize, dir, self.lower_name())),
+            _ => None,
+        }
+    }
+
+    /// The name of a lower body's file in its layer directory.
+    pub fn lower_name(&self) -> &CStr {
+        match self.extra.as_deref().and_then(|e| e.lower_name.as_deref()) {
+            Some(name) => name,
+            None => self.name.as_c_str(),
+        }
+    }
+
+    /// Gives the node a new primary name, keeping what a lower body needs to
+    /// find its file.
+    fn rename_to(&mut self, name: Name) -> Name {
+        if matches!(self.body, NodeBody::Lower { .. })
+            && self.extra.as_ref().is_none_or(|e| e.lower_name.is_none())
+        {
+            let old = self.name.to_c_string();
+            self.extra_mut().lower_name = Some(old);
+        }
+        std::mem::replace(&mut self.name, name)
+    }
 }
 
 #[derive(Debug)]
@@ -175,20 +260,29 @@ pub struct Node {
     ino: u64,
     state: RwLock<NodeState>,
     lookups: AtomicU64,
-    /// Filtered xattr name list, cached until the node changes; the counter
-    /// tells a reader whether a change came while it was reading.
-    xattr_names: Mutex<(u64, Option<Vec<u8>>)>,
+    /// Counts changes of the xattr names, so that a reader can tell whether
+    /// one came while it was reading; changed only under the state lock (it
+    /// lives here, not in the state, only to pack with `copy_up`).
+    xattr_generation: AtomicU32,
     /// Serialises copy-up of this node; never held while waiting for another node's.
     pub copy_up: Mutex<()>,
 }
 
 impl Node {
-    pub fn new(state: NodeState) -> Self {
+    /// A node for `attr.ino`, reached as `name` in `parent`.
+    pub fn new(parent: Option<Arc<Node>>, name: &CStr, body: NodeBody, attr: &Attr) -> Self {
         Node {
-            ino: state.attr.ino,
-            state: RwLock::new(state),
+            ino: attr.ino,
+            state: RwLock::new(NodeState {
+                parent,
+                name: Name::new(name),
+                extra: None,
+                body,
+                attr: PackedAttr::pack(attr),
+                no_xattrs: false,
+            }),
             lookups: AtomicU64::new(0),
-            xattr_names: Mutex::new((0, None)),
+            xattr_generation: AtomicU32::new(0),
             copy_up: Mutex::new(()),
         }
     }
@@ -206,7 +300,7 @@ impl Node {
     }
 
     pub fn attr(&self) -> Attr {
-        self.state.read().attr
+        self.state.read().attr(self.ino)
     }
 
     pub fn parent(&self) -> Option<Arc<Node>> {
@@ -219,66 +313,85 @@ impl Node {
 
     pub fn dir_layers(&self) -> Result<Vec<LayerDir>> {
         match &self.state.read().body {
-            NodeBody::Dir { layers } => Ok(layers.clone()),
+            NodeBody::Dir { layers } => Ok(layers.to_vec()),
             _ => Err(Error::NotDir),
         }
     }
 
     /// Records the path by which the kernel last reached this node; a
     /// non-directory remembers its other names too.
-    pub fn relocate(&self, parent: Arc<Node>, name: CString) {
+    pub fn relocate(&self, parent: Arc<Node>, name: &CStr) {
         let mut st = self.state.write();
-        let same = |p: &Arc<Node>, n: &CString| Arc::ptr_eq(p, &parent) && *n == name;
+        let same = |p: &Arc<Node>, n: &CStr| Arc::ptr_eq(p, &parent) && n == name;
         if st.parent.as_ref().is_some_and(|p| same(p, &st.name)) {
             return;
         }
-        st.others.retain(|(p, n)| !same(p, n));
+        if let Some(extra) = &mut st.extra {
+            extra.others.retain(|(p, n)| !same(p, n));
+        }
         let is_dir = matches!(st.body, NodeBody::Dir { .. });
-        if let Some(old) = st.parent.take()
+        let old_name = st.rename_to(Name::new(name));
+        if let Some(old) = st.parent.replace(parent)
             && !is_dir
         {
-            let old_name = std::mem::take(&mut st.name);
-            st.others.push((old, old_name));
+            st.extra_mut().others.push((old, old_name.to_c_string()));
         }
-        st.parent = Some(parent);
-        st.name = name;
+        st.tidy_extra();
     }
 
     /// Forgets the name `name` in `parent` (unlinked, or replaced by a rename);
     /// with no name left, the node lives on only through open fds.
-    pub fn detach(&self, parent: &Arc<Node>, name: &std::ffi::CStr) {
+    pub fn detach(&self, parent: &Arc<Node>, name: &CStr) {
         let mut st = self.state.write();
-        let same = |p: &Arc<Node>, n: &CString| Arc::ptr_eq(p, parent) && n.as_c_str() == name;
-        st.others.retain(|(p, n)| !same(p, n));
+        let same = |p: &Arc<Node>, n: &CStr| Arc::ptr_eq(p, parent) && n == name;
+        if let Some(extra) = &mut st.extra {
+            extra.others.retain(|(p, n)| !same(p, n));
+        }
         if st.parent.as_ref().is_some_and(|p| same(p, &st.name)) {
-            match st.others.pop() {
+            match st.extra.as_mut().and_then(|e| e.others.pop()) {
                 Some((p, n)) => {
                     st.parent = Some(p);
-                    st.name = n;
+                    st.rename_to(Name::from(n));
                 }
                 None => st.parent = None,
             }
         }
+        st.tidy_extra();
     }
 
     pub fn forget_xattrs(&self) {
-        let mut cache = self.xattr_names.lock();
-        cache.0 += 1;
-        cache.1 = None;
+        let mut st = self.state.write();
+        self.xattr_generation.fetch_add(1, Ordering::Relaxed);
+        st.no_xattrs = false;
+        if let Some(extra) = &mut st.extra {
+            extra.xattr_names = None;
+        }
+        st.tidy_extra();
     }
 
     /// The cached xattr name list, or the generation to pass to
     /// [`Node::cache_xattrs`] after reading it.
-    pub fn cached_xattrs(&self) -> std::result::Result<Vec<u8>, u64> {
-        let cache = self.xattr_names.lock();
-        cache.1.clone().ok_or(cache.0)
+    pub fn cached_xattrs(&self) -> std::result::Result<Vec<u8>, u32> {
+        let st = self.state.read();
+        if st.no_xattrs {
+            return Ok(Vec::new());
+        }
+        let cached = st.extra.as_deref().and_then(|e| e.xattr_names.as_deref());
+        cached
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| self.xattr_generation.load(Ordering::Relaxed))
     }
 
     /// Caches `list`, read at `generation`, unless the node changed since.
-    pub fn cache_xattrs(&self, generation: u64, list: &[u8]) {
-        let mut cache = self.xattr_names.lock();
-        if cache.0 == generation {
-            cache.1 = Some(list.to_vec());
+    pub fn cache_xattrs(&self, generation: u32, list: &[u8]) {
+        let mut st = self.state.write();
+        if self.xattr_generation.load(Ordering::Relaxed) != generation {
+            return;
+        }
+        if list.is_empty() {
+            st.no_xattrs = true;
+        } else {
+            st.extra_mut().xattr_names = Some(list.into());
         }
     }
 }
@@ -364,5 +477,22 @@ impl NodeTable {
 
     pub fn len(&self) -> usize {
         self.nodes.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel may hold a node for each of millions of files: a field
+    /// added here costs its size that many times.
+    #[test]
+    fn a_node_stays_small() {
+        let size = std::mem::size_of::<Node>();
+        eprintln!(
+            "Node: {size} bytes, NodeBody: {}",
+            std::mem::size_of::<NodeBody>()
+        );
+        assert!(size <= 184, "Node grew to {size} bytes");
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::Union;
 use super::attr::{Attr, Kind};
 use super::error::{Error, Result};
-use super::inode::{LayerDir, Node, NodeBody, NodeState};
+use super::inode::{LayerDir, Node, NodeBody};
 use crate::layer::{self, Presence, Redirect};
 
 /// Redirects followed while resolving one directory: hostile layers could
@@ -123,7 +123,7 @@ impl Union {
                 self.nodes.forget(ino, 1);
                 return Err(e);
             }
-            node.relocate(parent.clone(), name);
+            node.relocate(parent.clone(), &name);
             if let Err(e) = self.refresh_attr(&node) {
                 self.nodes.forget(ino, 1);
                 return Err(e);
@@ -147,7 +147,7 @@ impl Union {
                 attr = attr_of(ino, &st)?;
                 body
             } else {
-                Union::lower_leaf(top.ld.layer, &top.ld.fd, &name)
+                Union::lower_leaf(top.ld.layer, &top.ld.fd)
             }
         } else {
             let dirs = self.collect_dirs(&layers[top.index..], &name)?;
@@ -161,15 +161,13 @@ impl Union {
             if dirs.len() > 1 {
                 attr.nlink = 1;
             }
-            NodeBody::Dir { layers: dirs }
+            NodeBody::Dir {
+                layers: dirs.into(),
+            }
         };
-        Ok(self.nodes.remember(Node::new(NodeState {
-            parent: Some(parent.clone()),
-            name,
-            others: Vec::new(),
-            body,
-            attr,
-        })))
+        Ok(self
+            .nodes
+            .remember(Node::new(Some(parent.clone()), &name, body, &attr)))
     }
 
     /// The layer directories of union directory `name`, starting at the
@@ -281,14 +279,14 @@ impl Union {
                         layers.len() > 1,
                     )
                 }
-                _ => return Ok(state.attr),
+                _ => return Ok(state.attr(node.ino())),
             }
         };
         let mut attr = attr_of(node.ino(), &st)?;
         if merged {
             attr.nlink = 1;
         }
-        node.update(|s| s.attr = attr);
+        node.update(|s| s.set_attr(&attr));
         Ok(attr)
     }
 }

@@ -10,6 +10,7 @@ mod handles;
 mod inode;
 mod links;
 mod lookup;
+mod name;
 mod override_stat;
 mod readdir;
 mod remove;
@@ -32,7 +33,7 @@ pub use view::{IdMap, IdRange, OVERFLOW_ID, OverrideStat, ViewOptions};
 
 use crate::layer::{self, DialectChoice, Layer, LayerError, Upper};
 use handles::HandleTable;
-use inode::{InoMap, LayerDir, NodeBody, NodeState, NodeTable};
+use inode::{InoMap, LayerDir, NodeBody, NodeTable};
 
 /// The writable layer of a union: upper and work directories and how to write.
 #[derive(Debug, Clone)]
@@ -158,15 +159,14 @@ impl Union {
             .enumerate()
             .map(|(i, l)| LayerDir::new(i, l.root().clone()))
             .collect();
-        nodes.insert_root(Node::new(NodeState {
-            parent: None,
-            name: c"".to_owned(),
-            others: Vec::new(),
-            body: NodeBody::Dir {
+        nodes.insert_root(Node::new(
+            None,
+            c"",
+            NodeBody::Dir {
                 layers: root_layers,
             },
-            attr,
-        }));
+            &attr,
+        ));
         Ok(Union {
             layers,
             upper,

@@ -226,11 +226,11 @@ impl Union {
             upper.drop_oci_whiteout(to.as_fd(), newname)?;
         }
         src.detach(parent, name);
-        src.relocate(newparent.clone(), newname.to_owned());
+        src.relocate(newparent.clone(), newname);
         match dst {
             Some(d) if exchange => {
                 d.detach(newparent, newname);
-                d.relocate(parent.clone(), name.to_owned());
+                d.relocate(parent.clone(), name);
             }
             // Replaced: this name is gone; open fds keep it alive.
             Some(d) => d.detach(newparent, newname),
@@ -252,7 +252,7 @@ impl Union {
         }
         node.update(|s| {
             if let NodeBody::Dir { layers } = &mut s.body {
-                layers.truncate(1);
+                *layers = layers.iter().take(1).cloned().collect();
             }
         });
         Ok(())

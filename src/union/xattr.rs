@@ -43,9 +43,10 @@ enum Target {
 }
 
 fn target(union: &Union, node: &Node) -> Target {
-    match &node.state().body {
+    let state = node.state();
+    match &state.body {
         NodeBody::Dir { layers } => Target::At(union.attr_dir(layers).fd.clone(), c".".to_owned()),
-        NodeBody::Lower { dir, name, .. } => Target::At(dir.clone(), name.clone()),
+        NodeBody::Lower { dir, .. } => Target::At(dir.clone(), state.lower_name().to_owned()),
         NodeBody::Upper { fd, .. } => Target::Inode(fd.clone()),
     }
 }
