@@ -407,6 +407,9 @@ pub struct NodeTable {
 /// After this many nodes are dropped, free memory goes back to the system:
 /// the daemon's size follows what the kernel holds.
 const TRIM_EVERY: u64 = 8192;
+/// Or after this many, once they are as many as half the nodes still held,
+/// so that the tail of a mass forget is returned too.
+const TRIM_MIN: u64 = 1024;
 
 impl NodeTable {
     pub fn insert_root(&self, node: Node) {
@@ -466,7 +469,12 @@ impl NodeTable {
             let removed = self
                 .nodes
                 .remove_if(&ino, |_, node| node.lookups.load(Ordering::Relaxed) == 0);
-            if removed.is_some() && self.dropped.fetch_add(1, Ordering::Relaxed) + 1 >= TRIM_EVERY {
+            let dropped = match removed {
+                Some(_) => self.dropped.fetch_add(1, Ordering::Relaxed) + 1,
+                None => 0,
+            };
+            let few_left = || dropped * 2 >= self.nodes.len() as u64;
+            if dropped >= TRIM_EVERY || (dropped >= TRIM_MIN && few_left()) {
                 self.dropped.store(0, Ordering::Relaxed);
                 drop(removed);
                 self.nodes.shrink_to_fit();
