@@ -370,27 +370,24 @@ impl fuser::Filesystem for StrataFs {
         }
     }
 
+    /// Not implemented, on purpose: the kernel then opens directories
+    /// without asking (nor releasing them), keeping and caching their
+    /// contents (`FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR`) as it would for us.
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let _s = debug_span!("opendir", ino = ino.0).entered();
-        match self.core.opendir(ino.0) {
-            Ok(fh) => reply.opened(
-                FileHandle(fh),
-                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
-            ),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply.error(fuser::Errno::ENOSYS);
     }
 
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let _s = debug_span!("readdir", fh = fh.0, offset).entered();
-        let entries = match self.core.readdir(fh.0) {
+        let _s = debug_span!("readdir", ino = ino.0, offset).entered();
+        let entries = match self.core.readdir(ino.0, offset) {
             Ok(e) => e,
             Err(e) => return reply.error(errno(&e)),
         };
@@ -407,12 +404,12 @@ impl fuser::Filesystem for StrataFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let _s = debug_span!("readdirplus", fh = fh.0, offset).entered();
-        let entries = match self.core.readdir(fh.0) {
+        let _s = debug_span!("readdirplus", ino = ino.0, offset).entered();
+        let entries = match self.core.readdir(ino.0, offset) {
             Ok(e) => e,
             Err(e) => return reply.error(errno(&e)),
         };
@@ -461,18 +458,6 @@ impl fuser::Filesystem for StrataFs {
                 break;
             }
         }
-        reply.ok();
-    }
-
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
-        self.core.releasedir(fh.0);
         reply.ok();
     }
 

@@ -9,6 +9,7 @@ mod file;
 mod handles;
 mod inode;
 mod links;
+mod listing_cache;
 mod lookup;
 mod name;
 mod override_stat;
@@ -72,7 +73,8 @@ pub struct Union {
     inos: InoMap,
     nodes: NodeTable,
     files: HandleTable<file::OpenFile>,
-    dirs: HandleTable<readdir::OpenDir>,
+    /// Listings between the reads of a directory.
+    listings: listing_cache::ListingCache,
     view: ViewOptions,
     /// `UpperSpec::redirect_dir` and `UpperSpec::metacopy`.
     redirect_dir: bool,
@@ -173,7 +175,7 @@ impl Union {
             inos,
             nodes,
             files: HandleTable::default(),
-            dirs: HandleTable::default(),
+            listings: listing_cache::ListingCache::default(),
             view,
             checks: Vec::new(),
             implied,

@@ -1,6 +1,13 @@
 //! Merged directory listings: every contributing layer read top-down, names
-//! de-duplicated, whiteouts applied, markers hidden. A listing is taken once
-//! per open handle, so offsets (telldir/seekdir) index a stable snapshot.
+//! de-duplicated, whiteouts applied, markers hidden.
+//!
+//! There are no directory handles (the kernel is told that opendir is not
+//! implemented, which saves two requests per directory opened, and caches
+//! listings itself). A read from offset 0 takes a fresh listing; the reads
+//! that go on from a later offset reuse it while it is cached. Offsets are
+//! cookies derived from a keyed hash of each name, in whose order a listing
+//! is kept, so a position stays meaningful in a listing taken again after a
+//! change: no name is skipped or repeated, as in ext4's hashed directories.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -10,7 +17,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use hashbrown::HashTable;
-use parking_lot::Mutex;
 use rustix::fs::FileType;
 
 use super::Union;
@@ -31,10 +37,12 @@ pub struct DirEntry<'a> {
     leaf: Option<&'a (usize, Attr)>,
 }
 
-/// 16 bytes per entry.
+/// 24 bytes per entry.
 #[derive(Debug)]
 struct Listed {
     ino: u64,
+    /// Its offset (see [`Listing::order_by_cookie`]).
+    cookie: u64,
     /// End of the name in [`Listing::names`]; it starts where the previous ends.
     name_end: u32,
     /// The kind in the low bits; above them, one more than the index into
@@ -43,6 +51,11 @@ struct Listed {
 }
 
 const KIND_BITS: u32 = 3;
+
+/// Names' cookies: after "." and "..", and below 2^63 (telldir's `long`)
+/// however many equal hashes push them up.
+const FIRST_NAME_COOKIE: u64 = 3;
+const COOKIE_SPAN: u64 = 1 << 62;
 
 impl Listed {
     fn kind(&self) -> Kind {
@@ -74,7 +87,7 @@ impl Listing {
         self.entries.is_empty()
     }
 
-    /// Entry `i`, whose offset is `i + 1`.
+    /// Entry `i`.
     pub fn get(&self, i: usize) -> Option<DirEntry<'_>> {
         let e = self.entries.get(i)?;
         Some(DirEntry {
@@ -85,11 +98,51 @@ impl Listing {
         })
     }
 
-    /// The entries from `offset` on (offsets as readdir reports them: entry
-    /// `i` has offset `i + 1`), each with its offset.
+    /// The entries after position `offset` (0, or the offset reported with
+    /// an entry), each with its offset.
     pub fn entries_after(&self, offset: u64) -> impl Iterator<Item = (u64, DirEntry<'_>)> {
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        (start..self.len()).filter_map(|i| Some((i as u64 + 1, self.get(i)?)))
+        let start = self.entries.partition_point(|e| e.cookie <= offset);
+        (start..self.len()).filter_map(|i| Some((self.entries[i].cookie, self.get(i)?)))
+    }
+
+    /// Whether a reader at `offset` has seen every entry.
+    fn read_to_end(&self, offset: u64) -> bool {
+        self.entries.last().is_none_or(|e| e.cookie <= offset)
+    }
+
+    /// Puts the entries in cookie order and gives each its cookie: "." and
+    /// ".." come first (1 and 2), then the names by a keyed hash of each (the
+    /// key is the mount's: names cannot be chosen to collide). Equal hashes,
+    /// ordered by name, take the next free cookies.
+    fn order_by_cookie(&mut self, key: &RandomState) {
+        let mut keyed: Vec<(u64, u32)> = (0..self.len())
+            .map(|i| {
+                let cookie = match i {
+                    0 | 1 => i as u64 + 1,
+                    _ => FIRST_NAME_COOKIE + key.hash_one(self.name(i)) % COOKIE_SPAN,
+                };
+                (cookie, i as u32)
+            })
+            .collect();
+        keyed.sort_unstable_by(|a, b| {
+            (a.0.cmp(&b.0)).then_with(|| self.name(a.1 as usize).cmp(self.name(b.1 as usize)))
+        });
+        let mut names = Vec::with_capacity(self.names.len());
+        let mut entries = Vec::with_capacity(self.entries.len());
+        let mut last = 0;
+        for (cookie, i) in keyed {
+            let e = &self.entries[i as usize];
+            names.extend_from_slice(self.name(i as usize));
+            last = cookie.max(last + 1);
+            entries.push(Listed {
+                ino: e.ino,
+                cookie: last,
+                name_end: names.len() as u32,
+                kind_leaf: e.kind_leaf,
+            });
+        }
+        self.names = names;
+        self.entries = entries;
     }
 
     fn name(&self, i: usize) -> &[u8] {
@@ -120,41 +173,34 @@ impl Listing {
         };
         self.entries.push(Listed {
             ino,
+            cookie: 0,
             name_end: self.names.len() as u32,
             kind_leaf: kind as u32 | leaf << KIND_BITS,
         });
     }
 }
 
-/// An open directory handle. Its listing is taken at the first readdir, not
-/// at opendir: the kernel answers most re-reads of a directory from its own
-/// cache and then never asks for one.
-#[derive(Debug)]
-pub struct OpenDir {
-    node: Arc<Node>,
-    listing: Mutex<Option<Arc<Listing>>>,
-}
-
 impl Union {
-    pub fn opendir(&self, ino: u64) -> Result<u64> {
-        let node = self.nodes.get(ino)?;
-        node.dir_layers()?;
-        Ok(self.dirs.insert(OpenDir {
-            node,
-            listing: Mutex::new(None),
-        }))
-    }
-
-    /// The snapshot of an open directory handle; entry `i` has offset `i + 1`.
-    pub fn readdir(&self, fh: u64) -> Result<Arc<Listing>> {
-        let dir = self.dirs.get(fh)?;
-        let mut listing = dir.listing.lock();
-        if let Some(entries) = &*listing {
-            return Ok(entries.clone());
+    /// The listing of directory `ino` for a read from `offset` on (see the
+    /// module comment).
+    pub fn readdir(&self, ino: u64, offset: u64) -> Result<Arc<Listing>> {
+        if offset != 0
+            && let Some(listing) = self.listings.get(ino)
+        {
+            if listing.read_to_end(offset) {
+                // The reader is done with it (the kernel keeps its own copy).
+                self.listings.remove(ino);
+            }
+            return Ok(listing);
         }
-        let entries = Arc::new(self.list(&dir.node)?);
-        *listing = Some(entries.clone());
-        Ok(entries)
+        let node = self.nodes.get(ino)?;
+        let mut listing = self.list(&node)?;
+        listing.order_by_cookie(self.listings.key());
+        let listing = Arc::new(listing);
+        if !listing.read_to_end(offset) {
+            self.listings.insert(ino, listing.clone());
+        }
+        Ok(listing)
     }
 
     /// The node of a listed entry, counting one kernel reference, as
@@ -178,10 +224,6 @@ impl Union {
         Ok(self
             .nodes
             .remember(Node::new(Some(dir_node), &name, body, &attr)))
-    }
-
-    pub fn releasedir(&self, fh: u64) {
-        self.dirs.remove(fh);
     }
 
     pub(crate) fn list(&self, node: &Node) -> Result<Listing> {
@@ -272,11 +314,11 @@ impl Decided {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
-    #[test]
-    fn entries_keep_kind_and_leaf_in_sixteen_bytes() {
-        assert_eq!(std::mem::size_of::<Listed>(), 16);
-        let attr = |ino| Attr {
+    fn attr(ino: u64) -> Attr {
+        let t = super::super::Time { sec: 1, nsec: 2 };
+        Attr {
             ino,
             kind: Kind::Symlink,
             perm: 0o777,
@@ -287,37 +329,81 @@ mod tests {
             size: 3,
             blocks: 0,
             blksize: 4096,
-            atime: super::super::Time { sec: 1, nsec: 2 },
-            mtime: super::super::Time { sec: 3, nsec: 4 },
-            ctime: super::super::Time { sec: 5, nsec: 6 },
-        };
+            atime: t,
+            mtime: t,
+            ctime: t,
+        }
+    }
+
+    fn listing(key: &RandomState, names: &[&str]) -> Listing {
         let mut l = Listing::default();
-        l.push(b"d", 10, Kind::Dir, None);
-        l.push(b"link", 11, Kind::Symlink, Some((2, attr(11))));
-        l.push(b"dev", 12, Kind::BlockDev, None);
-        l.push(b"f", 13, Kind::File, Some((1, attr(13))));
+        l.push(b".", 1, Kind::Dir, None);
+        l.push(b"..", 1, Kind::Dir, None);
+        for (i, n) in names.iter().enumerate() {
+            let ino = 100 + i as u64;
+            match i % 3 {
+                0 => l.push(n.as_bytes(), ino, Kind::Dir, None),
+                1 => l.push(n.as_bytes(), ino, Kind::Symlink, Some((i, attr(ino)))),
+                _ => l.push(n.as_bytes(), ino, Kind::BlockDev, None),
+            }
+        }
+        l.order_by_cookie(key);
         l.shrink();
-        let got: Vec<_> = l
-            .entries_after(0)
-            .map(|(off, e)| {
-                (
-                    off,
-                    e.name.to_owned(),
-                    e.ino,
-                    e.kind,
-                    e.leaf.map(|&(s, a)| (s, a.ino)),
-                )
-            })
+        l
+    }
+
+    #[test]
+    fn entries_keep_kind_and_leaf_in_cookie_order() {
+        assert_eq!(std::mem::size_of::<Listed>(), 24);
+        let key = RandomState::new();
+        let names: Vec<String> = (0..500).map(|i| format!("name-{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let l = listing(&key, &names);
+        let all: Vec<_> = l.entries_after(0).collect();
+        assert_eq!(all.len(), 502);
+        assert_eq!((all[0].0, all[0].1.name), (1, OsStr::new(".")));
+        assert_eq!((all[1].0, all[1].1.name), (2, OsStr::new("..")));
+        assert!(all.windows(2).all(|w| w[0].0 < w[1].0), "cookies increase");
+        assert!(all.iter().all(|(c, _)| *c < 1 << 63));
+        for (_, e) in &all[2..] {
+            let i = names.iter().position(|n| OsStr::new(n) == e.name).unwrap();
+            assert_eq!(e.ino, 100 + i as u64);
+            let (kind, leaf) = match i % 3 {
+                0 => (Kind::Dir, None),
+                1 => (Kind::Symlink, Some((i, 100 + i as u64))),
+                _ => (Kind::BlockDev, None),
+            };
+            assert_eq!((e.kind, e.leaf.map(|&(s, a)| (s, a.ino))), (kind, leaf));
+        }
+        let (mid, _) = all[250];
+        assert_eq!(l.entries_after(mid).count(), 251);
+        assert!(!l.read_to_end(mid));
+        assert!(l.read_to_end(all[501].0));
+    }
+
+    /// A reader that goes on in a listing taken again after names were added
+    /// and removed sees every name that was there all along exactly once.
+    #[test]
+    fn a_position_survives_a_new_listing() {
+        let key = RandomState::new();
+        let before: Vec<String> = (0..300).map(|i| format!("f{i}")).collect();
+        let old = listing(&key, &before.iter().map(String::as_str).collect::<Vec<_>>());
+        let first: Vec<_> = old.entries_after(0).take(150).collect();
+        let pos = first.last().unwrap().0;
+        let after: Vec<String> = (100..400).map(|i| format!("f{i}")).collect();
+        let new = listing(&key, &after.iter().map(String::as_str).collect::<Vec<_>>());
+        let mut seen: Vec<String> = first
+            .iter()
+            .chain(new.entries_after(pos).collect::<Vec<_>>().iter())
+            .map(|(_, e)| e.name.to_string_lossy().into_owned())
             .collect();
-        assert_eq!(
-            got,
-            vec![
-                (1, "d".into(), 10, Kind::Dir, None),
-                (2, "link".into(), 11, Kind::Symlink, Some((2, 11))),
-                (3, "dev".into(), 12, Kind::BlockDev, None),
-                (4, "f".into(), 13, Kind::File, Some((1, 13))),
-            ]
-        );
-        assert_eq!(l.entries_after(3).count(), 1);
+        let total = seen.len();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), total, "no name twice");
+        let seen: BTreeSet<String> = seen.into_iter().collect();
+        for kept in (100..300).map(|i| format!("f{i}")) {
+            assert!(seen.contains(&kept), "{kept} was skipped");
+        }
     }
 }
