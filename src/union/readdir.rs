@@ -70,7 +70,7 @@ impl Listed {
 }
 
 /// A merged directory listing, compact: a directory of 100k entries is read
-/// once per open handle and held while the kernel reads it.
+/// once per pass of a reader and held while the kernel reads it.
 #[derive(Debug, Default)]
 pub struct Listing {
     names: Vec<u8>,
