@@ -339,3 +339,122 @@ fn readdir_dtype_every_kind() {
         assert_eq!(s.entry(p).d_type, Some(t), "d_type of {p}");
     }
 }
+
+/// A reader that goes on after names were removed and created — and after another reader
+/// listed the directory afresh, to its end, in between — sees every name that was there
+/// throughout exactly once, and no name twice: positions are name cookies that mean the same
+/// in any listing of the directory (there are no directory handles to hold a snapshot).
+#[test]
+fn reading_on_after_changes_skips_and_repeats_nothing() {
+    require_root();
+    let env = TestEnv::new("readdir-changes");
+    let base = env.layer("base");
+    let top = env.layer("top");
+    for l in [&base, &top] {
+        l.dir("d");
+    }
+    for i in 0..3000 {
+        let l = if i % 2 == 0 { &base } else { &top };
+        fs::write(l.path(format!("d/f{i:05}")), "").unwrap();
+    }
+    let stack = env.stack(&[&top, &base]);
+    let (upper, work) = upper_work(&env.fresh_dir("rw"));
+    let m = stack.stratafs_rw(&UpperSpec::new(&upper, &work));
+    let dir = m.join("d");
+
+    let mut reader = Dir::open(&dir).unwrap();
+    let mut seen: Vec<Vec<u8>> = Vec::new();
+    while seen.len() < 1000 {
+        let e = reader.read().unwrap().expect("directory ended early");
+        seen.push(e.name);
+    }
+    let removed: BTreeSet<String> = (0..3000).step_by(6).map(|i| format!("f{i:05}")).collect();
+    for n in &removed {
+        fs::remove_file(dir.join(n)).unwrap();
+    }
+    for i in 0..1000 {
+        fs::write(dir.join(format!("new{i:04}")), "").unwrap();
+    }
+    let fresh = read_dir_raw(&dir).unwrap();
+    assert_eq!(
+        fresh.len(),
+        2 + 3000 - removed.len() + 1000,
+        "a fresh listing"
+    );
+    while let Some(e) = reader.read().unwrap() {
+        seen.push(e.name);
+    }
+    drop(reader);
+
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for n in &seen {
+        *counts
+            .entry(String::from_utf8_lossy(n).into_owned())
+            .or_default() += 1;
+    }
+    let twice: Vec<&String> = counts
+        .iter()
+        .filter(|(_, c)| **c > 1)
+        .map(|(n, _)| n)
+        .collect();
+    assert!(twice.is_empty(), "listed twice: {twice:?}");
+    let kept = (0..3000)
+        .map(|i| format!("f{i:05}"))
+        .filter(|n| !removed.contains(n));
+    let skipped: Vec<String> = kept.filter(|n| !counts.contains_key(n)).collect();
+    assert!(skipped.is_empty(), "skipped: {skipped:?}");
+    assert!(counts.contains_key(".") && counts.contains_key(".."));
+}
+
+/// Read syscalls the daemon made (each request it takes is one).
+fn daemon_reads(pids: &[i32]) -> u64 {
+    pids.iter()
+        .map(|pid| {
+            let io = fs::read_to_string(format!("/proc/{pid}/io")).expect("daemon io counters");
+            io.lines()
+                .find_map(|l| l.strip_prefix("syscr:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .expect("syscr in daemon io")
+        })
+        .sum()
+}
+
+fn walk(dir: &Path) -> usize {
+    let mut n = 0;
+    for e in fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        n += 1;
+        if fs::symlink_metadata(e.path()).unwrap().is_dir() {
+            n += walk(&e.path());
+        }
+    }
+    n
+}
+
+/// Directories are opened without a request to the daemon: walking 60 directories again,
+/// once the kernel holds their entries and listings, makes the daemon take almost no
+/// request (opening and releasing each directory would be two per directory).
+#[test]
+fn a_warm_walk_costs_no_request_per_directory() {
+    require_root();
+    let env = TestEnv::new("readdir-warm-walk");
+    let base = env.layer("base");
+    let top = env.layer("top");
+    for d in 0..60 {
+        for f in 0..5 {
+            let l = if f % 2 == 0 { &base } else { &top };
+            l.file(format!("t/d{d:02}/f{f}"), "x");
+        }
+    }
+    let stack = env.stack(&[&top, &base]);
+    let m = stack.stratafs();
+    let pids = m.daemon_pids().to_vec();
+    assert_eq!(walk(m.path()), 1 + 60 * 6);
+    let before = daemon_reads(&pids);
+    assert_eq!(walk(m.path()), 1 + 60 * 6);
+    let reads = daemon_reads(&pids) - before;
+    assert!(
+        reads < 30,
+        "the daemon made {reads} reads during a warm walk of 60 directories"
+    );
+}

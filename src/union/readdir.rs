@@ -43,8 +43,8 @@ struct Listed {
     ino: u64,
     /// Its offset (see [`Listing::order_by_cookie`]).
     cookie: u64,
-    /// End of the name in [`Listing::names`]; it starts where the previous ends.
-    name_end: u32,
+    /// Where the name starts in [`Listing::names`] (it ends at a NUL).
+    name_start: u32,
     /// The kind in the low bits; above them, one more than the index into
     /// [`Listing::leaves`], or 0.
     kind_leaf: u32,
@@ -115,42 +115,27 @@ impl Listing {
     /// key is the mount's: names cannot be chosen to collide). Equal hashes,
     /// ordered by name, take the next free cookies.
     fn order_by_cookie(&mut self, key: &RandomState) {
-        let mut keyed: Vec<(u64, u32)> = (0..self.len())
-            .map(|i| {
-                let cookie = match i {
-                    0 | 1 => i as u64 + 1,
-                    _ => FIRST_NAME_COOKIE + key.hash_one(self.name(i)) % COOKIE_SPAN,
-                };
-                (cookie, i as u32)
-            })
-            .collect();
-        keyed.sort_unstable_by(|a, b| {
-            (a.0.cmp(&b.0)).then_with(|| self.name(a.1 as usize).cmp(self.name(b.1 as usize)))
-        });
-        let mut names = Vec::with_capacity(self.names.len());
-        let mut entries = Vec::with_capacity(self.entries.len());
-        let mut last = 0;
-        for (cookie, i) in keyed {
-            let e = &self.entries[i as usize];
-            names.extend_from_slice(self.name(i as usize));
-            last = cookie.max(last + 1);
-            entries.push(Listed {
-                ino: e.ino,
-                cookie: last,
-                name_end: names.len() as u32,
-                kind_leaf: e.kind_leaf,
-            });
+        for i in 0..self.len() {
+            self.entries[i].cookie = match i {
+                0 | 1 => i as u64 + 1,
+                _ => FIRST_NAME_COOKIE + key.hash_one(self.name(i)) % COOKIE_SPAN,
+            };
         }
-        self.names = names;
-        self.entries = entries;
+        // In place: a listing of 100k entries is not copied to be sorted.
+        let names = &self.names;
+        self.entries.sort_unstable_by(|a, b| {
+            let name = |e: &Listed| name_at(names, e.name_start);
+            a.cookie.cmp(&b.cookie).then_with(|| name(a).cmp(name(b)))
+        });
+        let mut last = 0;
+        for e in &mut self.entries {
+            last = e.cookie.max(last + 1);
+            e.cookie = last;
+        }
     }
 
     fn name(&self, i: usize) -> &[u8] {
-        let start = match i {
-            0 => 0,
-            _ => self.entries[i - 1].name_end as usize,
-        };
-        &self.names[start..self.entries[i].name_end as usize]
+        name_at(&self.names, self.entries[i].name_start)
     }
 
     /// Gives back what the vectors grew beyond their contents (up to half of
@@ -162,7 +147,9 @@ impl Listing {
     }
 
     fn push(&mut self, name: &[u8], ino: u64, kind: Kind, leaf: Option<(usize, Attr)>) {
+        let name_start = self.names.len() as u32;
         self.names.extend_from_slice(name);
+        self.names.push(0);
         // (An entry beyond what the bits hold is looked up instead.)
         let leaf = match leaf {
             Some(l) if self.leaves.len() < (u32::MAX >> KIND_BITS) as usize => {
@@ -174,9 +161,18 @@ impl Listing {
         self.entries.push(Listed {
             ino,
             cookie: 0,
-            name_end: self.names.len() as u32,
+            name_start,
             kind_leaf: kind as u32 | leaf << KIND_BITS,
         });
+    }
+}
+
+/// The NUL-terminated name at `start` of a listing's name buffer.
+fn name_at(names: &[u8], start: u32) -> &[u8] {
+    let name = names.get(start as usize..).unwrap_or_default();
+    match name.iter().position(|&b| b == 0) {
+        Some(end) => &name[..end],
+        None => name,
     }
 }
 
