@@ -1112,7 +1112,7 @@ and how to read this). Do not edit by hand; rerun the harness.
    if info['disturbed'] else 'no cargo/rustc/nextest seen running after any workload'}
 {''.join(f"- **NOTE: {n}**{chr(10)}" for n in info['notes'])}- {info['fuse-overlayfs']}, as root
 - stratafs: commit {info['stratafs']}; {info.get('stratafs binary', '?')}; "stratafs (root)": `stratafs mount`
-  as root (no passthrough yet); "stratafs rootless": the drop-in command line
+  as root (FUSE passthrough for upper-layer files); "stratafs rootless": the drop-in command line
   (`stratafs -o lowerdir=…,upperdir=…,workdir=…,allow_other MNT`) run by the
   unprivileged `{ROOTLESS_USER}` through `setpriv`, mounted by fusermount3 (no
   passthrough possible), unmounted by `fusermount3 -u` as that user; the workloads
