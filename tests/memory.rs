@@ -11,17 +11,7 @@ use std::time::{Duration, Instant};
 
 /// Resident set size of the daemon processes, in bytes.
 fn daemon_rss(pids: &[i32]) -> u64 {
-    pids.iter()
-        .map(|pid| {
-            let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("daemon status");
-            let kib = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                .expect("VmRSS in daemon status");
-            kib * 1024
-        })
-        .sum()
+    daemon_counter(pids, "status", "VmRSS:") * 1024
 }
 
 const FILES: usize = 40_000;

@@ -17,23 +17,10 @@ use std::time::Duration;
 
 /// Bytes the daemon's threads read and wrote with syscalls (`rchar`, `wchar`).
 fn daemon_io(pids: &[i32]) -> (u64, u64) {
-    let mut total = (0, 0);
-    for pid in pids {
-        let io = fs::read_to_string(format!("/proc/{pid}/io")).expect("daemon io counters");
-        for line in io.lines() {
-            let value = |p: &str| {
-                line.strip_prefix(p)
-                    .map(|v| v.trim().parse::<u64>().unwrap())
-            };
-            if let Some(v) = value("rchar:") {
-                total.0 += v;
-            }
-            if let Some(v) = value("wchar:") {
-                total.1 += v;
-            }
-        }
-    }
-    total
+    (
+        daemon_counter(pids, "io", "rchar:"),
+        daemon_counter(pids, "io", "wchar:"),
+    )
 }
 
 fn pattern(len: usize, salt: u8) -> Vec<u8> {

@@ -406,19 +406,6 @@ fn reading_on_after_changes_skips_and_repeats_nothing() {
     assert!(counts.contains_key(".") && counts.contains_key(".."));
 }
 
-/// Read syscalls the daemon made (each request it takes is one).
-fn daemon_reads(pids: &[i32]) -> u64 {
-    pids.iter()
-        .map(|pid| {
-            let io = fs::read_to_string(format!("/proc/{pid}/io")).expect("daemon io counters");
-            io.lines()
-                .find_map(|l| l.strip_prefix("syscr:"))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .expect("syscr in daemon io")
-        })
-        .sum()
-}
-
 fn walk(dir: &Path) -> usize {
     let mut n = 0;
     for e in fs::read_dir(dir).unwrap() {
@@ -450,9 +437,9 @@ fn a_warm_walk_costs_no_request_per_directory() {
     let m = stack.stratafs();
     let pids = m.daemon_pids().to_vec();
     assert_eq!(walk(m.path()), 1 + 60 * 6);
-    let before = daemon_reads(&pids);
+    let before = daemon_counter(&pids, "io", "syscr:");
     assert_eq!(walk(m.path()), 1 + 60 * 6);
-    let reads = daemon_reads(&pids) - before;
+    let reads = daemon_counter(&pids, "io", "syscr:") - before;
     assert!(
         reads < 30,
         "the daemon made {reads} reads during a warm walk of 60 directories"

@@ -1664,18 +1664,6 @@ os.fsync(fd)
 os.close(fd)
 "#;
 
-/// Write syscalls made by the daemon's threads (`syscw` of /proc/PID/io).
-fn write_syscalls(pids: &[i32]) -> u64 {
-    pids.iter()
-        .map(|pid| {
-            let io = fs::read_to_string(format!("/proc/{pid}/io")).expect("daemon io counters");
-            io.lines()
-                .find_map(|l| l.strip_prefix("syscw:"))
-                .map_or(0, |v| v.trim().parse::<u64>().unwrap())
-        })
-        .sum()
-}
-
 /// An unprivileged daemon (no passthrough) has the kernel cache writes by default: 6000 small
 /// writes by the user's process reach the daemon as far fewer write calls, and the files read
 /// back through the mount, and in the upper layer after unmounting, are byte for byte what the
@@ -1722,9 +1710,9 @@ fn rootless_writeback_cache_keeps_writes_exact() {
             out.describe()
         );
     };
-    let before = write_syscalls(m.daemon_pids());
+    let before = daemon_counter(m.daemon_pids(), "io", "syscw:");
     run(m.path());
-    let calls = write_syscalls(m.daemon_pids()) - before;
+    let calls = daemon_counter(m.daemon_pids(), "io", "syscw:") - before;
     run(&plain);
     let mut problems = Vec::new();
     for name in ["lower", "new"] {

@@ -31,18 +31,20 @@ impl Kind {
         Kind::from_file_type(FileType::from_raw_mode(mode))
     }
 
+    /// Every kind, in declaration order (`kind as u32` is the index).
+    const ALL: [Kind; 7] = [
+        Kind::Dir,
+        Kind::File,
+        Kind::Symlink,
+        Kind::Fifo,
+        Kind::Socket,
+        Kind::CharDev,
+        Kind::BlockDev,
+    ];
+
     /// The inverse of `kind as u32`.
     pub(crate) fn from_index(i: u32) -> Kind {
-        const ALL: [Kind; 7] = [
-            Kind::Dir,
-            Kind::File,
-            Kind::Symlink,
-            Kind::Fifo,
-            Kind::Socket,
-            Kind::CharDev,
-            Kind::BlockDev,
-        ];
-        ALL.get(i as usize).copied().unwrap_or(Kind::File)
+        Kind::ALL.get(i as usize).copied().unwrap_or(Kind::File)
     }
 }
 
@@ -165,18 +167,7 @@ mod tests {
 
     #[test]
     fn packing_keeps_every_field() {
-        for (i, kind) in [
-            Kind::Dir,
-            Kind::File,
-            Kind::Symlink,
-            Kind::Fifo,
-            Kind::Socket,
-            Kind::CharDev,
-            Kind::BlockDev,
-        ]
-        .into_iter()
-        .enumerate()
-        {
+        for (i, kind) in Kind::ALL.into_iter().enumerate() {
             let n = i as u32;
             let a = Attr {
                 ino: 77 + u64::from(n),

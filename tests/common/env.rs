@@ -365,6 +365,21 @@ pub fn forget_kernel_inodes() {
     std::fs::write("/proc/sys/vm/drop_caches", "2").expect("drop_caches");
 }
 
+/// The sum over the daemon's processes of a counter in `/proc/PID/FILE` (`io` or `status`),
+/// e.g. `("io", "syscr:")` for its read syscalls or `("status", "VmRSS:")` (in KiB).
+pub fn daemon_counter(pids: &[i32], file: &str, field: &str) -> u64 {
+    pids.iter()
+        .map(|pid| {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+                .unwrap_or_else(|e| panic!("/proc/{pid}/{file}: {e}"));
+            text.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/{file}"))
+        })
+        .sum()
+}
+
 /// [`forget_kernel_inodes`], and the page cache too: file data is read from the layers again.
 pub fn drop_kernel_caches() {
     std::fs::write("/proc/sys/vm/drop_caches", "3").expect("drop_caches");
