@@ -63,6 +63,9 @@ pub struct StrataFs {
     killpriv: bool,
     /// The kernel caches writes (FUSE_WRITEBACK_CACHE).
     writeback: bool,
+    /// The kernel opens directories by itself once opendir says ENOSYS
+    /// (FUSE_NO_OPENDIR_SUPPORT, Linux 5.1).
+    no_opendir: bool,
 }
 
 impl StrataFs {
@@ -73,6 +76,7 @@ impl StrataFs {
             passthrough: Passthrough::default(),
             killpriv: false,
             writeback: false,
+            no_opendir: false,
         }
     }
 
@@ -216,10 +220,14 @@ impl fuser::Filesystem for StrataFs {
             && config
                 .add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE)
                 .is_ok();
+        self.no_opendir = config
+            .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
+            .is_ok();
         tracing::debug!(
             passthrough,
             killpriv = self.killpriv,
             writeback = self.writeback,
+            no_opendir = self.no_opendir,
             "kernel caching"
         );
         if let Some(max) = self.cfg.max_write
@@ -373,9 +381,17 @@ impl fuser::Filesystem for StrataFs {
     /// Not implemented, on purpose: the kernel then opens directories
     /// without asking (nor releasing them), keeping and caching their
     /// contents (`FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR`) as it would for us.
+    /// A kernel that cannot do that gets the same flags, and no handle:
+    /// listings are kept per directory (see `union::readdir`).
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let _s = debug_span!("opendir", ino = ino.0).entered();
-        reply.error(fuser::Errno::ENOSYS);
+        if self.no_opendir {
+            return reply.error(fuser::Errno::ENOSYS);
+        }
+        reply.opened(
+            FileHandle(0),
+            FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+        );
     }
 
     fn readdir(

@@ -52,10 +52,13 @@ struct Listed {
 
 const KIND_BITS: u32 = 3;
 
-/// Names' cookies: after "." and "..", and below 2^63 (telldir's `long`)
-/// however many equal hashes push them up.
+/// Names' cookies: after "." and "..", and below 2^31 however many equal
+/// hashes push them up (up to 64M names): a 32-bit program's readdir fails
+/// with EOVERFLOW on an offset its `off_t` cannot hold, so no offset needs
+/// more than 31 bits, as ext4 gives such programs. Equal hashes are then
+/// not rare in a big directory; they only take the next free values.
 const FIRST_NAME_COOKIE: u64 = 3;
-const COOKIE_SPAN: u64 = 1 << 62;
+const COOKIE_SPAN: u64 = (1 << 31) - (1 << 26);
 
 impl Listed {
     fn kind(&self) -> Kind {
@@ -185,16 +188,17 @@ impl Union {
         {
             if listing.read_to_end(offset) {
                 // The reader is done with it (the kernel keeps its own copy).
-                self.listings.remove(ino);
+                self.listings.remove(ino, &listing);
             }
             return Ok(listing);
         }
         let node = self.nodes.get(ino)?;
+        let stamp = self.listings.stamp();
         let mut listing = self.list(&node)?;
         listing.order_by_cookie(self.listings.key());
         let listing = Arc::new(listing);
         if !listing.read_to_end(offset) {
-            self.listings.insert(ino, listing.clone());
+            self.listings.insert(ino, listing.clone(), stamp);
         }
         Ok(listing)
     }
@@ -308,6 +312,18 @@ impl Decided {
 }
 
 #[cfg(test)]
+impl Listing {
+    /// A listing of `n` plain files, for tests of what holds listings.
+    pub(super) fn of_files(n: usize) -> Listing {
+        let mut l = Listing::default();
+        for i in 0..n {
+            l.push(format!("f{i}").as_bytes(), 10 + i as u64, Kind::File, None);
+        }
+        l
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::BTreeSet;
@@ -360,7 +376,7 @@ mod tests {
         assert_eq!((all[0].0, all[0].1.name), (1, OsStr::new(".")));
         assert_eq!((all[1].0, all[1].1.name), (2, OsStr::new("..")));
         assert!(all.windows(2).all(|w| w[0].0 < w[1].0), "cookies increase");
-        assert!(all.iter().all(|(c, _)| *c < 1 << 63));
+        assert!(all.iter().all(|(c, _)| *c < 1 << 31));
         for (_, e) in &all[2..] {
             let i = names.iter().position(|n| OsStr::new(n) == e.name).unwrap();
             assert_eq!(e.ino, 100 + i as u64);
