@@ -8,6 +8,7 @@ mod error;
 mod file;
 mod handles;
 mod inode;
+mod leaf_stat;
 mod links;
 mod listing_cache;
 mod lookup;

@@ -1,0 +1,61 @@
+//! The non-directories of a layer directory are stat'ed when it is listed
+//! (whiteouts hide among char devices and empty files, and `d_type` may be
+//! unknown). Each stat is a path lookup that the kernel's reader waits for,
+//! so in a big directory two threads share them.
+
+use std::ffi::CString;
+use std::os::fd::BorrowedFd;
+
+use super::Union;
+use super::attr::Attr;
+use crate::layer::{self, LayerError};
+
+/// What a listing makes of one non-directory.
+pub(crate) enum Leaf {
+    Whiteout,
+    Shown {
+        ino: u64,
+        attr: Attr,
+    },
+    /// A type the union does not show.
+    Unknown,
+}
+
+/// Below this many names one thread is quicker than starting another.
+const SHARED_FROM: usize = 512;
+
+impl Union {
+    /// Stats `names` in `dir` of layer `layer`, in order.
+    pub(crate) fn stat_leaves(
+        &self,
+        layer: usize,
+        dir: BorrowedFd<'_>,
+        names: &[CString],
+    ) -> Result<Vec<Leaf>, LayerError> {
+        let one = |name: &CString| -> Result<Leaf, LayerError> {
+            let st = layer::stat_at(dir, name)?;
+            if layer::is_overlay_whiteout(dir, name, &st) {
+                return Ok(Leaf::Whiteout);
+            }
+            let ino = self.entry_ino(layer, dir, name, st.st_ino);
+            let st = self.logical(layer, dir, name, st);
+            Ok(Attr::from_stat(ino, &st).map_or(Leaf::Unknown, |attr| Leaf::Shown { ino, attr }))
+        };
+        let all = |names: &[CString]| names.iter().map(one).collect::<Result<Vec<_>, _>>();
+        if names.len() < SHARED_FROM {
+            return all(names);
+        }
+        let (first, second) = names.split_at(names.len() / 2);
+        std::thread::scope(|scope| {
+            let helper = std::thread::Builder::new().spawn_scoped(scope, || all(second));
+            let mut leaves = all(first)?;
+            // A thread that could not start (or died) leaves its half to this one.
+            let rest = match helper.map(|h| h.join()) {
+                Ok(Ok(rest)) => rest,
+                _ => all(second),
+            }?;
+            leaves.extend(rest);
+            Ok(leaves)
+        })
+    }
+}
