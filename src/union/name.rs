@@ -42,12 +42,6 @@ impl std::ops::Deref for Name {
     }
 }
 
-impl PartialEq<CStr> for Name {
-    fn eq(&self, other: &CStr) -> bool {
-        self.as_c_str() == other
-    }
-}
-
 impl fmt::Debug for Name {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.as_c_str().fmt(f)

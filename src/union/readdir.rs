@@ -22,7 +22,7 @@ use rustix::fs::FileType;
 use super::Union;
 use super::attr::{Attr, Kind};
 use super::error::{Error, Result};
-use super::inode::{LayerDir, Node};
+use super::inode::{LayerDir, Node, NodeBody};
 use super::leaf_stat::Leaf;
 use crate::layer::{self, LayerError};
 
@@ -225,10 +225,16 @@ impl Union {
             node.relocate(dir_node, &name);
             return Ok(node);
         }
-        let layers = dir_node.dir_layers()?;
-        let ld = layers.get(source).ok_or(Error::NotFound)?;
-        // Only read-only unions get here: every layer is a lower one.
-        let body = Union::lower_leaf(ld.layer, &ld.fd);
+        // Only read-only unions get here: every layer is a lower one. (The
+        // one layer directory is taken, not a copy of all: this runs for
+        // every entry of a readdirplus.)
+        let body = match &dir_node.state().body {
+            NodeBody::Dir { layers } => {
+                let ld = layers.get(source).ok_or(Error::NotFound)?;
+                Union::lower_leaf(ld.layer, &ld.fd)
+            }
+            _ => return Err(Error::NotDir),
+        };
         Ok(self
             .nodes
             .remember(Node::new(Some(dir_node), &name, body, &attr)))
