@@ -268,3 +268,103 @@ fn unprivileged_writes_clear_setuid_like_the_kernel() {
     );
     stack.assert_layers_unchanged();
 }
+
+/// `security.capability` v2, `cap_net_bind_service=ep` (the kernel checks the format).
+const FILE_CAP: [u8; 20] = [1, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+
+/// A write drops a file's capability and nothing else, as through kernel overlayfs: lower
+/// files with and without `security.capability` and `user.*` xattrs, some listed first (so
+/// the daemon may cache what it read) and some not (so it may cache what it copied), are
+/// appended to, which copies them up, and listed again; an upper file given a capability
+/// is written too. Each step's lists match the kernel's.
+#[test]
+fn writes_drop_file_capabilities_like_the_kernel() {
+    require_root();
+    let env = TestEnv::new("pt-cap");
+    let base = env.layer("base");
+    base.file("cap", "#!/bin/sh\n")
+        .xattr("security.capability", &FILE_CAP)
+        .xattr("user.keep", b"1");
+    base.file("user-only", "x").xattr("user.keep", b"2");
+    base.file("bare", "x");
+    base.file("cap-unread", "x")
+        .xattr("security.capability", &FILE_CAP);
+    base.file("user-unread", "x").xattr("user.keep", b"3");
+    let stack = env.stack(&[&base]);
+    let listed_first = ["cap", "user-only", "bare"];
+    let all = [
+        "cap",
+        "user-only",
+        "bare",
+        "cap-unread",
+        "user-unread",
+        "new",
+    ];
+    let lists = |root: &Path, names: &[&str]| -> String {
+        names
+            .iter()
+            .filter(|n| root.join(n).exists())
+            .map(|n| {
+                let mut l: Vec<String> = llistxattr(&root.join(n))
+                    .unwrap()
+                    .into_iter()
+                    .filter(|x| !is_hidden_xattr(x))
+                    .map(|x| String::from_utf8_lossy(&x).into_owned())
+                    .collect();
+                l.sort();
+                format!("{n}: {}", l.join(" "))
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let act = |root: &Path| -> Vec<String> {
+        let mut seen = vec![lists(root, &listed_first)];
+        for n in ["cap", "user-only", "bare", "cap-unread", "user-unread"] {
+            let mut f = fs::OpenOptions::new()
+                .append(true)
+                .open(root.join(n))
+                .unwrap();
+            f.write_all(b"y").unwrap();
+        }
+        seen.push(lists(root, &all));
+        fs::write(root.join("new"), "z").unwrap();
+        lsetxattr(&root.join("new"), b"security.capability", &FILE_CAP).unwrap();
+        seen.push(lists(root, &all));
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(root.join("new"))
+            .unwrap();
+        f.write_all(b"y").unwrap();
+        drop(f);
+        seen.push(lists(root, &all));
+        seen
+    };
+    let kernel = {
+        let (ku, kw) = upper_work(&env.fresh_dir("krw"));
+        let k = KernelOverlay::writable(&stack.kernel_lowers(), &ku, &kw, &env.fresh_dir("mnt/k"))
+            .unwrap();
+        act(k.path())
+    };
+    let (upper, work) = upper_work(&env.fresh_dir("rw"));
+    let m = stack.stratafs_rw(&UpperSpec::new(&upper, &work));
+    let ours = act(m.path());
+    m.unmount();
+    assert_eq!(ours, kernel, "stratafs vs kernel overlay");
+    // The oracle itself: capabilities are there until the write, then gone.
+    assert_eq!(
+        kernel[0],
+        "cap: security.capability user.keep; user-only: user.keep; bare: "
+    );
+    assert!(
+        kernel[1].starts_with(
+            "cap: user.keep; user-only: user.keep; bare: ; cap-unread: ; user-unread: user.keep"
+        ),
+        "{kernel:?}"
+    );
+    assert!(
+        kernel[2].ends_with("new: security.capability"),
+        "{kernel:?}"
+    );
+    assert!(kernel[3].ends_with("new: "), "{kernel:?}");
+    stack.assert_layers_unchanged();
+}

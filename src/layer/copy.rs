@@ -13,12 +13,22 @@ fn io(e: rustix::io::Errno) -> LayerError {
 }
 
 /// Copies `len` bytes of `src` into the empty file `dst`: a reflink when the
-/// filesystem can, else only the data extents (holes stay holes).
-pub fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, len: u64) -> Result<(), LayerError> {
+/// filesystem can, else only the data extents (holes stay holes). A `dense`
+/// source (its blocks cover its size, so holes are not worth looking for) is
+/// copied whole.
+pub fn copy_data(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    len: u64,
+    dense: bool,
+) -> Result<(), LayerError> {
     if len == 0 {
         return Ok(());
     }
     if rustix::fs::ioctl_ficlone(dst, src).is_ok() {
+        return Ok(());
+    }
+    if dense && copy_range(src, dst, 0, len)? == len {
         return Ok(());
     }
     let mut pos = 0u64;
@@ -43,12 +53,13 @@ pub fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, len: u64) -> Result<(
 
 /// Copies bytes `start..end` of `src` to the same offsets of `dst`: in the
 /// kernel with copy_file_range, else (across filesystems) through a buffer.
+/// Returns where it stopped: `end`, or sooner at the end of `src`.
 fn copy_range(
     src: BorrowedFd<'_>,
     dst: BorrowedFd<'_>,
     start: u64,
     end: u64,
-) -> Result<(), LayerError> {
+) -> Result<u64, LayerError> {
     let mut off_in = start;
     let mut off_out = start;
     while off_in < end {
@@ -56,7 +67,7 @@ fn copy_range(
             .unwrap_or(usize::MAX)
             .min(1 << 30);
         match rustix::fs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), chunk) {
-            Ok(0) => return Ok(()),
+            Ok(0) => return Ok(off_in),
             Ok(_) => {}
             Err(
                 rustix::io::Errno::XDEV
@@ -67,7 +78,7 @@ fn copy_range(
             Err(e) => return Err(io(e)),
         }
     }
-    Ok(())
+    Ok(off_in)
 }
 
 fn copy_buffered(
@@ -75,7 +86,7 @@ fn copy_buffered(
     dst: BorrowedFd<'_>,
     start: u64,
     end: u64,
-) -> Result<(), LayerError> {
+) -> Result<u64, LayerError> {
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = start;
     while pos < end {
@@ -83,7 +94,7 @@ fn copy_buffered(
             .unwrap_or(usize::MAX)
             .min(buf.len());
         let n = match rustix::io::pread(src, &mut buf[..want], pos) {
-            Ok(0) => return Ok(()),
+            Ok(0) => return Ok(pos),
             Ok(n) => n,
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => return Err(io(e)),
@@ -98,30 +109,37 @@ fn copy_buffered(
         }
         pos += n as u64;
     }
-    Ok(())
+    Ok(pos)
 }
 
 /// Copies the xattrs of `name` in `dir` that `keep` accepts onto the inode
-/// at `dst_path` (a `/proc/self/fd/N` path, followed).
+/// at `dst_path` (a `/proc/self/fd/N` path, followed). Returns the copied
+/// names (NUL-terminated, the `listxattr` form) if every accepted one was
+/// copied, `None` if some could not be.
 pub fn copy_xattrs(
     dir: BorrowedFd<'_>,
     name: &CStr,
     dst_path: &CStr,
     keep: impl Fn(&[u8]) -> bool,
-) -> Result<(), LayerError> {
+) -> Result<Option<Vec<u8>>, LayerError> {
     let size = match listxattr_at(dir, name, &mut []) {
         Ok(s) => s,
-        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return Ok(Some(Vec::new())),
         Err(e) => return Err(e.into()),
     };
+    if size == 0 {
+        return Ok(Some(Vec::new()));
+    }
     let mut list = vec![0u8; size];
     let n = listxattr_at(dir, name, &mut list)?;
     list.truncate(n);
+    let mut copied = Some(Vec::new());
     for attr in list.split(|b| *b == 0).filter(|a| !a.is_empty()) {
         if !keep(attr) {
             continue;
         }
         let Ok(attr) = std::ffi::CString::new(attr) else {
+            copied = None;
             continue;
         };
         let size = getxattr_at(dir, name, &attr, &mut [])?;
@@ -134,17 +152,22 @@ pub fn copy_xattrs(
             &value,
             rustix::fs::XattrFlags::empty(),
         ) {
-            Ok(()) => {}
+            Ok(()) => {
+                if let Some(names) = &mut copied {
+                    names.extend_from_slice(attr.as_bytes_with_nul());
+                }
+            }
             // trusted.* and security.capability need privileges a rootless
             // daemon lacks; user.* never does. Kernel overlayfs in a user
             // namespace cannot copy those either.
             Err(rustix::io::Errno::PERM) if !attr.as_bytes().starts_with(b"user.") => {
                 tracing::debug!(?attr, "xattr not copied: no privilege");
+                copied = None;
             }
             Err(e) => return Err(io(e)),
         }
     }
-    Ok(())
+    Ok(copied)
 }
 
 /// Sets the owner of `name` in `dir` (never following a symlink). Comes

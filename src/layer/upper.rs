@@ -45,6 +45,12 @@ pub struct Upper {
     /// `trusted.stratafs.` when trusted xattrs can be written, else `user.stratafs.`.
     private_ns: &'static str,
     volatile: bool,
+    /// Whether files made here get no xattrs of their own (no LSM labels
+    /// them): a copy then has exactly the xattrs copied onto it.
+    bare_new_files: bool,
+    /// Scratch names: this process's id (read once; getpid is a syscall)
+    /// and a counter.
+    pid: u32,
     counter: AtomicU64,
 }
 
@@ -129,6 +135,19 @@ impl Upper {
         } else {
             "user.stratafs."
         };
+        let bare_new_files = super::read_sized(|buf| {
+            if buf.is_empty() {
+                rustix::fs::flistxattr_query(&lock)
+            } else {
+                rustix::fs::flistxattr(&lock, buf)
+            }
+            .map_err(std::io::Error::from)
+        })
+        .is_ok_and(|names| {
+            names
+                .split(|b| *b == 0)
+                .all(|n| n.is_empty() || super::is_private_xattr(n))
+        });
         Ok(Upper {
             work: work_fd,
             index,
@@ -136,6 +155,8 @@ impl Upper {
             dialect,
             private_ns,
             volatile,
+            bare_new_files,
+            pid: std::process::id(),
             counter: AtomicU64::new(0),
         })
     }
@@ -184,7 +205,12 @@ impl Upper {
     /// A fresh name for a scratch entry in the workdir.
     pub fn temp_name(&self) -> CString {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        CString::new(format!("#{}.{n}", std::process::id())).unwrap_or_default()
+        CString::new(format!("#{}.{n}", self.pid)).unwrap_or_default()
+    }
+
+    /// Whether a file made in the workdir starts with no visible xattrs.
+    pub fn bare_new_files(&self) -> bool {
+        self.bare_new_files
     }
 
     /// fsync, unless the mount is volatile.

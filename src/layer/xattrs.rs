@@ -28,6 +28,9 @@ pub fn read_sized(
 ) -> std::io::Result<Vec<u8>> {
     loop {
         let size = read(&mut [])?;
+        if size == 0 {
+            return Ok(Vec::new());
+        }
         let mut buf = vec![0u8; size];
         match read(&mut buf) {
             Ok(n) => {

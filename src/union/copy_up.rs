@@ -258,7 +258,9 @@ impl Union {
                             Some(d) => self.open_lower(d.layer, d.dir.as_fd(), &d.name)?,
                             None => self.open_lower(layer, dir.as_fd(), &lname)?,
                         };
-                        layer::copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64)?;
+                        // (A metacopy's blocks say nothing of its data file's.)
+                        let dense = below.is_none() && raw.st_blocks * 512 >= raw.st_size;
+                        layer::copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64, dense)?;
                     }
                     // A sparse placeholder of the right size: no data moves.
                     CopyData::Meta if st.st_size > 0 => {
@@ -284,7 +286,10 @@ impl Union {
             }
         }
         let made = layer::open_path(work, &tmp.name)?;
-        self.finish_copy(
+        // What the node knew of the lower file's xattrs holds for the copy
+        // only if they all came along.
+        let xattr_generation = node.cached_xattrs().err();
+        let xattr_names = self.finish_copy(
             upper,
             made.as_fd(),
             &tmp.name,
@@ -357,6 +362,13 @@ impl Union {
                 data,
             }
         });
+        match (xattr_names, xattr_generation) {
+            (Some(names), Some(generation)) if upper.bare_new_files() => {
+                node.cache_xattrs(generation, &names)
+            }
+            (Some(_), None) if upper.bare_new_files() => {}
+            _ => node.forget_xattrs(),
+        }
         self.link_other_names(upper, node, &fd);
         Ok(fd)
     }
@@ -386,6 +398,8 @@ impl Union {
     }
 
     /// Metadata of a copy in the workdir: xattrs, origin, owner, mode, times.
+    /// Returns the copy's visible xattr names if they are exactly the
+    /// source's.
     #[allow(clippy::too_many_arguments)]
     fn finish_copy(
         &self,
@@ -396,7 +410,7 @@ impl Union {
         src_name: &CStr,
         st: &rustix::fs::Stat,
         ino: u64,
-    ) -> Result<()> {
+    ) -> Result<Option<Vec<u8>>> {
         let ft = FileType::from_raw_mode(st.st_mode);
         let is_link = ft == FileType::Symlink;
         // user.* xattrs exist only on regular files and directories: where
@@ -408,9 +422,10 @@ impl Union {
         if recorded.is_none() {
             layer::copy_owner(upper.work(), tmp, st)?;
         }
-        if !is_link {
-            layer::copy_xattrs(src_dir, src_name, &path, |a| !is_private_xattr(a))?;
-        }
+        let names = match is_link {
+            false => layer::copy_xattrs(src_dir, src_name, &path, |a| !is_private_xattr(a))?,
+            true => None,
+        };
         if let Err(e) = sys::setxattr_at(
             upper.work(),
             tmp,
@@ -437,7 +452,7 @@ impl Union {
             }
             None => layer::copy_mode_times(upper.work(), tmp, st)?,
         }
-        Ok(())
+        Ok(names)
     }
 
     /// The path from the root at which the lower layers of directory `node`
@@ -496,7 +511,7 @@ impl Union {
         let w = layer::reopen(fd.as_fd(), OFlags::WRONLY)?;
         if want == CopyData::Full {
             let src = self.open_lower(d.layer, d.dir.as_fd(), &d.name)?;
-            layer::copy_data(src.as_fd(), w.as_fd(), before.st_size as u64)?;
+            layer::copy_data(src.as_fd(), w.as_fd(), before.st_size as u64, false)?;
         } else {
             rustix::fs::ftruncate(&w, 0)?;
         }

@@ -76,7 +76,7 @@ impl Union {
             // O_TRUNC throws the data away: copy up the rest only.
             let fd = self.copy_up_leaf(&node, flags & libc::O_TRUNC == 0)?;
             let fd = layer::reopen(fd.as_fd(), real_flags(flags))?;
-            node.forget_xattrs();
+            node.forget_xattrs_for_write();
             OpenFile::new(fd)
         } else {
             self.resolve_lower_data(&node)?;

@@ -25,6 +25,9 @@ use crate::layer::Layer;
 /// FUSE's fixed node id of the mount root.
 pub const ROOT_INO: u64 = 1;
 
+/// The xattr a write to a file removes.
+const CAPABILITY: &[u8] = b"security.capability";
+
 /// Bits of the inode number left for the real inode number; the bits above
 /// select the layer filesystem, as the kernel's `xino` does.
 const INO_BITS: u32 = 56;
@@ -367,6 +370,24 @@ impl Node {
             extra.xattr_names = None;
         }
         st.tidy_extra();
+    }
+
+    /// Before a write: writes clear `security.capability` (the kernel kills it
+    /// on the real file), so a cached list that may hold it is dropped; one
+    /// known to lack it stays right.
+    pub fn forget_xattrs_for_write(&self) {
+        let keep = {
+            let st = self.state.read();
+            st.no_xattrs
+                || st
+                    .extra
+                    .as_deref()
+                    .and_then(|e| e.xattr_names.as_deref())
+                    .is_some_and(|names| !names.split(|b| *b == 0).any(|n| n == CAPABILITY))
+        };
+        if !keep {
+            self.forget_xattrs();
+        }
     }
 
     /// The cached xattr name list, or the generation to pass to
