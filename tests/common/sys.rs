@@ -312,3 +312,53 @@ pub fn statvfs(p: &Path) -> Result<libc::statvfs, i32> {
 pub fn errno_of<T>(r: io::Result<T>) -> Option<i32> {
     r.err().and_then(|e| e.raw_os_error())
 }
+
+/// Counts entries created directly in a directory (inotify `IN_CREATE`), from
+/// when it is made until [`CreateWatch::count`].
+pub struct CreateWatch {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl CreateWatch {
+    pub fn new(dir: &Path) -> CreateWatch {
+        use std::os::fd::FromRawFd;
+        let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        assert!(raw >= 0, "inotify_init1: {}", io::Error::last_os_error());
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        let p = cpath(dir);
+        let wd = unsafe { libc::inotify_add_watch(raw, p.as_ptr(), libc::IN_CREATE) };
+        assert!(
+            wd >= 0,
+            "inotify_add_watch {}: {}",
+            dir.display(),
+            io::Error::last_os_error()
+        );
+        CreateWatch { fd }
+    }
+
+    /// The creations seen so far (an overflow counts as many).
+    pub fn count(&self) -> usize {
+        use std::os::fd::AsRawFd;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut n = 0;
+        loop {
+            let got =
+                unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if got <= 0 {
+                return n;
+            }
+            let mut at = 0;
+            let head = std::mem::size_of::<libc::inotify_event>();
+            while at + head <= got as usize {
+                let ev: libc::inotify_event =
+                    unsafe { std::ptr::read_unaligned(buf[at..].as_ptr().cast()) };
+                n += if ev.mask & libc::IN_Q_OVERFLOW != 0 {
+                    1 << 20
+                } else {
+                    1
+                };
+                at += head + ev.len as usize;
+            }
+        }
+    }
+}
