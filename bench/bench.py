@@ -12,7 +12,9 @@ rotating the order every repetition (interleaving):
   fuse-overlayfs  the Debian package, as root
   stratafs        target/release/stratafs, as root
   stratafs-rootless  the same binary run by the unprivileged stratafs-test
-                  (fusermount3, allow_other; workloads still run as root)
+                  (fusermount3), and the workloads too, as in a rootless
+                  container: the user owns the layers (seen through
+                  idmapped mounts where they are root's on disk)
 
 Every measurement gets a fresh mount with an empty upper and work directory,
 so a mutating workload never sees a previous one's copy-ups and the daemon
@@ -57,15 +59,30 @@ FUSE_IMPLS = ["fuse-overlayfs", "stratafs", "stratafs-rootless"]
 # Column titles in the report.
 TITLES = {"stratafs": "stratafs (root)", "stratafs-rootless": "stratafs rootless"}
 # stratafs-rootless: the daemon runs as this unprivileged account (no
-# CAP_SYS_ADMIN, so fusermount3 mounts it and there is no FUSE passthrough);
-# it mounts with allow_other so that the workloads, run as root like all the
-# others, can use it.
+# CAP_SYS_ADMIN, so fusermount3 mounts it and there is no FUSE passthrough),
+# and so do the workloads, as in a rootless container: the user owns the
+# layers (root-owned ones are seen through an idmapped mount that shows them
+# as the user's), the mount and everything in it.
 ROOTLESS_USER = "stratafs-test"
+# stack name -> the lowers the rootless daemon mounts (see idmapped_layers)
+ROOTLESS_LOWERS = {}
 
 
 def as_user(argv):
     u = ROOTLESS_USER
     return ["setpriv", "--reuid", u, "--regid", u, "--clear-groups", "--"] + argv
+
+
+def lowers_for(impl, stack):
+    if impl == "stratafs-rootless":
+        return ROOTLESS_LOWERS.get(stack.name, stack.lowers)
+    return stack.lowers
+
+
+def as_runner(impl, argv):
+    """argv as the implementation's user runs it: the rootless column's own
+    user, everybody else root."""
+    return as_user(argv) if impl == "stratafs-rootless" else argv
 
 # ---------------------------------------------------------------------------
 # helpers
@@ -650,7 +667,7 @@ class View:
             # the user owns its upper, work directory and mount point
             for d in (scratch, upper, work, mnt):
                 os.chown(d, ROOTLESS_UID, ROOTLESS_GID)
-        argv, cwd = mount_argv(impl, stack.lowers, upper, work, mnt)
+        argv, cwd = mount_argv(impl, lowers_for(impl, stack), upper, work, mnt)
         MOUNTS.add(impl, mnt)
         self.mounted = True
         self.mount_seconds = mount_and_wait(impl, argv, cwd, mnt)
@@ -889,12 +906,12 @@ def run_timed(wl, view, warmed=False):
     path = wl.path(view.root)
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "timeout": 600}
     if wl.prepare:
-        sh(wl.prepare(path), **quiet)
-    argv = wl.argv(path)
+        sh(as_runner(view.impl, wl.prepare(path)), **quiet)
+    argv = as_runner(view.impl, wl.argv(path))
     if wl.cold:
         drop_caches()
     elif wl.warmup is not False and not warmed:
-        sh(wl.warmup(path) if wl.warmup else argv, **quiet)
+        sh(as_runner(view.impl, wl.warmup(path)) if wl.warmup else argv, **quiet)
     cpu0 = proc_cpu_seconds(view.pid) if view.pid else None
     t0 = time.perf_counter()
     r = subprocess.run(argv, stdout=subprocess.PIPE if wl.parse else subprocess.DEVNULL,
@@ -1115,8 +1132,10 @@ and how to read this). Do not edit by hand; rerun the harness.
   as root (FUSE passthrough for upper-layer files); "stratafs rootless": the drop-in command line
   (`stratafs -o lowerdir=…,upperdir=…,workdir=…,allow_other MNT`) run by the
   unprivileged `{ROOTLESS_USER}` through `setpriv`, mounted by fusermount3 (no
-  passthrough possible), unmounted by `fusermount3 -u` as that user; the workloads
-  still run as root, through allow_other
+  passthrough possible), unmounted by `fusermount3 -u` as that user; its workloads
+  run as that user too, who owns the layers as a rootless engine does (the Debian
+  stack is chowned to it; the others, root's on disk, it mounts through idmapped
+  bind mounts that show their files as its own), the mount and all in it
 - mount options seen in /proc/mounts:
 {chr(10).join(f'  - {k}: `{v}`' for k, v in mount_opts.items())}
 - repetitions: {args.reps}, implementations interleaved (order rotated each repetition);
@@ -1159,16 +1178,97 @@ implementations:
         f.write("\n".join([text] + kept))
 
 
-def prepare_rootless(stacks):
+def prepare_rootless(stacks, tmp):
     """The unprivileged daemon cannot read trusted.overlay.* xattrs: give the
     opaque directories user.overlay.* markers too (kernel overlayfs, as root
-    without userxattr, ignores them), and check that it can read the layers."""
+    without userxattr, ignores them). Stacks whose files are root's are shown
+    to the rootless column through idmapped mounts as its user's; check that
+    the user can read the layers."""
     for st in stacks.values():
         sh([STRATAFS, "layer", "add-user-markers"] + st.lowers, stdout=subprocess.DEVNULL)
-    probe = os.path.join(stacks["main"].layer("base"), "big", "file")
-    if subprocess.run(as_user(["test", "-r", probe])).returncode != 0:
-        raise SystemExit(f"{ROOTLESS_USER} cannot read {probe}: every directory above the layers must be "
-                         "searchable by it (--keep-data/--tmpdir in a private place?)")
+        if os.stat(st.lowers[-1]).st_uid == 0:
+            mapped = os.path.join(tmp, "idmapped", st.name)
+            idmapped_layers(os.path.join(st.root, "layers"), mapped)
+            ROOTLESS_LOWERS[st.name] = [os.path.join(mapped, os.path.basename(lo)) for lo in st.lowers]
+    probe = os.path.join(lowers_for("stratafs-rootless", stacks["main"])[-1], "big", "file")
+    if subprocess.run(as_user(["test", "-w", probe])).returncode != 0:
+        raise SystemExit(f"{ROOTLESS_USER} cannot write {probe} (as the owner it would seem to be): every "
+                         "directory above the layers must be searchable by it (--keep-data/--tmpdir in a "
+                         "private place?)")
+
+
+def idmapped_layers(source, target):
+    """Bind-mounts source at target with its root-owned files shown as the
+    rootless user's (an idmapped mount: open_tree, mount_setattr with a user
+    namespace mapping 0 to the user, move_mount). Nothing on disk changes."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    class MountAttr(ctypes.Structure):
+        _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                    ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+    sys_open_tree, sys_move_mount, sys_mount_setattr = 428, 429, 442  # the same on every architecture
+    at_fdcwd, at_empty_path, at_recursive = -100, 0x1000, 0x8000
+    open_tree_clone, open_tree_cloexec = 1, os.O_CLOEXEC
+    mount_attr_idmap, move_mount_f_empty_path = 0x100000, 0x4
+
+    def check(r, what):
+        if r < 0:
+            e = ctypes.get_errno()
+            raise SystemExit(f"idmapped mount of {source}: {what}: {os.strerror(e)}")
+        return r
+
+    holder = subprocess.Popen(["unshare", "--user", "sleep", "600"])
+    try:
+        own = os.readlink("/proc/self/ns/user")
+        for _ in range(1000):
+            if os.readlink(f"/proc/{holder.pid}/ns/user") != own:
+                break
+            time.sleep(0.005)
+        with open(f"/proc/{holder.pid}/uid_map", "w") as f:
+            f.write(f"0 {ROOTLESS_UID} 1\n")
+        with open(f"/proc/{holder.pid}/gid_map", "w") as f:
+            f.write(f"0 {ROOTLESS_GID} 1\n")
+        userns = os.open(f"/proc/{holder.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        holder.kill()
+        holder.wait()
+    os.makedirs(target, exist_ok=True)
+    tree = check(libc.syscall(sys_open_tree, at_fdcwd, os.fsencode(source),
+                              open_tree_clone | open_tree_cloexec | at_recursive), "open_tree")
+    try:
+        attr = MountAttr(mount_attr_idmap, 0, 0, userns)
+        check(libc.syscall(sys_mount_setattr, tree, b"", at_empty_path | at_recursive, ctypes.byref(attr),
+                           ctypes.c_size_t(ctypes.sizeof(attr))), "mount_setattr")
+        check(libc.syscall(sys_move_mount, tree, b"", at_fdcwd, os.fsencode(target), move_mount_f_empty_path),
+              "move_mount")
+    finally:
+        os.close(tree)
+        os.close(userns)
+    IDMAPPED.append(target)
+
+
+# idmapped mounts of the layers: kept for the whole run (not in MOUNTS, whose
+# cleanup after a failed measurement must not take them away)
+IDMAPPED = []
+
+
+def unmount_idmapped():
+    """Unmount the idmapped layers; False if one stays (then nothing below
+    the scratch directory may be deleted: a bind mount shares its device
+    number, so rm --one-file-system would go on into the real layers)."""
+    for path in reversed(IDMAPPED):
+        for argv in (["umount", path], ["umount", "-l", path]):
+            if not is_mountpoint(path):
+                break
+            subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stuck = [p for p in IDMAPPED if is_mountpoint(p)]
+    for p in stuck:
+        log(f"warning: could not unmount {p}")
+    IDMAPPED[:] = stuck
+    return not stuck
 
 
 def sample_mount_options(stack, tmp, impls):
@@ -1333,7 +1433,7 @@ def main():
 
     def cleanup():
         MOUNTS.cleanup()
-        if os.path.isdir(tmp):
+        if unmount_idmapped() and os.path.isdir(tmp):
             subprocess.run(["rm", "-rf", "--one-file-system", tmp])
     atexit.register(cleanup)
 
@@ -1351,7 +1451,7 @@ def main():
         if wl.stack not in stacks:
             wl.fall_back_to_tree()
     if "stratafs-rootless" in impls:
-        prepare_rootless(stacks)
+        prepare_rootless(stacks, tmp)
     want, bad = sanity_check(stacks, tmp, impls)
     for name, (entries, counts) in want.items():
         log(f"merged view of {name}: {len(entries)} entries"
