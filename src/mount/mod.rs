@@ -246,6 +246,33 @@ fn raise_fd_limit() {
     }
 }
 
+/// An unprivileged mount goes through fusermount3, which fuser finds by
+/// running each candidate with `-h` (a process and an exec, a noticeable
+/// part of a rootless mount's time) unless `FUSERMOUNT_PATH` names it: name
+/// it from `PATH` while the daemon has a single thread.
+fn name_fusermount() {
+    const VAR: &str = "FUSERMOUNT_PATH";
+    if rustix::process::geteuid().is_root() || std::env::var_os(VAR).is_some() {
+        return;
+    }
+    let Some(path) = std::env::var_os("PATH") else {
+        return;
+    };
+    let found = std::env::split_paths(&path)
+        .map(|dir| dir.join("fusermount3"))
+        .find(|p| {
+            use std::os::unix::fs::PermissionsExt;
+            rustix::fs::access(p, rustix::fs::Access::EXEC_OK).is_ok()
+                && std::fs::metadata(p)
+                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        });
+    if let Some(p) = found
+        && p.is_absolute()
+    {
+        crate::sys::set_env_if_single_threaded(VAR, p.as_os_str());
+    }
+}
+
 /// Mounts `union` at the spec's mount point and returns the session (not
 /// yet serving), and whether the mount was made here with mount(2) (then
 /// it is ours to unmount; fuser's own mounts are fuser's).
@@ -286,6 +313,7 @@ fn serve(spec: &MountSpec, union: Union, ready: Option<daemon::Ready>) -> Result
     // Recorded before the mount appears, so that whoever sees the mount
     // (a foreground caller polling /proc/mounts) finds its record too.
     let _registered = register(&spec.record());
+    name_fusermount();
     let mounted = open_session(spec, Arc::new(union));
     let (mut session, mounted_here) = match mounted {
         Ok(m) => m,

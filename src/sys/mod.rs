@@ -1,11 +1,13 @@
 //! The only module allowed to contain `unsafe`: thin wrappers for the few
 //! syscalls that rustix does not cover. Each block carries a SAFETY note.
 
+mod env;
 mod fork;
 mod malloc;
 mod signals;
 mod xattr_at;
 
+pub use env::set_env_if_single_threaded;
 pub use fork::{ForkResult, fork};
 pub use malloc::{trim, tune_allocator};
 pub use signals::{TerminationSignals, block_termination_signals, unblock_signals_in_child};
