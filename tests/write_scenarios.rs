@@ -1463,3 +1463,89 @@ fn lower_hard_links_stay_one_file_across_copy_up_and_remount() {
         format_problems("lower hard links", &problems)
     );
 }
+
+/// A default ACL granting uid 1000 read and execute (`user::rwx,user:1000:r-x,group::r-x,
+/// mask::r-x,other::r-x` in the kernel's xattr form), so that new entries get an access ACL.
+fn default_acl() -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (0x01u16, 7u16, u32::MAX),
+        (0x02, 5, 1000),
+        (0x04, 5, u32::MAX),
+        (0x10, 5, u32::MAX),
+        (0x20, 5, u32::MAX),
+    ] {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+    }
+    v
+}
+
+/// New entries list the xattrs kernel overlayfs shows for them: none in a plain directory,
+/// the inherited ACLs under a default ACL, in both an upper directory and a lower one copied
+/// up by the create, with the parents' xattrs listed first (so the daemon may have them
+/// cached) and a file written before it is listed.
+#[test]
+fn new_entries_list_inherited_acls_like_the_kernel() {
+    require_root();
+    let env = TestEnv::new("ws-new-acl");
+    let base = env.layer("base");
+    base.dir("lower-plain");
+    base.dir("lower-acl")
+        .xattr("system.posix_acl_default", &default_acl());
+    let stack = env.stack(&[&base]);
+    let dirs = ["plain", "acl", "lower-plain", "lower-acl"];
+    let names = |root: &Path, rel: &str| -> String {
+        let mut l: Vec<String> = llistxattr(&root.join(rel))
+            .unwrap()
+            .into_iter()
+            .filter(|x| !is_hidden_xattr(x))
+            .map(|x| String::from_utf8_lossy(&x).into_owned())
+            .collect();
+        l.sort();
+        format!("{rel}: {}", l.join(" "))
+    };
+    let act = |root: &Path| -> Vec<String> {
+        fs::create_dir(root.join("plain")).unwrap();
+        fs::create_dir(root.join("acl")).unwrap();
+        lsetxattr(
+            &root.join("acl"),
+            b"system.posix_acl_default",
+            &default_acl(),
+        )
+        .unwrap();
+        let mut seen: Vec<String> = dirs.iter().map(|d| names(root, d)).collect();
+        for d in dirs {
+            let mut f = fs::File::create(root.join(d).join("f")).unwrap();
+            f.write_all(b"data").unwrap();
+            drop(f);
+            fs::create_dir(root.join(d).join("sub")).unwrap();
+            seen.push(names(root, &format!("{d}/f")));
+            seen.push(names(root, &format!("{d}/sub")));
+        }
+        seen
+    };
+    let kernel = {
+        let (ku, kw) = upper_work(&env.fresh_dir("krw"));
+        let k = KernelOverlay::writable(&stack.kernel_lowers(), &ku, &kw, &env.fresh_dir("mnt/k"))
+            .unwrap();
+        act(k.path())
+    };
+    let (upper, work) = upper_work(&env.fresh_dir("rw"));
+    let m = stack.stratafs_rw(&UpperSpec::new(&upper, &work));
+    let ours = act(m.path());
+    m.unmount();
+    assert_eq!(ours, kernel, "stratafs vs kernel overlay");
+    // The oracle itself: ACLs where a default ACL is inherited, nothing elsewhere.
+    for d in ["acl", "lower-acl"] {
+        assert!(
+            kernel.contains(&format!("{d}/f: system.posix_acl_access")),
+            "{kernel:?}"
+        );
+    }
+    for d in ["plain", "lower-plain"] {
+        assert!(kernel.contains(&format!("{d}/f: ")), "{kernel:?}");
+    }
+    stack.assert_layers_unchanged();
+}

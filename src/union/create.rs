@@ -13,7 +13,7 @@ use super::Union;
 use super::attr::Kind;
 use super::error::{Error, Result};
 use super::inode::{LayerDir, Node, NodeBody};
-use super::lookup::{attr_of, checked_name};
+use super::lookup::{Found, attr_of, checked_name};
 use super::override_stat;
 use crate::layer::{self, Presence};
 
@@ -67,11 +67,19 @@ impl Union {
         let upper = self.upper()?;
         let name = checked_name(name)?;
         let parent = self.nodes.get(parent)?;
-        if self.find_top(&parent.dir_layers()?, &name)?.is_some() {
+        let layers = parent.dir_layers()?;
+        let found = self.search(&layers, &name)?;
+        if let Found::Top(_) = found {
             return Err(Error::Exists);
         }
+        // The search probed the upper directory first, if there was one
+        // (the kernel holds the parent locked against other changes of it).
+        let had_upper = layers.first().is_some_and(|ld| self.is_upper(ld.layer));
         let dir = self.upper_dir(&parent)?;
-        let over_whiteout = matches!(layer::probe(dir.as_fd(), &name)?, Presence::Whiteout);
+        let over_whiteout = match had_upper {
+            true => matches!(found, Found::WhiteoutAt(0)),
+            false => matches!(layer::probe(dir.as_fd(), &name)?, Presence::Whiteout),
+        };
         let pattr = self.refresh_attr(&parent)?;
         let setgid_parent = pattr.perm as u32 & libc::S_ISGID != 0;
         let uid = self
@@ -195,7 +203,7 @@ impl Union {
         }
     }
 
-    /// A node for an entry just made in upper directory `dir`.
+    /// A node for an entry just made (not copied up) in upper directory `dir`.
     fn new_upper_node(
         &self,
         parent: &Arc<Node>,
@@ -203,7 +211,8 @@ impl Union {
         name: std::ffi::CString,
     ) -> Result<Arc<Node>> {
         let st = self.logical(0, dir, &name, layer::stat_at(dir, &name)?);
-        let ino = self.entry_ino(0, dir, &name, st.st_ino);
+        // A new entry has no origin record to keep the number of.
+        let ino = self.inos.ino(0, st.st_ino);
         let attr = attr_of(ino, &st)?;
         let body = if attr.kind == Kind::Dir {
             NodeBody::Dir {
@@ -215,10 +224,25 @@ impl Union {
                 data: None,
             }
         };
-        parent.forget_xattrs();
-        Ok(self
+        let node = self
             .nodes
-            .remember(Node::new(Some(parent.clone()), &name, body, &attr)))
+            .remember(Node::new(Some(parent.clone()), &name, body, &attr));
+        // A new entry's only xattrs are those the file system gives it: an
+        // LSM label (none if the workdir's files have none) and the ACLs a
+        // default ACL of the parent passes on. Known, they answer the
+        // kernel's security.capability query before the first write (the
+        // parent's list is read once, then kept: creating entries in a
+        // directory does not change its xattrs).
+        if let Err(generation) = node.cached_xattrs()
+            && self.upper()?.bare_new_files()
+            && let Ok(names) = self.listxattr(parent.ino())
+            && !names
+                .split(|b| *b == 0)
+                .any(|n| n == b"system.posix_acl_default")
+        {
+            node.cache_xattrs(generation, &[]);
+        }
+        Ok(node)
     }
 
     /// link(2): a new name for `ino` in `newparent`. The source is copied up

@@ -49,6 +49,14 @@ pub(crate) struct Top<'a> {
     pub stat: rustix::fs::Stat,
 }
 
+/// What a search for a name in a union directory's layers found.
+pub(crate) enum Found<'a> {
+    Top(Top<'a>),
+    /// The layer at this index (of those searched) whites the name out.
+    WhiteoutAt(usize),
+    Nothing,
+}
+
 impl Union {
     /// The union inode number of a real entry: a copied-up upper entry keeps
     /// the number of its origin.
@@ -74,6 +82,14 @@ impl Union {
         layers: &'a [LayerDir],
         name: &CStr,
     ) -> Result<Option<Top<'a>>> {
+        Ok(match self.search(layers, name)? {
+            Found::Top(top) => Some(top),
+            Found::WhiteoutAt(_) | Found::Nothing => None,
+        })
+    }
+
+    /// [`Union::find_top`], telling a whiteout from nothing.
+    pub(crate) fn search<'a>(&self, layers: &'a [LayerDir], name: &CStr) -> Result<Found<'a>> {
         // Deep stacks: most layers lack most names; their listings (read
         // once) say so without a probe each.
         let indexed = layers.len() >= INDEX_MIN_LAYERS;
@@ -83,11 +99,11 @@ impl Union {
             }
             match layer::probe(ld.fd.as_fd(), name)? {
                 Presence::Absent => continue,
-                Presence::Whiteout => return Ok(None),
-                Presence::Entry(stat) => return Ok(Some(Top { index, ld, stat })),
+                Presence::Whiteout => return Ok(Found::WhiteoutAt(index)),
+                Presence::Entry(stat) => return Ok(Found::Top(Top { index, ld, stat })),
             }
         }
-        Ok(None)
+        Ok(Found::Nothing)
     }
 
     /// Whether a lower layer below `parent`'s upper directory shows `name`,
