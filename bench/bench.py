@@ -64,6 +64,7 @@ TITLES = {"stratafs": "stratafs (root)", "stratafs-rootless": "stratafs rootless
 # layers (root-owned ones are seen through an idmapped mount that shows them
 # as the user's), the mount and everything in it.
 ROOTLESS_USER = "stratafs-test"
+HALT_POLL = "/sys/module/haltpoll/parameters/guest_halt_poll_ns"
 # stack name -> the lowers the rootless daemon mounts (see idmapped_layers)
 ROOTLESS_LOWERS = {}
 
@@ -1374,6 +1375,11 @@ def main():
                         f"debootstrap + apt (default {DEBIAN_SEED}; '' to always build)")
     p.add_argument("--output", default=os.path.join(HERE, "RESULTS.md"), help="report file (default bench/RESULTS.md)")
     p.add_argument("--no-report", action="store_true", help="print the table only, do not write the report")
+    p.add_argument("--halt-poll-ns", type=int, default=None, metavar="NS",
+                   help="set the guest's cpuidle halt polling (/sys/module/haltpoll/parameters/"
+                        "guest_halt_poll_ns) for the run and restore it after; the report says so "
+                        "(an experiment: FUSE round trips are cross-CPU wake-ups, which halt "
+                        "polling makes cheaper; default: leave the machine as it is)")
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
     args = p.parse_args()
     args.reps = args.reps or (3 if args.quick else 5)
@@ -1421,6 +1427,8 @@ def main():
         for tool in ("setpriv", "fusermount3"):
             if not shutil.which(tool):
                 p.error(f"{tool} missing (stratafs-rootless)")
+    if args.halt_poll_ns is not None and not os.path.exists(HALT_POLL):
+        p.error(f"--halt-poll-ns: no {HALT_POLL} (not a guest with the haltpoll cpuidle driver)")
     cmd = os.environ.get("STRATAFS_BENCH_CMD") or " ".join(sys.argv)
 
     # unmount everything on any exit, including SIGINT/SIGTERM/SIGHUP
@@ -1431,10 +1439,21 @@ def main():
     tmp = tempfile.mkdtemp(prefix="stratafs-bench.", dir=args.tmpdir)
     os.chmod(tmp, 0o755)  # stratafs-rootless reads the layers and owns its scratch directories below
 
+    halt_poll = None
+    if args.halt_poll_ns is not None:
+        with open(HALT_POLL) as f:
+            halt_poll = f.read().strip()
+        with open(HALT_POLL, "w") as f:
+            f.write(f"{args.halt_poll_ns}\n")
+        log(f"guest_halt_poll_ns {halt_poll} -> {args.halt_poll_ns} for this run")
+
     def cleanup():
         MOUNTS.cleanup()
         if unmount_idmapped() and os.path.isdir(tmp):
             subprocess.run(["rm", "-rf", "--one-file-system", tmp])
+        if halt_poll is not None:
+            with open(HALT_POLL, "w") as f:
+                f.write(f"{halt_poll}\n")
     atexit.register(cleanup)
 
     loadavg_before = open("/proc/loadavg").read().split()[:3]
@@ -1447,6 +1466,9 @@ def main():
     wls = selected_workloads(data)
     stacks, notes = build_data(data, ["main"] + sorted({w.stack for w in wls} - {"main"}),
                                args.big_mib, args.huge, args.untar_files, args.debian_seed)
+    if halt_poll is not None:
+        notes.append(f"guest cpuidle halt polling set to {args.halt_poll_ns} ns for this run "
+                     f"(guest_halt_poll_ns; the machine's own setting: {halt_poll})")
     for wl in wls:
         if wl.stack not in stacks:
             wl.fall_back_to_tree()
