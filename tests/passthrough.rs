@@ -304,16 +304,7 @@ fn writes_drop_file_capabilities_like_the_kernel() {
         names
             .iter()
             .filter(|n| root.join(n).exists())
-            .map(|n| {
-                let mut l: Vec<String> = llistxattr(&root.join(n))
-                    .unwrap()
-                    .into_iter()
-                    .filter(|x| !is_hidden_xattr(x))
-                    .map(|x| String::from_utf8_lossy(&x).into_owned())
-                    .collect();
-                l.sort();
-                format!("{n}: {}", l.join(" "))
-            })
+            .map(|n| visible_xattr_names(root, n))
             .collect::<Vec<_>>()
             .join("; ")
     };
@@ -339,16 +330,7 @@ fn writes_drop_file_capabilities_like_the_kernel() {
         seen.push(lists(root, &all));
         seen
     };
-    let kernel = {
-        let (ku, kw) = upper_work(&env.fresh_dir("krw"));
-        let k = KernelOverlay::writable(&stack.kernel_lowers(), &ku, &kw, &env.fresh_dir("mnt/k"))
-            .unwrap();
-        act(k.path())
-    };
-    let (upper, work) = upper_work(&env.fresh_dir("rw"));
-    let m = stack.stratafs_rw(&UpperSpec::new(&upper, &work));
-    let ours = act(m.path());
-    m.unmount();
+    let (kernel, ours) = stack.on_kernel_then_stratafs(act);
     assert_eq!(ours, kernel, "stratafs vs kernel overlay");
     // The oracle itself: capabilities are there until the write, then gone.
     assert_eq!(

@@ -1642,6 +1642,35 @@ fn debian_image_rootless_matches_kernel() {
     );
 }
 
+/// A writable rootless mount's directories, the user's, and its drop-in options.
+struct UserRw {
+    upper: PathBuf,
+    work: PathBuf,
+    mnt: PathBuf,
+    opts: String,
+}
+
+fn user_rw(env: &TestEnv, lowers: &[PathBuf], uid: u32, gid: u32) -> UserRw {
+    let srw = dir_owned_by(env, "s-rw", uid, gid);
+    let (upper, work) = upper_work(&srw);
+    for d in [&upper, &work] {
+        std::os::unix::fs::lchown(d, Some(uid), Some(gid)).unwrap();
+    }
+    let mnt = dir_owned_by(env, "mnt/s", uid, gid);
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={},allow_other",
+        lowerdir(lowers),
+        overlay_escape(&upper),
+        overlay_escape(&work)
+    );
+    UserRw {
+        upper,
+        work,
+        mnt,
+        opts,
+    }
+}
+
 /// What the user's process writes through the mount in
 /// [`rootless_writeback_cache_keeps_writes_exact`]: seeded random writes and truncations through
 /// a write-only fd of a lower file (copied up by the open), and many small appends to a new
@@ -1677,18 +1706,12 @@ fn rootless_writeback_cache_keeps_writes_exact() {
     let original: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
     base.file("lower", &original).owner(uid, gid);
     let stack = env.stack(&[&base]);
-    let srw = dir_owned_by(&env, "s-rw", uid, gid);
-    let (su, sw) = upper_work(&srw);
-    for d in [&su, &sw] {
-        std::os::unix::fs::lchown(d, Some(uid), Some(gid)).unwrap();
-    }
-    let smnt = dir_owned_by(&env, "mnt/s", uid, gid);
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={},allow_other",
-        lowerdir(&stack.lowers),
-        overlay_escape(&su),
-        overlay_escape(&sw)
-    );
+    let UserRw {
+        upper: su,
+        work: _,
+        mnt: smnt,
+        opts,
+    } = user_rw(&env, &stack.lowers, uid, gid);
     let m = RootlessMount::start(&opts, &smnt, Some((uid, gid)), &env.path("mount.log"))
         .unwrap_or_else(|e| panic!("rootless mount failed: {e}"));
     let plain = dir_owned_by(&env, "plain", uid, gid);
@@ -1755,18 +1778,12 @@ fn rootless_rm_rf_of_a_lower_tree_copies_no_file_up() {
     }
     base.file("keep", "kept\n").owner(uid, gid);
     let stack = env.stack(&[&base]);
-    let srw = dir_owned_by(&env, "s-rw", uid, gid);
-    let (su, sw) = upper_work(&srw);
-    for d in [&su, &sw] {
-        std::os::unix::fs::lchown(d, Some(uid), Some(gid)).unwrap();
-    }
-    let smnt = dir_owned_by(&env, "mnt/s", uid, gid);
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={},allow_other",
-        lowerdir(&stack.lowers),
-        overlay_escape(&su),
-        overlay_escape(&sw)
-    );
+    let UserRw {
+        upper: _,
+        work: sw,
+        mnt: smnt,
+        opts,
+    } = user_rw(&env, &stack.lowers, uid, gid);
     let m = RootlessMount::start(&opts, &smnt, Some((uid, gid)), &env.path("mount.log"))
         .unwrap_or_else(|e| panic!("rootless mount failed: {e}"));
     let watch = CreateWatch::new(&sw);

@@ -1496,16 +1496,6 @@ fn new_entries_list_inherited_acls_like_the_kernel() {
         .xattr("system.posix_acl_default", &default_acl());
     let stack = env.stack(&[&base]);
     let dirs = ["plain", "acl", "lower-plain", "lower-acl"];
-    let names = |root: &Path, rel: &str| -> String {
-        let mut l: Vec<String> = llistxattr(&root.join(rel))
-            .unwrap()
-            .into_iter()
-            .filter(|x| !is_hidden_xattr(x))
-            .map(|x| String::from_utf8_lossy(&x).into_owned())
-            .collect();
-        l.sort();
-        format!("{rel}: {}", l.join(" "))
-    };
     let act = |root: &Path| -> Vec<String> {
         fs::create_dir(root.join("plain")).unwrap();
         fs::create_dir(root.join("acl")).unwrap();
@@ -1515,27 +1505,18 @@ fn new_entries_list_inherited_acls_like_the_kernel() {
             &default_acl(),
         )
         .unwrap();
-        let mut seen: Vec<String> = dirs.iter().map(|d| names(root, d)).collect();
+        let mut seen: Vec<String> = dirs.iter().map(|d| visible_xattr_names(root, d)).collect();
         for d in dirs {
             let mut f = fs::File::create(root.join(d).join("f")).unwrap();
             f.write_all(b"data").unwrap();
             drop(f);
             fs::create_dir(root.join(d).join("sub")).unwrap();
-            seen.push(names(root, &format!("{d}/f")));
-            seen.push(names(root, &format!("{d}/sub")));
+            seen.push(visible_xattr_names(root, &format!("{d}/f")));
+            seen.push(visible_xattr_names(root, &format!("{d}/sub")));
         }
         seen
     };
-    let kernel = {
-        let (ku, kw) = upper_work(&env.fresh_dir("krw"));
-        let k = KernelOverlay::writable(&stack.kernel_lowers(), &ku, &kw, &env.fresh_dir("mnt/k"))
-            .unwrap();
-        act(k.path())
-    };
-    let (upper, work) = upper_work(&env.fresh_dir("rw"));
-    let m = stack.stratafs_rw(&UpperSpec::new(&upper, &work));
-    let ours = act(m.path());
-    m.unmount();
+    let (kernel, ours) = stack.on_kernel_then_stratafs(act);
     assert_eq!(ours, kernel, "stratafs vs kernel overlay");
     // The oracle itself: ACLs where a default ACL is inherited, nothing elsewhere.
     for d in ["acl", "lower-acl"] {

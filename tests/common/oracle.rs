@@ -90,6 +90,27 @@ impl<'e> Stack<'e> {
         StratafsMount::start_with(&self.lowers, Some(upper), &mnt, &log, mode)
     }
 
+    /// Runs `act` on a writable kernel overlay of the stack, then on a writable stratafs mount
+    /// (each with a fresh upper), and returns what it returned on each: (kernel, stratafs).
+    pub fn on_kernel_then_stratafs<T>(&self, act: impl Fn(&Path) -> T) -> (T, T) {
+        let kernel = {
+            let (ku, kw) = super::rw::upper_work(&self.env.fresh_dir("krw"));
+            let k = KernelOverlay::writable(
+                &self.kernel_lowers(),
+                &ku,
+                &kw,
+                &self.env.fresh_dir("mnt/k"),
+            )
+            .unwrap_or_else(|e| panic!("kernel overlay (writable) failed: {e}"));
+            act(k.path())
+        };
+        let (upper, work) = super::rw::upper_work(&self.env.fresh_dir("rw"));
+        let m = self.stratafs_rw(&UpperSpec::new(&upper, &work));
+        let ours = act(m.path());
+        m.unmount();
+        (kernel, ours)
+    }
+
     /// Fresh copies of every layer for the kernel, never the originals (identical copies where
     /// the layer uses only markers the kernel reads, converted copies otherwise).
     pub fn kernel_copies(&self) -> Vec<PathBuf> {

@@ -66,6 +66,19 @@ fn is_unsupported(e: &io::Error) -> bool {
 
 /// All xattr names of `p` (not following symlinks), in the order the filesystem gives.
 /// "Not supported" is an empty list.
+/// `rel: name name …`: the xattr names of `root/rel` a mount shows (hidden ones left out),
+/// sorted, for comparing mounts.
+pub fn visible_xattr_names(root: &Path, rel: &str) -> String {
+    let mut names: Vec<String> = llistxattr(&root.join(rel))
+        .unwrap_or_else(|e| panic!("listxattr {rel}: {e}"))
+        .into_iter()
+        .filter(|x| !super::snapshot::is_hidden_xattr(x))
+        .map(|x| String::from_utf8_lossy(&x).into_owned())
+        .collect();
+    names.sort();
+    format!("{rel}: {}", names.join(" "))
+}
+
 pub fn llistxattr(p: &Path) -> io::Result<Vec<Vec<u8>>> {
     let c = cpath(p);
     loop {
