@@ -342,13 +342,13 @@ impl Node {
         st.tidy_extra();
     }
 
-    /// Forgets the name `name` in `parent` (unlinked, or replaced by a rename);
-    /// with no name left, the node lives on only through open fds.
     /// Whether the node lost its last name (it may still be open).
     pub fn is_detached(&self) -> bool {
         self.ino() != ROOT_INO && self.state.read().parent.is_none()
     }
 
+    /// Forgets the name `name` in `parent` (unlinked, or replaced by a rename);
+    /// with no name left, the node lives on only through open fds.
     pub fn detach(&self, parent: &Arc<Node>, name: &CStr) {
         let mut st = self.state.write();
         let same = |p: &Arc<Node>, n: &CStr| Arc::ptr_eq(p, parent) && n == name;
