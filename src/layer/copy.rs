@@ -28,7 +28,11 @@ pub fn copy_data(
     if rustix::fs::ioctl_ficlone(dst, src).is_ok() {
         return Ok(());
     }
-    if dense && copy_range(src, dst, 0, len)? == len {
+    if dense {
+        // Short only if the source shrank: the size is still the one promised.
+        if copy_range(src, dst, 0, len)? < len {
+            rustix::fs::ftruncate(dst, len).map_err(io)?;
+        }
         return Ok(());
     }
     let mut pos = 0u64;

@@ -261,10 +261,8 @@ fn name_fusermount() {
     let found = std::env::split_paths(&path)
         .map(|dir| dir.join("fusermount3"))
         .find(|p| {
-            use std::os::unix::fs::PermissionsExt;
-            rustix::fs::access(p, rustix::fs::Access::EXEC_OK).is_ok()
-                && std::fs::metadata(p)
-                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            std::fs::metadata(p).is_ok_and(|m| m.is_file())
+                && rustix::fs::access(p, rustix::fs::Access::EXEC_OK).is_ok()
         });
     if let Some(p) = found
         && p.is_absolute()

@@ -235,7 +235,7 @@ impl Union {
         // directory does not change its xattrs).
         if let Err(generation) = node.cached_xattrs()
             && self.upper()?.bare_new_files()
-            && let Ok(names) = self.listxattr(parent.ino())
+            && let Ok(names) = self.xattr_names(parent)
             && !names
                 .split(|b| *b == 0)
                 .any(|n| n == b"system.posix_acl_default")

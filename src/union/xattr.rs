@@ -102,13 +102,18 @@ impl Union {
 
     /// The NUL-separated list of visible xattr names.
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
-        self.xattrs_enabled()?;
         let node = self.nodes.get(ino)?;
+        self.xattr_names(&node)
+    }
+
+    /// [`Union::listxattr`] of a node in hand.
+    pub(crate) fn xattr_names(&self, node: &Node) -> Result<Vec<u8>> {
+        self.xattrs_enabled()?;
         let generation = match node.cached_xattrs() {
             Ok(list) => return Ok(list),
             Err(generation) => generation,
         };
-        let list = filter_list(&target(self, &node).list()?);
+        let list = filter_list(&target(self, node).list()?);
         node.cache_xattrs(generation, &list);
         Ok(list)
     }
