@@ -33,6 +33,7 @@ import argparse
 import atexit
 import datetime
 import functools
+import glob
 import json
 import os
 import platform
@@ -65,8 +66,51 @@ TITLES = {"stratafs": "stratafs (root)", "stratafs-rootless": "stratafs rootless
 # as the user's), the mount and everything in it.
 ROOTLESS_USER = "stratafs-test"
 HALT_POLL = "/sys/module/haltpoll/parameters/guest_halt_poll_ns"
+DAMON = "/sys/kernel/mm/damon/admin/kdamonds"
 # stack name -> the lowers the rootless daemon mounts (see idmapped_layers)
 ROOTLESS_LOWERS = {}
+
+
+def damon_running():
+    """{state file: its schemes' actions} of each DAMON worker that is on.
+
+    A pageout scheme reclaims page cache in physical regions it has seen idle,
+    and fresh pages that land in such a region go with it. The kernel throws a
+    FUSE directory's cached listing away whole when one of its pages is gone,
+    so a "warm" listing may be read from the daemon again; kernel overlayfs
+    only rereads the lost pages of the lower directory."""
+    running = {}
+    try:
+        workers = sorted(n for n in os.listdir(DAMON) if n.isdigit())
+    except OSError:
+        return running
+    for w in workers:
+        state = os.path.join(DAMON, w, "state")
+        try:
+            with open(state) as f:
+                if f.read().strip() != "on":
+                    continue
+        except OSError:
+            continue
+        actions = []
+        for a in sorted(glob.glob(os.path.join(DAMON, w, "contexts", "*", "schemes", "*", "action"))):
+            with open(a) as f:
+                actions.append(f.read().strip())
+        running[state] = actions
+    return running
+
+
+def machine_tuning():
+    """The machine's own settings that change FUSE costs, before any option changes them."""
+    try:
+        with open(HALT_POLL) as f:
+            tuning = [f"cpuidle halt polling {f.read().strip()} ns"]
+    except OSError:
+        tuning = ["no haltpoll cpuidle driver"]
+    damon = damon_running()
+    tuning.append(f"DAMON workers on: {len(damon)}"
+                  + (f" (schemes: {', '.join(a for acts in damon.values() for a in acts) or 'none'})" if damon else ""))
+    return "; ".join(tuning)
 
 
 def as_user(argv):
@@ -1124,6 +1168,7 @@ and how to read this). Do not edit by hand; rerun the harness.
 - command: `{cmd}`
 - machine: {info['nproc']} CPUs ({info['cpu']}), {info['memory']} RAM, kernel {info['kernel']}
 - layers and scratch on: {info['filesystem']}
+- the machine's own settings: {info['tuning']}
 - load average before the run: {' '.join(info['loadavg_before'])}; after: {' '.join(info['loadavg'])}
 - {('**WARNING: builds/tests ran during the run, these numbers are disturbed**: '
     + '; '.join(f"{k}: {', '.join(v)}" for k, v in info['disturbed'].items()))
@@ -1380,6 +1425,11 @@ def main():
                         "guest_halt_poll_ns) for the run and restore it after; the report says so "
                         "(an experiment: FUSE round trips are cross-CPU wake-ups, which halt "
                         "polling makes cheaper; default: leave the machine as it is)")
+    p.add_argument("--damon-off", action="store_true",
+                   help="turn the machine's DAMON workers off for the run and back on after; the report "
+                        "says so (an experiment: their pageout reclaims page cache the kernel just filled, "
+                        "which makes FUSE \"warm\" rows reread from the daemon; default: leave the machine "
+                        "as it is)")
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
     args = p.parse_args()
     args.reps = args.reps or (3 if args.quick else 5)
@@ -1439,6 +1489,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="stratafs-bench.", dir=args.tmpdir)
     os.chmod(tmp, 0o755)  # stratafs-rootless reads the layers and owns its scratch directories below
 
+    tuning = machine_tuning()
     halt_poll = None
     if args.halt_poll_ns is not None:
         with open(HALT_POLL) as f:
@@ -1447,8 +1498,19 @@ def main():
             f.write(f"{args.halt_poll_ns}\n")
         log(f"guest_halt_poll_ns {halt_poll} -> {args.halt_poll_ns} for this run")
 
+    damon = damon_running()
+    if args.damon_off:
+        for state in damon:
+            with open(state, "w") as f:
+                f.write("off\n")
+        log(f"DAMON workers turned off for this run: {', '.join(damon) or 'none was on'}")
+
     def cleanup():
         MOUNTS.cleanup()
+        if args.damon_off:
+            for state in damon:
+                with open(state, "w") as f:
+                    f.write("on\n")
         if unmount_idmapped() and os.path.isdir(tmp):
             subprocess.run(["rm", "-rf", "--one-file-system", tmp])
         if halt_poll is not None:
@@ -1466,6 +1528,9 @@ def main():
     wls = selected_workloads(data)
     stacks, notes = build_data(data, ["main"] + sorted({w.stack for w in wls} - {"main"}),
                                args.big_mib, args.huge, args.untar_files, args.debian_seed)
+    if args.damon_off and damon:
+        notes.append(f"the machine's DAMON workers ({', '.join(sorted({a for acts in damon.values() for a in acts}))}) "
+                     "turned off for this run")
     if halt_poll is not None:
         notes.append(f"guest cpuidle halt polling set to {args.halt_poll_ns} ns for this run "
                      f"(guest_halt_poll_ns; the machine's own setting: {halt_poll})")
@@ -1516,6 +1581,7 @@ def main():
     if not args.no_report:
         info = machine_info(args.tmpdir)
         info["loadavg_before"] = loadavg_before
+        info["tuning"] = tuning
         info["disturbed"] = disturbed
         info["notes"] = notes
         write_report(args.output, args, cmd, info, wls, results, impls, started, elapsed, mount_opts)
