@@ -1105,6 +1105,43 @@ def daemon_table(wls, results, impls):
     return "\n".join(lines)
 
 
+ENABLE_URING = "/sys/module/fuse/parameters/enable_uring"
+
+
+def round_trips(tmp):
+    """One FUSE round trip's cost on this machine (bench/fuse-rtt.c): through
+    /dev/fuse, as every implementation here talks to the kernel, and through
+    FUSE over io_uring, which the kernel offers only while fuse.enable_uring is
+    on (turned on for that one measurement and back at once)."""
+    exe, mnt = os.path.join(tmp, "fuse-rtt"), os.path.join(tmp, "rtt")
+    try:
+        sh(["cc", "-O2", "-pthread", "-o", exe, os.path.join(HERE, "fuse-rtt.c")])
+        os.makedirs(mnt, exist_ok=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        return f"not measured ({e})"
+
+    def measure(mode):
+        try:
+            text = out([exe, mode, mnt, "20000"])
+            return re.search(r"([0-9.]+) us per round trip", text).group(1) + " µs"
+        except (subprocess.CalledProcessError, AttributeError) as e:
+            return f"failed ({e})"
+    dev = measure("dev")
+    try:
+        with open(ENABLE_URING) as f:
+            was = f.read().strip()
+    except OSError:
+        return f"/dev/fuse {dev}; no FUSE over io_uring in this kernel"
+    try:
+        with open(ENABLE_URING, "w") as f:
+            f.write("Y\n")
+        uring = measure("uring")
+    finally:
+        with open(ENABLE_URING, "w") as f:
+            f.write(f"{was}\n")
+    return f"/dev/fuse {dev}; FUSE over io_uring {uring} (fuse.enable_uring is {was}, on only for this)"
+
+
 def busy_processes():
     """Builds and test runs on the machine (which would disturb the timings)."""
     names = set()
@@ -1169,6 +1206,7 @@ and how to read this). Do not edit by hand; rerun the harness.
 - machine: {info['nproc']} CPUs ({info['cpu']}), {info['memory']} RAM, kernel {info['kernel']}
 - layers and scratch on: {info['filesystem']}
 - the machine's own settings: {info['tuning']}
+- one FUSE round trip here (a getxattr loop on `bench/fuse-rtt.c`'s one-file file system): {info['rtt']}
 - load average before the run: {' '.join(info['loadavg_before'])}; after: {' '.join(info['loadavg'])}
 - {('**WARNING: builds/tests ran during the run, these numbers are disturbed**: '
     + '; '.join(f"{k}: {', '.join(v)}" for k, v in info['disturbed'].items()))
@@ -1546,6 +1584,8 @@ def main():
     for b in bad:
         log(f"WARNING: merged view differs from native: {b}")
     mount_opts = sample_mount_options(stacks["main"], tmp, impls)
+    rtt = round_trips(tmp)
+    log(f"one FUSE round trip (getxattr, bench/fuse-rtt.c): {rtt}")
 
     results = {wl.name: {i: [] for i in impls if wl.runs(i)} for wl in wls}
     selected = {wl.name for wl in wls}
@@ -1582,6 +1622,7 @@ def main():
         info = machine_info(args.tmpdir)
         info["loadavg_before"] = loadavg_before
         info["tuning"] = tuning
+        info["rtt"] = rtt
         info["disturbed"] = disturbed
         info["notes"] = notes
         write_report(args.output, args, cmd, info, wls, results, impls, started, elapsed, mount_opts)
