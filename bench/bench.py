@@ -15,6 +15,8 @@ rotating the order every repetition (interleaving):
                   (fusermount3), and the workloads too, as in a rootless
                   container: the user owns the layers (seen through
                   idmapped mounts where they are root's on disk)
+  fuse-overlayfs-rootless  (only when asked for with --impls) fuse-overlayfs
+                  run the same way, the fair comparison for stratafs-rootless
 
 Every measurement gets a fresh mount with an empty upper and work directory,
 so a mutating workload never sees a previous one's copy-ups and the daemon
@@ -55,10 +57,15 @@ REPO = os.path.dirname(HERE)
 MiB = 1024 * 1024
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-IMPLS = ["native", "kernel", "fuse-overlayfs", "stratafs", "stratafs-rootless"]
-FUSE_IMPLS = ["fuse-overlayfs", "stratafs", "stratafs-rootless"]
+IMPLS = ["native", "kernel", "fuse-overlayfs", "stratafs", "stratafs-rootless", "fuse-overlayfs-rootless"]
+# The rootless fuse-overlayfs column would take the full run past its 30 minutes.
+DEFAULT_IMPLS = IMPLS[:5]
+FUSE_IMPLS = ["fuse-overlayfs", "stratafs", "stratafs-rootless", "fuse-overlayfs-rootless"]
+# Run by ROOTLESS_USER, with its workloads.
+ROOTLESS_IMPLS = {"stratafs-rootless", "fuse-overlayfs-rootless"}
 # Column titles in the report.
-TITLES = {"stratafs": "stratafs (root)", "stratafs-rootless": "stratafs rootless"}
+TITLES = {"stratafs": "stratafs (root)", "stratafs-rootless": "stratafs rootless",
+          "fuse-overlayfs-rootless": "fuse-overlayfs rootless"}
 # stratafs-rootless: the daemon runs as this unprivileged account (no
 # CAP_SYS_ADMIN, so fusermount3 mounts it and there is no FUSE passthrough),
 # and so do the workloads, as in a rootless container: the user owns the
@@ -119,7 +126,7 @@ def as_user(argv):
 
 
 def lowers_for(impl, stack):
-    if impl == "stratafs-rootless":
+    if impl in ROOTLESS_IMPLS:
         return ROOTLESS_LOWERS.get(stack.name, stack.lowers)
     return stack.lowers
 
@@ -127,7 +134,7 @@ def lowers_for(impl, stack):
 def as_runner(impl, argv):
     """argv as the implementation's user runs it: the rootless column's own
     user, everybody else root."""
-    return as_user(argv) if impl == "stratafs-rootless" else argv
+    return as_user(argv) if impl in ROOTLESS_IMPLS else argv
 
 # ---------------------------------------------------------------------------
 # helpers
@@ -614,7 +621,7 @@ class Mounts:
 def umount_argv(kind, path):
     if kind == "stratafs":
         return [STRATAFS, "umount", path]
-    if kind == "stratafs-rootless":
+    if kind in ROOTLESS_IMPLS:
         return as_user(["fusermount3", "-u", path])
     if kind == "fuse-overlayfs":
         return ["fusermount3", "-u", path]
@@ -652,6 +659,8 @@ def mount_argv(impl, lowers, upper, work, mnt):
         return argv + ["--upper", upper, "--work", work, mnt], None
     if impl == "stratafs-rootless":
         return as_user([STRATAFS, "-o", f"{opts},allow_other", mnt]), None
+    if impl == "fuse-overlayfs-rootless":
+        return as_user(["fuse-overlayfs", "-o", f"{opts},allow_other", mnt]), None
     raise ValueError(impl)
 
 
@@ -708,7 +717,7 @@ class View:
         for d in (upper, work, mnt):
             os.makedirs(d)
         self.root = mnt
-        if impl == "stratafs-rootless":
+        if impl in ROOTLESS_IMPLS:
             # the user owns its upper, work directory and mount point
             for d in (scratch, upper, work, mnt):
                 os.chown(d, ROOTLESS_UID, ROOTLESS_GID)
@@ -717,7 +726,7 @@ class View:
         self.mounted = True
         self.mount_seconds = mount_and_wait(impl, argv, cwd, mnt)
         if impl in FUSE_IMPLS:
-            exe = "fuse-overlayfs" if impl == "fuse-overlayfs" else os.path.basename(STRATAFS)
+            exe = "fuse-overlayfs" if impl.startswith("fuse-overlayfs") else os.path.basename(STRATAFS)
             for _ in range(100):
                 self.pid = find_daemon(exe, mnt)
                 if self.pid:
@@ -1196,6 +1205,8 @@ def machine_info(tmp):
 
 def write_report(path, args, cmd, info, wls, results, impls, started, elapsed, mount_opts):
     raw = {wl.name: results[wl.name] for wl in wls}
+    fo_rootless = ('; "fuse-overlayfs rootless": the same, run like stratafs rootless (below: its user, its '
+                   'layers, fusermount3, allow_other)' if "fuse-overlayfs-rootless" in impls else "")
     text = f"""# Benchmark results
 
 Produced by `bench/run.sh` (see [README.md](README.md) for what each workload does
@@ -1211,7 +1222,7 @@ and how to read this). Do not edit by hand; rerun the harness.
 - {('**WARNING: builds/tests ran during the run, these numbers are disturbed**: '
     + '; '.join(f"{k}: {', '.join(v)}" for k, v in info['disturbed'].items()))
    if info['disturbed'] else 'no cargo/rustc/nextest seen running after any workload'}
-{''.join(f"- **NOTE: {n}**{chr(10)}" for n in info['notes'])}- {info['fuse-overlayfs']}, as root
+{''.join(f"- **NOTE: {n}**{chr(10)}" for n in info['notes'])}- {info['fuse-overlayfs']}, as root{fo_rootless}
 - stratafs: commit {info['stratafs']}; {info.get('stratafs binary', '?')}; "stratafs (root)": `stratafs mount`
   as root (FUSE passthrough for upper-layer files); "stratafs rootless": the drop-in command line
   (`stratafs -o lowerdir=…,upperdir=…,workdir=…,allow_other MNT`) run by the
@@ -1274,7 +1285,7 @@ def prepare_rootless(stacks, tmp):
             mapped = os.path.join(tmp, "idmapped", st.name)
             idmapped_layers(os.path.join(st.root, "layers"), mapped)
             ROOTLESS_LOWERS[st.name] = [os.path.join(mapped, os.path.basename(lo)) for lo in st.lowers]
-    probe = os.path.join(lowers_for("stratafs-rootless", stacks["main"])[-1], "big", "file")
+    probe = os.path.join(ROOTLESS_LOWERS.get("main", stacks["main"].lowers)[-1], "big", "file")
     if subprocess.run(as_user(["test", "-w", probe])).returncode != 0:
         raise SystemExit(f"{ROOTLESS_USER} cannot write {probe} (as the owner it would seem to be): every "
                          "directory above the layers must be searchable by it (--keep-data/--tmpdir in a "
@@ -1445,7 +1456,8 @@ def main():
                    help="files in the tarball of untar/rm-untarred, a multiple of 100 up to 10000 "
                         "(default: 2000 quick, 10000 full)")
     p.add_argument("--only", help="comma-separated workload names to run (default: all)")
-    p.add_argument("--impls", default=",".join(IMPLS), help=f"comma-separated subset of {','.join(IMPLS)}")
+    p.add_argument("--impls", default=",".join(DEFAULT_IMPLS),
+                   help=f"comma-separated subset of {','.join(IMPLS)} (default: all but the last)")
     p.add_argument("--fio-runtime", type=int, help="seconds of each fio run (default: 1 quick, 5 full)")
     p.add_argument("--rootless-user", default=ROOTLESS_USER,
                    help=f"account that runs stratafs-rootless (default {ROOTLESS_USER})")
@@ -1508,13 +1520,13 @@ def main():
         ROOTLESS_UID, ROOTLESS_GID = pw.pw_uid, pw.pw_gid
     except KeyError:
         pass
-    if "stratafs-rootless" in impls:
+    if ROOTLESS_IMPLS & set(impls):
         if ROOTLESS_UID is None:
-            p.error(f"no account {ROOTLESS_USER} for stratafs-rootless (scripts/setup.sh makes it), "
+            p.error(f"no account {ROOTLESS_USER} for the rootless columns (scripts/setup.sh makes it), "
                     "or leave it out with --impls")
         for tool in ("setpriv", "fusermount3"):
             if not shutil.which(tool):
-                p.error(f"{tool} missing (stratafs-rootless)")
+                p.error(f"{tool} missing (rootless columns)")
     if args.halt_poll_ns is not None and not os.path.exists(HALT_POLL):
         p.error(f"--halt-poll-ns: no {HALT_POLL} (not a guest with the haltpoll cpuidle driver)")
     cmd = os.environ.get("STRATAFS_BENCH_CMD") or " ".join(sys.argv)
@@ -1525,7 +1537,7 @@ def main():
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, on_signal)
     tmp = tempfile.mkdtemp(prefix="stratafs-bench.", dir=args.tmpdir)
-    os.chmod(tmp, 0o755)  # stratafs-rootless reads the layers and owns its scratch directories below
+    os.chmod(tmp, 0o755)  # the rootless columns read the layers and own their scratch directories below
 
     tuning = machine_tuning()
     halt_poll = None
@@ -1575,7 +1587,7 @@ def main():
     for wl in wls:
         if wl.stack not in stacks:
             wl.fall_back_to_tree()
-    if "stratafs-rootless" in impls:
+    if ROOTLESS_IMPLS & set(impls):
         prepare_rootless(stacks, tmp)
     want, bad = sanity_check(stacks, tmp, impls)
     for name, (entries, counts) in want.items():
