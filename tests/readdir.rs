@@ -5,7 +5,10 @@ mod common;
 
 use common::*;
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
 use std::fs;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 /// Reads a directory with telldir before each readdir: (position, entry) pairs.
@@ -444,4 +447,93 @@ fn a_warm_walk_costs_no_request_per_directory() {
         reads < 30,
         "the daemon made {reads} reads during a warm walk of 60 directories"
     );
+}
+
+/// A reader that goes on listing (and stat'ing, like `ls -l`) a lower directory after every file
+/// in it was copied up and the kernel forgot them sees the copies: the listing the daemon keeps
+/// between a reader's requests still holds the lower files' attributes, which readdirplus may
+/// use only while nothing under the directory has changed.
+#[test]
+fn readdirplus_after_copy_ups_in_a_listed_directory_shows_the_copies() {
+    require_root();
+    let env = TestEnv::new("readdir-plus-copied");
+    let base = env.layer("base");
+    base.dir("d");
+    let files = 3000;
+    for i in 0..files {
+        fs::write(base.path(format!("d/f{i:05}")), "lower").unwrap();
+    }
+    let stack = env.stack(&[&base]);
+    let (upper, work) = upper_work(&env.fresh_dir("rw"));
+    let m = stack.stratafs_rw(&UpperSpec::new(&upper, &work));
+    let dir = m.join("d");
+
+    // stat as it reads, so that the kernel goes on asking for entries with attributes.
+    let mut reader = Dir::open(&dir).unwrap();
+    let mut seen = 0;
+    while seen < 500 {
+        let e = reader.read().unwrap().expect("directory ended early");
+        fs::symlink_metadata(dir.join(OsStr::from_bytes(&e.name))).unwrap();
+        seen += 1;
+    }
+    for i in 0..files {
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join(format!("f{i:05}")))
+            .unwrap();
+        f.write_all(b"+").unwrap();
+    }
+    forget_kernel_inodes();
+    let mut stale = Vec::new();
+    while let Some(e) = reader.read().unwrap() {
+        let name = OsStr::from_bytes(&e.name);
+        let st = fs::symlink_metadata(dir.join(name)).unwrap();
+        if st.is_file() && st.len() != 6 {
+            stale.push(format!("{}: {} bytes", name.to_string_lossy(), st.len()));
+        }
+    }
+    drop(reader);
+    assert!(
+        stale.is_empty(),
+        "{} files listed with the lower file's attributes, e.g. {:?}",
+        stale.len(),
+        &stale[..stale.len().min(5)]
+    );
+    assert_eq!(fs::read(dir.join("f01234")).unwrap(), b"lower+");
+}
+
+/// A hard link in a directory nothing has changed shows the copy-up of its other name made
+/// elsewhere, also when it is first seen through readdirplus after the kernel forgot both (the
+/// listing's attributes of a file with other names are not used).
+#[test]
+fn readdirplus_shows_a_hard_link_copied_up_under_another_name() {
+    require_root();
+    let env = TestEnv::new("readdir-plus-link");
+    let base = env.layer("base");
+    base.dir("a");
+    base.dir("b");
+    fs::write(base.path("a/f"), "lower").unwrap();
+    fs::hard_link(base.path("a/f"), base.path("b/g")).unwrap();
+    let stack = env.stack(&[&base]);
+    let (upper, work) = upper_work(&env.fresh_dir("rw"));
+    let m = stack.stratafs_rw(&UpperSpec::new(&upper, &work));
+    fs::OpenOptions::new()
+        .append(true)
+        .open(m.join("a/f"))
+        .unwrap()
+        .write_all(b"+")
+        .unwrap();
+    forget_kernel_inodes();
+    let listed: Vec<(Vec<u8>, u64)> = fs::read_dir(m.join("b"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().as_bytes().to_vec(),
+                e.metadata().unwrap().len(),
+            )
+        })
+        .collect();
+    assert_eq!(listed, vec![(b"g".to_vec(), 6)], "b/ as listed");
+    assert_eq!(fs::read(m.join("b/g")).unwrap(), b"lower+");
 }

@@ -32,9 +32,9 @@ pub struct DirEntry<'a> {
     pub name: &'a OsStr,
     pub ino: u64,
     pub kind: Kind,
-    /// For a non-directory of a read-only union: which of the directory's
-    /// layers holds it, and its attributes, so that readdirplus needs no
-    /// second lookup.
+    /// For a non-directory: which of the directory's layers holds it, and
+    /// its attributes, so that readdirplus needs no second lookup (see
+    /// [`Union::lookup_listed`] for when they may be used).
     leaf: Option<&'a (usize, Attr)>,
 }
 
@@ -216,18 +216,18 @@ impl Union {
     pub fn lookup_listed(&self, parent: u64, entry: &DirEntry<'_>) -> Result<Arc<Node>> {
         let dir_node = self.nodes.get(parent)?;
         let name = super::lookup::checked_name(entry.name)?;
-        // With a writable layer the listing may be older than the tree: the
-        // name may now be another file. Only a fresh lookup is safe.
-        let Some(&(source, attr)) = entry.leaf.filter(|_| self.upper.is_none()) else {
+        let Some(&(source, attr)) = entry.leaf.filter(|(_, attr)| {
+            self.upper.is_none() || self.listed_leaf_is_current(&dir_node, attr)
+        }) else {
             return self.lookup_in(&dir_node, name);
         };
         if let Some(node) = self.nodes.remember_known(entry.ino) {
             node.relocate(dir_node, &name);
             return Ok(node);
         }
-        // Only read-only unions get here: every layer is a lower one. (The
-        // one layer directory is taken, not a copy of all: this runs for
-        // every entry of a readdirplus.)
+        // Every layer here is a lower one. (The one layer directory is
+        // taken, not a copy of all: this runs for every entry of a
+        // readdirplus.)
         let body = match &dir_node.state().body {
             NodeBody::Dir { layers } => {
                 let ld = layers.get(source).ok_or(Error::NotFound)?;
@@ -240,14 +240,34 @@ impl Union {
             .remember(Node::new(Some(dir_node), &name, body, &attr)))
     }
 
+    /// Whether a listed lower file of a writable union is still what its
+    /// name shows. A listing may be older than the tree, but every change
+    /// under a directory (a copy-up, a new name, a whiteout) first gives it an
+    /// upper directory, and its node takes that into its layers before the
+    /// change is made: a directory that has none now has changed nothing
+    /// since it was listed. (A file copied up has a node the kernel holds,
+    /// which is taken instead.) Another name of a hard-linked file may have
+    /// been copied up elsewhere; a lookup joins it to that copy.
+    fn listed_leaf_is_current(&self, dir: &Node, attr: &Attr) -> bool {
+        attr.nlink <= 1
+            && matches!(&dir.state().body, NodeBody::Dir { layers }
+                if layers.first().is_some_and(|l| !self.is_upper(l.layer)))
+    }
+
     pub(crate) fn list(&self, node: &Node) -> Result<Listing> {
         let layers = node.dir_layers()?;
         let parent = node.parent().map_or(super::ROOT_INO, |p| p.ino());
         let mut entries = Listing::default();
         entries.push(b".", node.ino(), Kind::Dir, None);
         entries.push(b"..", parent, Kind::Dir, None);
-        // Only a read-only union may answer readdirplus from the listing.
-        let keep_attrs = self.upper.is_none();
+        // Attributes the listing may answer readdirplus with (see
+        // `listed_leaf_is_current`): a writable union's only in a directory
+        // without an upper layer, and not for all of a big one.
+        let keep_attrs = match self.upper {
+            None => usize::MAX,
+            Some(_) if layers.first().is_none_or(|l| self.is_upper(l.layer)) => 0,
+            Some(_) => WRITABLE_LEAVES,
+        };
         // Names already decided by a higher layer: shown (indexes into the
         // listing, which holds their names), or whited out.
         let mut decided = Decided::default();
@@ -298,13 +318,20 @@ impl Union {
 /// [`Union::stat_leaves`]).
 const STAT_BATCH: usize = 1024;
 
+/// A listing in a writable union keeps the attributes of at most this many
+/// files (about 100 KiB): the kernel also holds a node for each entry of a
+/// big directory it lists with readdirplus, and the daemon's peak size counts
+/// both.
+const WRITABLE_LEAVES: usize = 1024;
+
 /// One layer directory being read into a listing: its non-directories
 /// waiting to be stat'ed, and the whiteouts found in it.
 struct LayerPass<'a> {
     union: &'a Union,
     source: usize,
     ld: &'a LayerDir,
-    keep_attrs: bool,
+    /// How many attributes the listing may keep in all.
+    keep_attrs: usize,
     pending: Vec<CString>,
     whiteouts: Vec<Vec<u8>>,
 }
@@ -322,8 +349,8 @@ impl LayerPass<'_> {
                 Leaf::Whiteout => self.whiteouts.push(name.into_bytes()),
                 Leaf::Unknown => {}
                 Leaf::Shown { ino, attr } => {
-                    let leaf =
-                        (self.keep_attrs && attr.kind != Kind::Dir).then_some((self.source, attr));
+                    let leaf = (entries.leaves.len() < self.keep_attrs && attr.kind != Kind::Dir)
+                        .then_some((self.source, attr));
                     entries.push(name.to_bytes(), ino, attr.kind, leaf);
                     decided.shown(entries, entries.len() - 1);
                 }
