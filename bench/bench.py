@@ -1131,10 +1131,14 @@ def round_trips(tmp):
 
     def measure(mode):
         try:
-            text = out([exe, mode, mnt, "20000"])
+            text = subprocess.run([exe, mode, mnt, "20000"], check=True, capture_output=True, text=True,
+                                  timeout=120).stdout
             return re.search(r"([0-9.]+) us per round trip", text).group(1) + " µs"
-        except (subprocess.CalledProcessError, AttributeError) as e:
+        except (subprocess.SubprocessError, AttributeError) as e:
             return f"failed ({e})"
+        finally:
+            if is_mountpoint(mnt):  # it was killed before its own lazy unmount
+                subprocess.run(["umount", "-l", mnt])
     dev = measure("dev")
     try:
         with open(ENABLE_URING) as f:
