@@ -14,6 +14,10 @@ pub enum Kind {
 }
 
 impl Kind {
+    pub fn is_device(self) -> bool {
+        matches!(self, Kind::CharDev | Kind::BlockDev)
+    }
+
     pub fn from_file_type(ft: FileType) -> Option<Kind> {
         Some(match ft {
             FileType::Directory => Kind::Dir,
@@ -74,8 +78,9 @@ pub struct Attr {
 }
 
 /// [`Attr`] as a node keeps it: the inode number is the node's, the type and
-/// permissions share a word, and the times' halves are grouped so that no
-/// field is padded (80 bytes instead of 104, for every node the kernel holds).
+/// permissions share a word, a device's number takes the place of its size
+/// (always 0), and the times' halves are grouped so that no field is padded
+/// (72 bytes instead of 104, for every node the kernel holds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PackedAttr {
     mode: u32,
@@ -85,8 +90,7 @@ pub struct PackedAttr {
     blksize: u32,
     nsecs: [u32; 3],
     secs: [i64; 3],
-    rdev: u64,
-    size: u64,
+    size_or_rdev: u64,
     blocks: u64,
 }
 
@@ -100,8 +104,7 @@ impl PackedAttr {
             blksize: a.blksize,
             nsecs: [a.atime.nsec, a.mtime.nsec, a.ctime.nsec],
             secs: [a.atime.sec, a.mtime.sec, a.ctime.sec],
-            rdev: a.rdev,
-            size: a.size,
+            size_or_rdev: if a.kind.is_device() { a.rdev } else { a.size },
             blocks: a.blocks,
         }
     }
@@ -115,6 +118,7 @@ impl PackedAttr {
             sec: self.secs[i],
             nsec: self.nsecs[i],
         };
+        let device = self.kind().is_device();
         Attr {
             ino,
             kind: self.kind(),
@@ -122,8 +126,8 @@ impl PackedAttr {
             nlink: self.nlink,
             uid: self.uid,
             gid: self.gid,
-            rdev: self.rdev,
-            size: self.size,
+            rdev: if device { self.size_or_rdev } else { 0 },
+            size: if device { 0 } else { self.size_or_rdev },
             blocks: self.blocks,
             blksize: self.blksize,
             atime: t(0),
@@ -176,8 +180,17 @@ mod tests {
                 nlink: u32::MAX - n,
                 uid: 1000 + n,
                 gid: 2000 + n,
-                rdev: u64::MAX - u64::from(n),
-                size: 1 << 40,
+                // A device has no size, anything else no device number.
+                rdev: if kind.is_device() {
+                    u64::MAX - u64::from(n)
+                } else {
+                    0
+                },
+                size: if kind.is_device() {
+                    0
+                } else {
+                    (1 << 40) + u64::from(n)
+                },
                 blocks: 3 + u64::from(n),
                 blksize: 4096,
                 atime: Time {
@@ -195,6 +208,6 @@ mod tests {
             };
             assert_eq!(PackedAttr::pack(&a).unpack(a.ino), a);
         }
-        assert_eq!(std::mem::size_of::<PackedAttr>(), 80);
+        assert_eq!(std::mem::size_of::<PackedAttr>(), 72);
     }
 }
