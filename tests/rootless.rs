@@ -1671,6 +1671,14 @@ fn user_rw(env: &TestEnv, lowers: &[PathBuf], uid: u32, gid: u32) -> UserRw {
     }
 }
 
+/// [`user_rw`], mounted by the user (the drop-in command line, through fusermount3).
+fn mount_user_rw(env: &TestEnv, lowers: &[PathBuf], uid: u32, gid: u32) -> (UserRw, RootlessMount) {
+    let rw = user_rw(env, lowers, uid, gid);
+    let m = RootlessMount::start(&rw.opts, &rw.mnt, Some((uid, gid)), &env.path("mount.log"))
+        .unwrap_or_else(|e| panic!("rootless mount failed: {e}"));
+    (rw, m)
+}
+
 /// What the user's process writes through the mount in
 /// [`rootless_writeback_cache_keeps_writes_exact`]: seeded random writes and truncations through
 /// a write-only fd of a lower file (copied up by the open), and many small appends to a new
@@ -1706,14 +1714,7 @@ fn rootless_writeback_cache_keeps_writes_exact() {
     let original: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
     base.file("lower", &original).owner(uid, gid);
     let stack = env.stack(&[&base]);
-    let UserRw {
-        upper: su,
-        work: _,
-        mnt: smnt,
-        opts,
-    } = user_rw(&env, &stack.lowers, uid, gid);
-    let m = RootlessMount::start(&opts, &smnt, Some((uid, gid)), &env.path("mount.log"))
-        .unwrap_or_else(|e| panic!("rootless mount failed: {e}"));
+    let (UserRw { upper: su, .. }, m) = mount_user_rw(&env, &stack.lowers, uid, gid);
     let plain = dir_owned_by(&env, "plain", uid, gid);
     fs::write(plain.join("lower"), &original).unwrap();
     std::os::unix::fs::lchown(plain.join("lower"), Some(uid), Some(gid)).unwrap();
@@ -1778,15 +1779,8 @@ fn rootless_rm_rf_of_a_lower_tree_copies_no_file_up() {
     }
     base.file("keep", "kept\n").owner(uid, gid);
     let stack = env.stack(&[&base]);
-    let UserRw {
-        upper: _,
-        work: sw,
-        mnt: smnt,
-        opts,
-    } = user_rw(&env, &stack.lowers, uid, gid);
-    let m = RootlessMount::start(&opts, &smnt, Some((uid, gid)), &env.path("mount.log"))
-        .unwrap_or_else(|e| panic!("rootless mount failed: {e}"));
-    let watch = CreateWatch::new(&sw);
+    let (rw, m) = mount_user_rw(&env, &stack.lowers, uid, gid);
+    let watch = CreateWatch::new(&rw.work);
     run_ok(
         as_user(uid, gid, "rm").arg("-rf").arg(m.join("tree")),
         Duration::from_secs(60),
@@ -1802,7 +1796,7 @@ fn rootless_rm_rf_of_a_lower_tree_copies_no_file_up() {
         ));
     }
     problems.extend(m.finish());
-    let again = RootlessMount::start(&opts, &smnt, Some((uid, gid)), &env.path("mount2.log"))
+    let again = RootlessMount::start(&rw.opts, &rw.mnt, Some((uid, gid)), &env.path("mount2.log"))
         .unwrap_or_else(|e| panic!("rootless remount failed: {e}"));
     if again.join("tree").exists()
         || fs::read(again.join("keep")).ok().as_deref() != Some(b"kept\n")

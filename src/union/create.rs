@@ -76,9 +76,10 @@ impl Union {
         // (the kernel holds the parent locked against other changes of it).
         let had_upper = layers.first().is_some_and(|ld| self.is_upper(ld.layer));
         let dir = self.upper_dir(&parent)?;
-        let over_whiteout = match had_upper {
-            true => matches!(found, Found::WhiteoutAt(0)),
-            false => matches!(layer::probe(dir.as_fd(), &name)?, Presence::Whiteout),
+        let over_whiteout = if had_upper {
+            matches!(found, Found::WhiteoutAt(0))
+        } else {
+            matches!(layer::probe(dir.as_fd(), &name)?, Presence::Whiteout)
         };
         let pattr = self.refresh_attr(&parent)?;
         let setgid_parent = pattr.perm as u32 & libc::S_ISGID != 0;
