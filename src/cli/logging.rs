@@ -9,7 +9,12 @@ pub fn init(debug: bool, file: Option<&std::path::Path>) {
     let filter = if debug {
         EnvFilter::new("stratafs=debug")
     } else {
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"))
+        // fuser reports replies the kernel no longer wants: requests it
+        // aborted or a caller gave up, and, with the io_uring queues, every
+        // answer to an INTERRUPT (the request it names is on a ring, which
+        // /dev/fuse does not know). None is ours to act on.
+        EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new("warn,fuser::reply=off"))
     };
     // Each request is a span: with --debug, one line as it starts.
     let spans = if debug { FmtSpan::NEW } else { FmtSpan::NONE };

@@ -48,7 +48,7 @@ enum WhiteoutArg {
     after_help = "Drop-in for fuse-overlayfs: the second form takes fuse-overlayfs' command line \
                   and options (lowerdir, upperdir, workdir, uidmapping, gidmapping, squash_to_root, \
                   squash_to_uid, squash_to_gid, static_nlink, noacl, fsync, volatile, timeout, \
-                  writeback, passthrough, noxattrs, xattr_permissions, allow_other, allow_root, ro, suid, dev, \
+                  writeback, passthrough, uring, noxattrs, xattr_permissions, allow_other, allow_root, ro, suid, dev, \
                   exec, noatime, max_write, ...), mounts, and returns once the mount is ready. \
                   -f stays in the foreground, -d logs every request. Installed as \
                   mount.fuse.stratafs it serves mount(8) and /etc/fstab."
@@ -121,6 +121,11 @@ enum Command {
         /// Number of FUSE request loops (default: two per CPU, at least 4).
         #[arg(long, default_value_t = 0, value_name = "N")]
         threads: usize,
+        /// Serve requests through FUSE over io_uring (on: fail if the kernel
+        /// does not offer it; default: use it when the kernel offers it,
+        /// which it does once root sets fuse.enable_uring).
+        #[arg(long, value_enum, value_name = "on|off")]
+        uring: Option<Switch>,
         /// Log every request (same as RUST_LOG=stratafs=debug); implies --foreground.
         #[arg(short, long)]
         debug: bool,
@@ -391,6 +396,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             metacopy,
             foreground,
             threads,
+            uring,
             debug,
             targets,
         } => {
@@ -439,6 +445,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 foreground: foreground || debug,
                 fuse: FuseOptions {
                     threads: Some(threads),
+                    uring: uring.map(|u| u == Switch::On),
                     ..FuseOptions::default()
                 },
                 view: ViewOptions::default(),

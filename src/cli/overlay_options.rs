@@ -188,6 +188,7 @@ impl OverlayOptions {
             }
             "writeback" => self.fuse.writeback = Some(flag(name, &need(value)?)?),
             "passthrough" => self.fuse.passthrough = Some(flag(name, &need(value)?)?),
+            "uring" => self.fuse.uring = Some(flag(name, &need(value)?)?),
             "noxattrs" => self.view.no_xattrs = flag(name, &need(value)?)?,
             "xattr_permissions" => {
                 self.view.override_stat = match need(value)?.as_str() {

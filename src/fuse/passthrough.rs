@@ -15,15 +15,16 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use fuser::BackingId;
 use parking_lot::Mutex;
+
+use super::reply::Backing;
 
 /// How one open is served.
 pub enum Route {
     /// Through the daemon, with the kernel page cache.
     Cached,
     /// By the kernel on this backing file.
-    Backed(Arc<BackingId>),
+    Backed(Arc<Backing>),
     /// Not at all: the inode is passed through to another file (a bug if
     /// it happens; EIO rather than the wrong file).
     Refused,
@@ -34,7 +35,7 @@ type FileKey = (u64, u64);
 
 enum Mode {
     Cached,
-    Backed { id: Arc<BackingId>, file: FileKey },
+    Backed { id: Arc<Backing>, file: FileKey },
 }
 
 struct Open {
@@ -47,6 +48,10 @@ pub struct Passthrough {
     enabled: AtomicBool,
     /// Set once an inode was tracked: from then on every open and release is.
     tracking: AtomicBool,
+    /// Opens are answered through io_uring queues (once they are up); the
+    /// kernel knows a backing file by the number one transport registered,
+    /// which the other cannot send: /dev/fuse then backs no new inode.
+    ring: AtomicBool,
     inodes: Mutex<Inodes>,
 }
 
@@ -65,17 +70,23 @@ impl Passthrough {
         }
     }
 
+    pub fn use_ring(&self) {
+        self.ring.store(true, Ordering::Relaxed);
+    }
+
     /// Picks how handle `fh` of inode `ino` is served. `stable_fd` gives its
     /// real file if that never changes while open (asked only when needed:
     /// opens are a hot path); `writable` if open for writing;
-    /// `open_backing` registers the file with the kernel.
+    /// `open_backing` registers the file with the kernel through the
+    /// transport that answers (`ring`: an io_uring queue).
     pub fn route(
         &self,
         ino: u64,
         fh: u64,
         stable_fd: impl FnOnce() -> Option<Arc<OwnedFd>>,
         writable: bool,
-        open_backing: impl FnOnce(BorrowedFd<'_>) -> std::io::Result<BackingId>,
+        ring: bool,
+        open_backing: impl FnOnce(BorrowedFd<'_>) -> std::io::Result<Backing>,
     ) -> Route {
         if !self.tracking.load(Ordering::Relaxed) {
             return Route::Cached;
@@ -86,7 +97,8 @@ impl Passthrough {
                 let route = match &open.mode {
                     Mode::Cached => Route::Cached,
                     Mode::Backed { id, file }
-                        if stable_fd().and_then(|fd| file_key(fd.as_fd())) == Some(*file) =>
+                        if id.is_ring() == ring
+                            && stable_fd().and_then(|fd| file_key(fd.as_fd())) == Some(*file) =>
                     {
                         Route::Backed(id.clone())
                     }
@@ -99,7 +111,11 @@ impl Passthrough {
                 route
             }
             None => {
-                let mode = self.first_mode(stable_fd, writable, open_backing);
+                let mode = if ring || !self.ring.load(Ordering::Relaxed) {
+                    self.first_mode(stable_fd, writable, open_backing)
+                } else {
+                    Mode::Cached
+                };
                 let route = match &mode {
                     Mode::Cached => Route::Cached,
                     Mode::Backed { id, .. } => Route::Backed(id.clone()),
@@ -117,7 +133,7 @@ impl Passthrough {
         &self,
         stable_fd: impl FnOnce() -> Option<Arc<OwnedFd>>,
         writable: bool,
-        open_backing: impl FnOnce(BorrowedFd<'_>) -> std::io::Result<BackingId>,
+        open_backing: impl FnOnce(BorrowedFd<'_>) -> std::io::Result<Backing>,
     ) -> Mode {
         if !self.enabled.load(Ordering::Relaxed) {
             return Mode::Cached;

@@ -58,7 +58,13 @@ pub fn spawn(serve: impl FnOnce(Ready) -> Result<(), MountError>) -> Result<(), 
         }
         ForkResult::Child => {
             drop(reader);
-            let _ = rustix::process::setsid();
+            // A process group of its own keeps the terminal's job-control
+            // signals (Ctrl-C, hangup of the foreground job) away. Not a
+            // session of its own: with autogroup scheduling a new session
+            // is a new scheduling group, and a daemon in another group than
+            // its callers is woken on another CPU for every request, which
+            // costs most of what FUSE over io_uring saves (docs/performance.md).
+            let _ = rustix::process::setpgid(None, None);
             let result = serve(Ready { pipe: writer });
             std::process::exit(if result.is_ok() { 0 } else { 1 });
         }

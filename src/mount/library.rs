@@ -32,6 +32,8 @@ pub struct Mount {
     upper: Option<PathBuf>,
     work: Option<PathBuf>,
     session: Option<BackgroundSession>,
+    /// The io_uring queue threads, which hold the file system until they end.
+    rings: Option<crate::fuse::ring::Rings>,
     core: std::sync::Arc<Union>,
     /// Removed after unmounting: a temporary mount point, an ephemeral upper.
     temporary: Vec<PathBuf>,
@@ -195,7 +197,11 @@ impl MountBuilder {
             }
         };
         let union = std::sync::Arc::new(union);
-        let (session, mounted_here) = match open_session(&spec, union.clone()) {
+        let super::Opened {
+            session,
+            here: mounted_here,
+            rings,
+        } = match open_session(&spec, union.clone()) {
             Ok(s) => s,
             Err(e) => {
                 cleanup(&temporary);
@@ -221,6 +227,7 @@ impl MountBuilder {
             work: spec.upper.as_ref().map(|u| u.work.clone()),
             upper,
             session: Some(session),
+            rings,
             core: union,
             temporary,
             _keep_alive: self.keep_alive,
@@ -286,8 +293,12 @@ impl Mount {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         // Unmounted (mount(2) or fusermount3), the request loop ends.
+        let rings = self.rings.take();
         if unmount(&self.path, false).is_ok() {
             let _ = session.join();
+            if let Some(rings) = rings {
+                rings.wait(super::RINGS_END);
+            }
             remove();
             return Ok(());
         }

@@ -27,7 +27,7 @@ pub use registry::{
 pub use scratch::{ephemeral_upper, temp_dir, work_beside};
 pub use unmount::unmount;
 
-use crate::fuse::{AdapterConfig, StrataFs};
+use crate::fuse::{AdapterConfig, DevFs, StrataFs};
 use crate::union::{Union, UpperSpec, ViewOptions};
 
 /// What to mount and how.
@@ -222,6 +222,18 @@ fn adapter_config(spec: &MountSpec) -> AdapterConfig {
     cfg.writeback = spec.fuse.writeback;
     cfg.passthrough = spec.fuse.passthrough.unwrap_or_else(privileged);
     cfg.max_write = spec.fuse.max_write;
+    cfg.uring = match spec.fuse.uring {
+        Some(false) => false,
+        // An explicit request that cannot be met fails at the handshake.
+        Some(true) => true,
+        None => match crate::fuse::ring::available() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "FUSE over io_uring not usable here");
+                false
+            }
+        },
+    };
     cfg
 }
 
@@ -274,11 +286,8 @@ fn name_fusermount() {
 /// Mounts `union` at the spec's mount point and returns the session (not
 /// yet serving), and whether the mount was made here with mount(2) (then
 /// it is ours to unmount; fuser's own mounts are fuser's).
-fn open_session(
-    spec: &MountSpec,
-    union: Arc<Union>,
-) -> Result<(Session<StrataFs>, bool), MountError> {
-    let fs = StrataFs::new(union, adapter_config(spec));
+fn open_session(spec: &MountSpec, union: Arc<Union>) -> Result<Opened, MountError> {
+    let fs = Arc::new(StrataFs::new(union, adapter_config(spec)));
     let config = session_config(spec);
     let fuse_err = |err: std::io::Error| MountError::Fuse {
         path: spec.mountpoint.clone(),
@@ -294,12 +303,73 @@ fn open_session(
     .map_err(fuse_err)?;
     let here = direct.is_some();
     let session = match direct {
-        Some(fd) => Session::from_fd(fs, fd, config.acl, config.clone()).inspect_err(|_| {
-            let _ = unmount(&spec.mountpoint, true);
-        }),
-        None => Session::new(fs, &spec.mountpoint, &config),
+        Some(fd) => Session::from_fd(DevFs(fs.clone()), fd, config.acl, config.clone()),
+        None => Session::new(DevFs(fs.clone()), &spec.mountpoint, &config),
     };
-    Ok((session.map_err(fuse_err)?, here))
+    let undo = || {
+        if here {
+            let _ = unmount(&spec.mountpoint, true);
+        }
+    };
+    let session = session.inspect_err(|_| undo()).map_err(fuse_err)?;
+    match serve_rings(spec, &fs, &session, config.acl) {
+        Ok(rings) => Ok(Opened {
+            session,
+            here,
+            rings,
+        }),
+        Err(err) => {
+            drop(session);
+            undo();
+            Err(fuse_err(err))
+        }
+    }
+}
+
+/// A mounted session, not yet serving /dev/fuse.
+struct Opened {
+    session: Session<DevFs>,
+    /// Mounted here with mount(2): ours to unmount (fuser's own mounts are fuser's).
+    here: bool,
+    /// The io_uring queues, already serving, if the kernel agreed to them.
+    rings: Option<crate::fuse::ring::Rings>,
+}
+
+/// How long the end of a mount waits for its queue threads.
+const RINGS_END: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Starts the io_uring queues if the kernel agreed to them; an explicit
+/// `uring=1` fails the mount when it did not.
+fn serve_rings(
+    spec: &MountSpec,
+    fs: &Arc<StrataFs>,
+    session: &Session<DevFs>,
+    acl: SessionACL,
+) -> std::io::Result<Option<crate::fuse::ring::Rings>> {
+    use std::os::fd::AsFd;
+    if !fs.uring() {
+        if spec.fuse.uring == Some(true) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "uring=1: the kernel offers no FUSE over io_uring (Linux 6.14+ with \
+                 `echo Y > /sys/module/fuse/parameters/enable_uring`)",
+            ));
+        }
+        return Ok(None);
+    }
+    // Agreed on: the kernel now holds every request until all queues are
+    // registered, so a failure here must fail the mount.
+    let dev = session.as_fd().try_clone_to_owned()?;
+    crate::fuse::ring::start(fs.clone(), dev, acl, threads(spec))
+        .map(Some)
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "registering the FUSE io_uring queues: {e} (uring=0 serves through /dev/fuse)"
+                ),
+            )
+        })
 }
 
 fn serve(spec: &MountSpec, union: Union, ready: Option<daemon::Ready>) -> Result<(), MountError> {
@@ -313,7 +383,11 @@ fn serve(spec: &MountSpec, union: Union, ready: Option<daemon::Ready>) -> Result
     let _registered = register(&spec.record());
     name_fusermount();
     let mounted = open_session(spec, Arc::new(union));
-    let (mut session, mounted_here) = match mounted {
+    let Opened {
+        mut session,
+        here: mounted_here,
+        rings,
+    } = match mounted {
         Ok(m) => m,
         Err(e) => {
             if let Some(ready) = ready {
@@ -346,9 +420,13 @@ fn serve(spec: &MountSpec, union: Union, ready: Option<daemon::Ready>) -> Result
         ready.succeeded();
     }
     tracing::info!(mountpoint = %spec.mountpoint.display(), "mounted");
-    session
+    let served = session
         .run()
-        .map_err(|e| MountError::io("serving the mount", e))?;
+        .map_err(|e| MountError::io("serving the mount", e));
+    if let Some(rings) = rings {
+        rings.wait(RINGS_END);
+    }
+    served?;
     let _ = std::io::stderr().flush();
     Ok(())
 }

@@ -38,6 +38,8 @@ pub struct FuseOptions {
     /// FUSE passthrough for file I/O; `None` means "when privileged".
     pub passthrough: Option<bool>,
     pub max_write: Option<u32>,
+    /// FUSE over io_uring; `None` means "when the kernel offers it".
+    pub uring: Option<bool>,
     /// FUSE event loops; `None` picks two per CPU (at least four).
     pub threads: Option<usize>,
     pub fsname: Option<String>,
@@ -60,6 +62,7 @@ impl Default for FuseOptions {
             writeback: None,
             passthrough: None,
             max_write: None,
+            uring: None,
             threads: None,
             fsname: None,
             subtype: None,

@@ -1,0 +1,235 @@
+//! FUSE over io_uring: with the kernel's `fuse.enable_uring` on, requests reach the daemon
+//! through one io_uring queue per CPU instead of /dev/fuse. The whole suite runs a second
+//! time with it on (`.ci/run`); these tests show that the queues really carry the requests,
+//! and that asking for them where the kernel offers none fails the mount cleanly.
+
+mod common;
+
+use common::sys::{lgetxattr, lsetxattr};
+use common::*;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::Duration;
+
+const PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
+
+/// The kernel's switch, if it has FUSE over io_uring at all.
+fn uring_param() -> Option<bool> {
+    fs::read_to_string(PARAM).ok().map(|v| v.trim() == "Y")
+}
+
+/// Per thread of the daemon's processes: its name and how often it has slept
+/// (`voluntary_ctxt_switches`).
+fn thread_wakeups(pids: &[i32]) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let tasks = pids.iter().flat_map(|pid| {
+        fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+    });
+    for t in tasks {
+        let t = t.unwrap().path();
+        let (Ok(comm), Ok(status)) = (
+            fs::read_to_string(t.join("comm")),
+            fs::read_to_string(t.join("status")),
+        ) else {
+            continue;
+        };
+        let switches = status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        out.push((comm.trim().to_string(), switches));
+    }
+    out
+}
+
+fn ring_wakeups(pids: &[i32]) -> u64 {
+    thread_wakeups(pids)
+        .iter()
+        .filter(|(name, _)| name.starts_with("ring-"))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+fn possible_cpus() -> usize {
+    let list = fs::read_to_string("/sys/devices/system/cpu/possible").unwrap();
+    let last: usize = list
+        .trim()
+        .rsplit([',', '-'])
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    last + 1
+}
+
+fn pattern(len: usize, salt: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(13).wrapping_add(salt) ^ (i >> 11) as u8)
+        .collect()
+}
+
+fn mount_uring<'a>(
+    env: &TestEnv,
+    stack: &'a Stack<'_>,
+    upper: &UpperSpec,
+    log: &Path,
+) -> StratafsMount<'a> {
+    let mnt = env.fresh_dir("mnt/u");
+    let mut cmd = mount_command_with(&stack.lowers, Some(upper), &mnt, true);
+    cmd.args(["--uring", "on"]);
+    StratafsMount::start_command(cmd, &mnt, log, MountMode::Foreground)
+        .unwrap_or_else(|e| panic!("mount with --uring on failed: {e}"))
+}
+
+/// With `--uring on`, queue threads run for every possible CPU and the requests of a mixed
+/// workload (a 3000-entry listing, a 3 MiB lower file, xattrs, a 5 MiB file written, synced,
+/// and read back after the caches are dropped, renames, removals, then 500 first lookups)
+/// wake those threads: the requests travel through the rings, and every answer is right.
+#[test]
+fn requests_travel_through_the_io_uring_queues() {
+    require_root();
+    match uring_param() {
+        None => {
+            eprintln!("SKIP: this kernel has no FUSE over io_uring ({PARAM})");
+            return;
+        }
+        // Turning it on is safe beside other tests (their new mounts use it too); turning it
+        // off is not (a live mount's queues would be refused), so it is left on.
+        Some(false) => fs::write(PARAM, "Y").expect("turning fuse.enable_uring on"),
+        Some(true) => {}
+    }
+    let env = TestEnv::new("uring-io");
+    let base = env.layer("base");
+    let big = pattern(3 << 20, 5);
+    base.file("big", &big);
+    base.file("tagged", b"t").xattr("user.k", b"value of k");
+    for i in 0..3000 {
+        base.file(format!("many/f{i:04}"), format!("{i}"));
+    }
+    let stack = env.stack(&[&base]);
+    let (upper, work) = upper_work(&env.fresh_dir("rw"));
+    let m = mount_uring(
+        &env,
+        &stack,
+        &UpperSpec::new(&upper, &work),
+        &env.root.join("u.log"),
+    );
+    let pids = m.daemon_pids().to_vec();
+    let rings = || -> Vec<String> {
+        thread_wakeups(&pids)
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| n.starts_with("ring-"))
+            .collect()
+    };
+    // A foreground mount shows in /proc/mounts before its handshake: the queues follow.
+    let every_cpu = |rings: &[String]| {
+        (0..possible_cpus()).all(|cpu| rings.iter().any(|r| r.starts_with(&format!("ring-{cpu}."))))
+    };
+    wait_until(Duration::from_secs(20), || every_cpu(&rings()));
+    assert!(
+        every_cpu(&rings()),
+        "not every possible CPU's queue has a thread: {:?}",
+        rings()
+    );
+    let before = ring_wakeups(&pids);
+
+    let mut names: Vec<String> = fs::read_dir(m.join("many"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 3000);
+    assert_eq!(names[1234], "f1234");
+    assert_eq!(fs::read(m.join("many/f2999")).unwrap(), b"2999");
+    assert!(
+        fs::read(m.join("big")).unwrap() == big,
+        "lower file read wrong"
+    );
+    assert_eq!(
+        lgetxattr(&m.join("tagged"), b"user.k").unwrap(),
+        b"value of k"
+    );
+
+    let new = pattern(5 << 20, 9);
+    let mut f = fs::File::create(m.join("new")).unwrap();
+    f.write_all(&new).unwrap();
+    f.write_all_at(b"patched", 4096).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    lsetxattr(&m.join("new"), b"user.n", b"nv").unwrap();
+    fs::rename(m.join("new"), m.join("renamed")).unwrap();
+    fs::remove_file(m.join("many/f0007")).unwrap();
+    fs::create_dir(m.join("made")).unwrap();
+    drop_kernel_caches();
+    let mut expect = new.clone();
+    expect[4096..4096 + 7].copy_from_slice(b"patched");
+    assert!(
+        fs::read(m.join("renamed")).unwrap() == expect,
+        "written file read back wrong"
+    );
+    assert_eq!(lgetxattr(&m.join("renamed"), b"user.n").unwrap(), b"nv");
+    assert!(!m.join("many/f0007").exists());
+    assert!(m.join("made").is_dir());
+    assert!(
+        fs::read(upper.join("renamed")).unwrap() == expect,
+        "upper copy differs"
+    );
+
+    // 500 first lookups, one request each, one after the other: each wakes a queue thread.
+    drop_kernel_caches();
+    for i in 10..510 {
+        assert_eq!(
+            fs::symlink_metadata(m.join(format!("many/f{i:04}")))
+                .unwrap()
+                .len(),
+            format!("{i}").len() as u64
+        );
+    }
+    let served = ring_wakeups(&pids) - before;
+    assert!(
+        served >= 500,
+        "the queue threads woke {served} times for a workload of more than 500 requests"
+    );
+    m.unmount();
+    stack.assert_layers_unchanged();
+}
+
+/// `--uring on` where the kernel offers no FUSE over io_uring (`fuse.enable_uring` off) is an
+/// error that says what to turn on, and leaves nothing mounted. (Runs when the switch is off:
+/// the suite's first pass; a test may not turn it off under other tests' live queues.)
+#[test]
+fn uring_on_without_kernel_support_fails_and_mounts_nothing() {
+    require_root();
+    if uring_param() != Some(false) {
+        eprintln!("SKIP: fuse.enable_uring is not off here");
+        return;
+    }
+    let env = TestEnv::new("uring-off");
+    let base = env.layer("base");
+    base.file("a", b"a");
+    let stack = env.stack(&[&base]);
+    let (upper, work) = upper_work(&env.fresh_dir("rw"));
+    let mnt = env.fresh_dir("mnt/u");
+    let mut cmd = mount_command_with(
+        &stack.lowers,
+        Some(&UpperSpec::new(&upper, &work)),
+        &mnt,
+        false,
+    );
+    cmd.args(["--uring", "on"]);
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "mounted anyway: {stderr}");
+    assert!(
+        stderr.contains("enable_uring"),
+        "the error does not say what to turn on: {stderr}"
+    );
+    assert!(!is_mounted(&mnt), "a failed mount left {mnt:?} mounted");
+    stack.assert_layers_unchanged();
+}
