@@ -1119,9 +1119,9 @@ ENABLE_URING = "/sys/module/fuse/parameters/enable_uring"
 
 def round_trips(tmp):
     """One FUSE round trip's cost on this machine (bench/fuse-rtt.c): through
-    /dev/fuse, as every implementation here talks to the kernel, and through
-    FUSE over io_uring, which the kernel offers only while fuse.enable_uring is
-    on (turned on for that one measurement and back at once)."""
+    /dev/fuse, as fuse-overlayfs talks to the kernel, and through FUSE over
+    io_uring, which the kernel offers only while fuse.enable_uring is on
+    (turned on for that one measurement if the run has it off)."""
     exe, mnt = os.path.join(tmp, "fuse-rtt"), os.path.join(tmp, "rtt")
     try:
         sh(["cc", "-O2", "-pthread", "-o", exe, os.path.join(HERE, "fuse-rtt.c")])
@@ -1152,7 +1152,7 @@ def round_trips(tmp):
     finally:
         with open(ENABLE_URING, "w") as f:
             f.write(f"{was}\n")
-    return f"/dev/fuse {dev}; FUSE over io_uring {uring} (fuse.enable_uring is {was}, on only for this)"
+    return f"/dev/fuse {dev}; FUSE over io_uring {uring}"
 
 
 def busy_processes():
@@ -1479,6 +1479,10 @@ def main():
                         "guest_halt_poll_ns) for the run and restore it after; the report says so "
                         "(an experiment: FUSE round trips are cross-CPU wake-ups, which halt "
                         "polling makes cheaper; default: leave the machine as it is)")
+    p.add_argument("--uring", choices=["on", "off"], default="on",
+                   help="fuse.enable_uring for the run (default on: stratafs then serves requests through "
+                        "FUSE over io_uring; fuse-overlayfs 1.10 does not use it); the machine's setting "
+                        "is restored after")
     p.add_argument("--damon-off", action="store_true",
                    help="turn the machine's DAMON workers off for the run and back on after; the report "
                         "says so (an experiment: their pageout reclaims page cache the kernel just filled, "
@@ -1552,6 +1556,14 @@ def main():
             f.write(f"{args.halt_poll_ns}\n")
         log(f"guest_halt_poll_ns {halt_poll} -> {args.halt_poll_ns} for this run")
 
+    uring_was = None
+    if os.path.exists(ENABLE_URING):
+        with open(ENABLE_URING) as f:
+            uring_was = f.read().strip()
+        with open(ENABLE_URING, "w") as f:
+            f.write("Y\n" if args.uring == "on" else "N\n")
+        log(f"fuse.enable_uring {uring_was} -> {'Y' if args.uring == 'on' else 'N'} for this run")
+
     damon = damon_running()
     if args.damon_off:
         for state in damon:
@@ -1561,6 +1573,9 @@ def main():
 
     def cleanup():
         MOUNTS.cleanup()
+        if uring_was is not None:
+            with open(ENABLE_URING, "w") as f:
+                f.write(f"{uring_was}\n")
         if args.damon_off:
             for state in damon:
                 with open(state, "w") as f:
@@ -1585,6 +1600,11 @@ def main():
     if args.damon_off and damon:
         notes.append(f"the machine's DAMON workers ({', '.join(sorted({a for acts in damon.values() for a in acts}))}) "
                      "turned off for this run")
+    if uring_was is not None:
+        notes.append(f"fuse.enable_uring {'Y' if args.uring == 'on' else 'N'} for this run (the machine's own "
+                     f"setting: {uring_was}): stratafs serves "
+                     + ("through FUSE over io_uring queues" if args.uring == "on" else "through /dev/fuse")
+                     + "; kernel overlayfs and fuse-overlayfs 1.10 do not use it")
     if halt_poll is not None:
         notes.append(f"guest cpuidle halt polling set to {args.halt_poll_ns} ns for this run "
                      f"(guest_halt_poll_ns; the machine's own setting: {halt_poll})")

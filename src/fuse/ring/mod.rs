@@ -1,8 +1,8 @@
-//! FUSE over io_uring: one queue per CPU, each served by a thread pinned
-//! to that CPU. The kernel puts a request on the queue of the CPU its
-//! caller runs on; the reply and the wait for the next request are one
-//! system call, and the caller is woken on its own CPU. A round trip costs
-//! about a third of one through /dev/fuse (bench/fuse-rtt.c).
+//! FUSE over io_uring: one queue per CPU, each served by threads pinned to
+//! that CPU. The kernel puts a request on the queue of the CPU its caller
+//! runs on; the reply and the wait for the next request are one system
+//! call, and the caller is woken on its own CPU. A round trip costs about a
+//! third of one through /dev/fuse (docs/performance.md).
 //!
 //! fuser still reads /dev/fuse: the handshake, FORGETs and INTERRUPTs (the
 //! kernel never puts those on the rings), and every request until all
@@ -24,7 +24,7 @@ use super::ops::SetAttrArgs;
 use super::reply::{Ctx, EmptyReply, Reply};
 use crate::sys::{FuseQueue, Slot};
 use abi::{InHeader, names, u32_at, u64_at};
-use reply::RingReply;
+use reply::{RingReply, WriteOutcome};
 
 /// Threads per CPU queue, each with one entry: a request that takes long
 /// (a copy-up of a big file) occupies one, and the kernel hands the CPU's
@@ -241,27 +241,39 @@ fn dispatch(
         b
     };
     let len = slot.payload_len().min(slot.payload.len());
-    // The reply is written where the request's names and data are: they
-    // are read from a copy (a thread's own buffer, reused).
-    scratch.clear();
-    scratch.extend_from_slice(&slot.payload[..len]);
-    let payload = &scratch[..];
     let ctx = Ctx {
         uid: h.uid,
         gid: h.gid,
         pid: h.pid,
     };
+    let mut sent = false;
+    if !gate.admits(h.uid, h.opcode) {
+        RingReply::new(slot, h.unique, dev, 0, &mut sent).error(Errno::EACCES);
+        return;
+    }
+    if h.opcode == abi::WRITE {
+        // The data is read where the kernel put it; the answer (a size) is
+        // written there after.
+        let size = (u32_at(&op_in, 16) as usize).min(len);
+        let kill = u32_at(&op_in, 20) & abi::FUSE_WRITE_KILL_SUIDGID != 0;
+        let mut outcome = WriteOutcome::default();
+        let (fh, offset) = (u64_at(&op_in, 0), u64_at(&op_in, 8));
+        fs.do_write(&ctx, fh, offset, &slot.payload[..size], kill, &mut outcome);
+        outcome.send(RingReply::new(slot, h.unique, dev, 0, &mut sent));
+        return;
+    }
+    // The reply is written where the request's names are: they are read
+    // from a copy (a thread's own buffer, reused; a few bytes but for
+    // setxattr values).
+    scratch.clear();
+    scratch.extend_from_slice(&slot.payload[..len]);
+    let payload = &scratch[..];
     let limit = match h.opcode {
         abi::READDIR | abi::READDIRPLUS => u32_at(&op_in, 16) as usize,
         _ => usize::MAX,
     };
-    let mut sent = false;
     let reply = RingReply::new(slot, h.unique, dev, limit, &mut sent);
-    if gate.admits(h.uid, h.opcode) {
-        op(fs, &ctx, &h, &op_in, payload, reply);
-    } else {
-        reply.error(Errno::EACCES);
-    }
+    op(fs, &ctx, &h, &op_in, payload, reply);
     if !sent {
         let reply = RingReply::new(slot, h.unique, dev, usize::MAX, &mut sent);
         reply.error(Errno::EIO);
@@ -334,11 +346,6 @@ fn op(fs: &StrataFs, ctx: &Ctx, h: &InHeader, o: &[u8], payload: &[u8], r: RingR
         abi::LINK => fs.do_link(u64_at(o, 0), ino, name(), r),
         abi::OPEN => fs.do_open(ctx, ino, u32_at(o, 0) as i32, r),
         abi::READ => fs.do_read(u64_at(o, 0), u64_at(o, 8), u32_at(o, 16), r),
-        abi::WRITE => {
-            let size = (u32_at(o, 16) as usize).min(payload.len());
-            let kill = u32_at(o, 20) & abi::FUSE_WRITE_KILL_SUIDGID != 0;
-            fs.do_write(ctx, u64_at(o, 0), u64_at(o, 8), &payload[..size], kill, r)
-        }
         abi::STATFS => fs.do_statfs(r),
         abi::RELEASE => fs.do_release(u64_at(o, 0), r),
         abi::FSYNC => fs.do_fsync(u64_at(o, 0), u32_at(o, 8) & 1 != 0, r),

@@ -74,6 +74,26 @@ impl<'a, 'b> RingReply<'a, 'b> {
     fn bytes(self, data: &[u8]) {
         self.body(data.len(), |o| o.buf.copy_from_slice(data))
     }
+
+    /// Adds a listing entry of `size` bytes, written by `fill` at the
+    /// offset it is given; false (nothing written) once it would not fit.
+    fn append(&mut self, size: usize, fill: impl FnOnce(&mut Out<'_>, usize)) -> bool {
+        if self.used + size > self.limit {
+            return false;
+        }
+        let mut o = Out {
+            buf: &mut self.slot.payload[..self.limit],
+        };
+        fill(&mut o, self.used);
+        self.used += size;
+        true
+    }
+
+    /// Ends a listing with the entries appended.
+    fn listing(self) {
+        let used = self.used;
+        self.finish(0, used)
+    }
 }
 
 impl Reply for RingReply<'_, '_> {
@@ -225,20 +245,13 @@ impl CreateReply for RingReply<'_, '_> {
 
 impl DirReply for RingReply<'_, '_> {
     fn add(&mut self, ino: INodeNo, offset: u64, kind: FileType, name: &OsStr) -> bool {
-        let size = abi::dirent_size(name);
-        if self.used + size > self.limit {
-            return true;
-        }
-        let mut o = Out {
-            buf: &mut self.slot.payload[..self.limit],
-        };
-        abi::put_dirent(&mut o, self.used, ino.0, offset, kind, name);
-        self.used += size;
-        false
+        let added = self.append(abi::dirent_size(name), |o, at| {
+            abi::put_dirent(o, at, ino.0, offset, kind, name)
+        });
+        !added
     }
     fn ok(self) {
-        let used = self.used;
-        self.finish(0, used)
+        self.listing()
     }
 }
 
@@ -252,27 +265,40 @@ impl DirPlusReply for RingReply<'_, '_> {
         attr: &FileAttr,
         generation: Generation,
     ) -> bool {
-        let size = ENTRY_OUT + abi::dirent_size(name);
-        if self.used + size > self.limit {
-            return true;
-        }
-        let mut o = Out {
-            buf: &mut self.slot.payload[..self.limit],
-        };
-        abi::put_entry(&mut o, self.used, ttl, attr, generation.0);
-        abi::put_dirent(
-            &mut o,
-            self.used + ENTRY_OUT,
-            ino.0,
-            offset,
-            attr.kind,
-            name,
-        );
-        self.used += size;
-        false
+        let added = self.append(ENTRY_OUT + abi::dirent_size(name), |o, at| {
+            abi::put_entry(o, at, ttl, attr, generation.0);
+            abi::put_dirent(o, at + ENTRY_OUT, ino.0, offset, attr.kind, name);
+        });
+        !added
     }
     fn ok(self) {
-        let used = self.used;
-        self.finish(0, used)
+        self.listing()
+    }
+}
+
+/// A write's answer, held until the data it wrote (in the entry's payload)
+/// is no longer borrowed; then sent.
+#[derive(Default)]
+pub struct WriteOutcome(Option<Result<u32, Errno>>);
+
+impl WriteOutcome {
+    pub fn send(self, reply: RingReply<'_, '_>) {
+        match self.0 {
+            Some(Ok(n)) => reply.written(n),
+            Some(Err(e)) => reply.error(e),
+            None => reply.error(Errno::EIO),
+        }
+    }
+}
+
+impl Reply for &mut WriteOutcome {
+    fn error(self, err: Errno) {
+        self.0 = Some(Err(err));
+    }
+}
+
+impl WriteReply for &mut WriteOutcome {
+    fn written(self, size: u32) {
+        self.0 = Some(Ok(size));
     }
 }
