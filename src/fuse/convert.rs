@@ -22,12 +22,34 @@ pub fn file_type(kind: Kind) -> FileType {
     }
 }
 
-fn system_time(t: Time) -> SystemTime {
+pub fn system_time(t: Time) -> SystemTime {
     if t.sec >= 0 {
         UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec)
     } else {
         // Times before 1970: step back whole seconds, then forward the nanoseconds.
         UNIX_EPOCH - Duration::from_secs(t.sec.unsigned_abs()) + Duration::from_nanos(t.nsec.into())
+    }
+}
+
+/// The inverse of [`system_time`]: seconds and nanoseconds as the kernel
+/// counts them (before 1970: the second below, and nanoseconds forward).
+pub fn unix_time(t: SystemTime) -> Time {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => Time {
+            sec: d.as_secs() as i64,
+            nsec: d.subsec_nanos(),
+        },
+        Err(e) => {
+            let d = e.duration();
+            let sec = -(d.as_secs() as i64);
+            match d.subsec_nanos() {
+                0 => Time { sec, nsec: 0 },
+                n => Time {
+                    sec: sec - 1,
+                    nsec: 1_000_000_000 - n,
+                },
+            }
+        }
     }
 }
 
@@ -76,5 +98,25 @@ pub fn negative_entry() -> FileAttr {
         rdev: 0,
         blksize: 4096,
         flags: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_round_trip_on_both_sides_of_1970() {
+        for (sec, nsec) in [
+            (0, 0),
+            (1, 5),
+            (-1, 0),
+            (-1, 999_999_999),
+            (-86_400, 1),
+            (1 << 40, 7),
+        ] {
+            let t = Time { sec, nsec };
+            assert_eq!(unix_time(system_time(t)), t, "{sec}.{nsec}");
+        }
     }
 }

@@ -18,8 +18,8 @@ use fuser::{Generation, TimeOrNow};
 
 use crate::union::{Caller, SetTime, Union};
 use convert::file_attr;
-use passthrough::{Passthrough, Route};
-use reply::{Backing, Ctx};
+use passthrough::Passthrough;
+use reply::Ctx;
 
 /// Options of the adapter that are not union semantics.
 #[derive(Debug, Clone)]
@@ -95,21 +95,6 @@ impl StrataFs {
         self.writeback.load(Relaxed)
     }
 
-    /// How the kernel is to serve a new handle of `ino`.
-    fn route(
-        &self,
-        ino: u64,
-        fh: u64,
-        flags: i32,
-        ring: bool,
-        open_backing: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> std::io::Result<Backing>,
-    ) -> Route {
-        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        let stable_fd = || self.core.stable_fd(fh).ok().flatten();
-        self.passthrough
-            .route(ino, fh, stable_fd, writable, ring, open_backing)
-    }
-
     /// With a writeback cache the kernel reads pages of files opened for
     /// writing only and applies O_APPEND itself.
     fn open_flags(&self, flags: i32) -> i32 {
@@ -162,21 +147,13 @@ fn caller_groups(ctx: &Ctx) -> Vec<u32> {
 fn set_time(t: TimeOrNow) -> SetTime {
     match t {
         TimeOrNow::Now => SetTime::Now,
-        TimeOrNow::SpecificTime(st) => match st.duration_since(std::time::UNIX_EPOCH) {
-            Ok(d) => SetTime::At {
-                sec: d.as_secs() as i64,
-                nsec: d.subsec_nanos(),
-            },
-            Err(e) => {
-                let d = e.duration();
-                let (sec, nsec) = if d.subsec_nanos() == 0 {
-                    (-(d.as_secs() as i64), 0)
-                } else {
-                    (-(d.as_secs() as i64) - 1, 1_000_000_000 - d.subsec_nanos())
-                };
-                SetTime::At { sec, nsec }
+        TimeOrNow::SpecificTime(st) => {
+            let t = convert::unix_time(st);
+            SetTime::At {
+                sec: t.sec,
+                nsec: t.nsec,
             }
-        },
+        }
     }
 }
 

@@ -53,7 +53,12 @@ impl StrataFs {
     /// How the kernel is to serve a new handle of `ino`, the backing file
     /// registered through the transport that answers.
     fn route_for(&self, ino: u64, fh: u64, flags: i32, reply: &impl OpenBacking) -> Route {
-        self.route(ino, fh, flags, reply.is_ring(), |fd| reply.open_backing(fd))
+        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let stable_fd = || self.core.stable_fd(fh).ok().flatten();
+        self.passthrough
+            .route(ino, fh, stable_fd, writable, reply.is_ring(), |fd| {
+                reply.open_backing(fd)
+            })
     }
 
     /// Replies to an operation that made a new entry.

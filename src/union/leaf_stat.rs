@@ -47,10 +47,7 @@ impl Union {
         }
         let (first, second) = names.split_at(names.len() / 2);
         std::thread::scope(|scope| {
-            let helper = std::thread::Builder::new().spawn_scoped(scope, || {
-                any_cpu();
-                all(second)
-            });
+            let helper = std::thread::Builder::new().spawn_scoped(scope, || all(second));
             let mut leaves = all(first)?;
             // A thread that could not start (or died) leaves its half to this one.
             let rest = match helper.map(|h| h.join()) {
@@ -60,17 +57,5 @@ impl Union {
             leaves.extend(rest);
             Ok(leaves)
         })
-    }
-}
-
-/// A new thread inherits the CPUs its creator may run on, and the thread
-/// asking may be pinned to one (an io_uring queue thread serves the CPU it
-/// is pinned to): the helper takes the process's own CPUs (its main
-/// thread's), or the two halves would share one CPU.
-fn any_cpu() {
-    use rustix::thread::{sched_getaffinity, sched_setaffinity};
-    let main = rustix::process::getpid();
-    if let Ok(cpus) = sched_getaffinity(Some(main)) {
-        let _ = sched_setaffinity(None, &cpus);
     }
 }

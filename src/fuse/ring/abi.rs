@@ -6,7 +6,7 @@
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use fuser::{FileAttr, FileType};
 
@@ -127,21 +127,10 @@ impl Out<'_> {
     }
 }
 
-/// Seconds and nanoseconds as the kernel counts them (before 1970: the
-/// second below, and nanoseconds forward from it).
+/// The wire's seconds (two's complement before 1970) and nanoseconds.
 fn time(t: SystemTime) -> (u64, u32) {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => (d.as_secs(), d.subsec_nanos()),
-        Err(e) => {
-            let d = e.duration();
-            let secs = d.as_secs() as i64;
-            if d.subsec_nanos() == 0 {
-                ((-secs) as u64, 0)
-            } else {
-                ((-secs - 1) as u64, 1_000_000_000 - d.subsec_nanos())
-            }
-        }
-    }
+    let t = crate::fuse::convert::unix_time(t);
+    (t.sec as u64, t.nsec)
 }
 
 fn mode(kind: FileType, perm: u16) -> u32 {

@@ -306,9 +306,9 @@ fn dispatch(
         _ => usize::MAX,
     };
     let reply = RingReply::new(slot, h.unique, dev, limit, &mut sent);
-    // A read from the start is where a listing the daemon does not hold is built.
-    let lists = matches!(h.opcode, abi::READDIR | abi::READDIRPLUS) && u64_at(&op_in, 8) == 0;
-    if lists {
+    // A directory read may build a listing the daemon does not hold (from
+    // the start, or again after it was evicted).
+    if matches!(h.opcode, abi::READDIR | abi::READDIRPLUS) {
         pinning.free(|| op(fs, &ctx, &h, &op_in, payload, reply));
     } else {
         op(fs, &ctx, &h, &op_in, payload, reply);
@@ -324,13 +324,10 @@ fn time(sec: u64, nsec: u32, now: bool) -> TimeOrNow {
         return TimeOrNow::Now;
     }
     let sec = sec as i64;
-    let t = if sec >= 0 {
-        std::time::UNIX_EPOCH + std::time::Duration::new(sec as u64, nsec)
-    } else {
-        std::time::UNIX_EPOCH - std::time::Duration::from_secs(sec.unsigned_abs())
-            + std::time::Duration::from_nanos(nsec.into())
-    };
-    TimeOrNow::SpecificTime(t)
+    TimeOrNow::SpecificTime(super::convert::system_time(crate::union::Time {
+        sec,
+        nsec,
+    }))
 }
 
 fn op(fs: &StrataFs, ctx: &Ctx, h: &InHeader, o: &[u8], payload: &[u8], r: RingReply<'_, '_>) {
