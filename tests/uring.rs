@@ -233,3 +233,61 @@ fn uring_on_without_kernel_support_fails_and_mounts_nothing() {
     assert!(!is_mounted(&mnt), "a failed mount left {mnt:?} mounted");
     stack.assert_layers_unchanged();
 }
+
+/// A mount shows in /proc/mounts before its queues are registered; unmounting it in that window
+/// ends the daemon as cleanly as any unmount (exit status 0), not as a failed mount. A race: 60
+/// foreground mounts, each unmounted (umount2) the moment it appears. Against the daemon before
+/// the fix every cycle failed ("registering the FUSE io_uring queues: ENOTCONN").
+#[test]
+fn unmounting_before_the_queues_are_up_ends_cleanly() {
+    require_root();
+    match uring_param() {
+        None => {
+            eprintln!("SKIP: this kernel has no FUSE over io_uring ({PARAM})");
+            return;
+        }
+        Some(false) => fs::write(PARAM, "Y").expect("turning fuse.enable_uring on"),
+        Some(true) => {}
+    }
+    let env = TestEnv::new("uring-early");
+    let base = env.layer("base");
+    base.file("a", b"a");
+    let stack = env.stack(&[&base]);
+    let mut failed = Vec::new();
+    for i in 0..60 {
+        let mnt = env.fresh_dir("mnt/e");
+        let log = env.root.join(format!("e{i}.log"));
+        let mut cmd = mount_command_with(&stack.lowers, None, &mnt, true);
+        cmd.args(["--uring", "on"])
+            .stdin(std::process::Stdio::null())
+            .stdout(fs::File::create(&log).unwrap())
+            .stderr(fs::File::create(&log).unwrap());
+        let mut child = cmd.spawn().unwrap();
+        // Polled without sleeping: the window is a few milliseconds.
+        let start = std::time::Instant::now();
+        let mut appeared = false;
+        while start.elapsed() < Duration::from_secs(30) {
+            if is_mounted(&mnt) {
+                appeared = true;
+                break;
+            }
+            std::thread::yield_now();
+        }
+        let path = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path for the duration of the call.
+        if unsafe { libc::umount2(path.as_ptr(), 0) } != 0 {
+            // Busy (the daemon still setting up): detach, as any caller would.
+            // SAFETY: as above.
+            unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+        }
+        let status = child.wait().unwrap();
+        if !appeared || !status.success() {
+            failed.push(format!(
+                "cycle {i}: {status}: {}",
+                fs::read_to_string(&log).unwrap_or_default()
+            ));
+        }
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+    stack.assert_layers_unchanged();
+}

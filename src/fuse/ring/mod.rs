@@ -130,8 +130,14 @@ pub fn start(
     drop(tx);
     let threads = workers.clone().count();
     for _ in workers {
-        rx.recv()
-            .map_err(|_| io::Error::other("a ring thread ended"))??;
+        match rx.recv() {
+            Ok(Ok(())) => {}
+            // Unmounted before the queues were up (a mount used and let go
+            // at once): not a failure; the session ends and so do the threads.
+            Ok(Err(e)) if connection_ended(&e) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(io::Error::other("a ring thread ended")),
+        }
     }
     tracing::debug!(queues = cpus, per_queue, "serving through io_uring");
     Ok(Rings { ended, threads })
@@ -225,22 +231,22 @@ impl Gate {
     }
 }
 
+/// The connection ended (unmount): ENOTCONN, or the commands cancelled as
+/// the ring goes.
+fn connection_ended(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOTCONN | libc::ECANCELED | libc::ENODEV)
+    )
+}
+
 fn serve(fs: &StrataFs, mut q: FuseQueue, gate: Gate, pinning: &Pinning) {
     let dev = q.dev().clone();
     let mut scratch = Vec::new();
     loop {
         let i = match q.next_request() {
             Ok(i) => i,
-            // The connection ended (unmount): ENOTCONN, or the commands
-            // cancelled as the ring goes.
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ENOTCONN | libc::ECANCELED | libc::ENODEV)
-                ) =>
-            {
-                return;
-            }
+            Err(e) if connection_ended(&e) => return,
             Err(e) => {
                 // The kernel refused a reply (EOPNOTSUPP once fuse.enable_uring
                 // is turned off): the request it carried, and every later one
