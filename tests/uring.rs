@@ -1,7 +1,8 @@
 //! FUSE over io_uring: with the kernel's `fuse.enable_uring` on, requests reach the daemon
 //! through one io_uring queue per CPU instead of /dev/fuse. The whole suite runs a second
 //! time with it on (`.ci/run`); these tests show that the queues really carry the requests,
-//! and that asking for them where the kernel offers none fails the mount cleanly.
+//! that a mount let go before they are up ends cleanly, and that asking for them where the
+//! kernel offers none fails the mount cleanly.
 
 mod common;
 
@@ -18,6 +19,23 @@ const PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
 /// The kernel's switch, if it has FUSE over io_uring at all.
 fn uring_param() -> Option<bool> {
     fs::read_to_string(PARAM).ok().map(|v| v.trim() == "Y")
+}
+
+/// Whether the switch is on; the suite's second pass (`.ci/run`) turns it on. A test does not
+/// flip it: on, the rest of a /dev/fuse pass would use the queues; off, live mounts' queues
+/// would be refused.
+fn uring_on() -> bool {
+    match uring_param() {
+        Some(true) => true,
+        Some(false) => {
+            eprintln!("SKIP: fuse.enable_uring is off (the suite's second pass turns it on)");
+            false
+        }
+        None => {
+            eprintln!("SKIP: this kernel has no FUSE over io_uring ({PARAM})");
+            false
+        }
+    }
 }
 
 /// Per thread of the daemon's processes: its name and how often it has slept
@@ -93,15 +111,8 @@ fn mount_uring<'a>(
 #[test]
 fn requests_travel_through_the_io_uring_queues() {
     require_root();
-    match uring_param() {
-        None => {
-            eprintln!("SKIP: this kernel has no FUSE over io_uring ({PARAM})");
-            return;
-        }
-        // Turning it on is safe beside other tests (their new mounts use it too); turning it
-        // off is not (a live mount's queues would be refused), so it is left on.
-        Some(false) => fs::write(PARAM, "Y").expect("turning fuse.enable_uring on"),
-        Some(true) => {}
+    if !uring_on() {
+        return;
     }
     let env = TestEnv::new("uring-io");
     let base = env.layer("base");
@@ -241,13 +252,8 @@ fn uring_on_without_kernel_support_fails_and_mounts_nothing() {
 #[test]
 fn unmounting_before_the_queues_are_up_ends_cleanly() {
     require_root();
-    match uring_param() {
-        None => {
-            eprintln!("SKIP: this kernel has no FUSE over io_uring ({PARAM})");
-            return;
-        }
-        Some(false) => fs::write(PARAM, "Y").expect("turning fuse.enable_uring on"),
-        Some(true) => {}
+    if !uring_on() {
+        return;
     }
     let env = TestEnv::new("uring-early");
     let base = env.layer("base");

@@ -389,6 +389,15 @@ fn serve(spec: &MountSpec, union: Union, ready: Option<daemon::Ready>) -> Result
         rings,
     } = match mounted {
         Ok(m) => m,
+        // In the foreground, a mount that somebody unmounted while its
+        // handshake was under way ends like any other unmounted mount; a
+        // background mount's caller still waits to hear it never got ready.
+        Err(MountError::Fuse { err, .. })
+            if ready.is_none() && err.kind() == std::io::ErrorKind::NotConnected =>
+        {
+            tracing::info!(error = %err, "unmounted before it was served");
+            return Ok(());
+        }
         Err(e) => {
             if let Some(ready) = ready {
                 ready.failed(&e.to_string());

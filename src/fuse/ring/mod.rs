@@ -134,7 +134,7 @@ pub fn start(
             Ok(Ok(())) => {}
             // Unmounted before the queues were up (a mount used and let go
             // at once): not a failure; the session ends and so do the threads.
-            Ok(Err(e)) if connection_ended(&e) => {}
+            Ok(Err(e)) if connection_ended(&e) || device_gone(&dev) => {}
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err(io::Error::other("a ring thread ended")),
         }
@@ -240,13 +240,26 @@ fn connection_ended(e: &io::Error) -> bool {
     )
 }
 
+/// Whether the connection behind `dev` is gone (unmounted or aborted): its
+/// /dev/fuse then polls as an error. Asked only when a queue command failed,
+/// whose error code an ending connection does not always make ENOTCONN.
+fn device_gone(dev: &OwnedFd) -> bool {
+    use rustix::event::{PollFd, PollFlags, poll};
+    let mut fds = [PollFd::new(dev, PollFlags::IN)];
+    let zero = rustix::time::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    poll(&mut fds, Some(&zero)).is_ok() && fds[0].revents().contains(PollFlags::ERR)
+}
+
 fn serve(fs: &StrataFs, mut q: FuseQueue, gate: Gate, pinning: &Pinning) {
     let dev = q.dev().clone();
     let mut scratch = Vec::new();
     loop {
         let i = match q.next_request() {
             Ok(i) => i,
-            Err(e) if connection_ended(&e) => return,
+            Err(e) if connection_ended(&e) || device_gone(&dev) => return,
             Err(e) => {
                 // The kernel refused a reply (EOPNOTSUPP once fuse.enable_uring
                 // is turned off): the request it carried, and every later one
