@@ -174,7 +174,8 @@ pub fn copy_xattrs(
     Ok(copied)
 }
 
-/// Sets the owner of `name` in `dir` (never following a symlink). Comes
+/// Sets the owner of `name` in `dir` (never following a symlink; an empty
+/// `name`: the file `dir` itself). Comes
 /// first: chown clears setuid bits and file capabilities. Returns false when
 /// the daemon may not give that owner (rootless, or an id unmapped in its
 /// user namespace): the copy then keeps the daemon's ownership, which is all
@@ -184,12 +185,17 @@ pub fn copy_owner(
     name: &CStr,
     st: &rustix::fs::Stat,
 ) -> Result<bool, LayerError> {
+    let flags = if name.is_empty() {
+        AtFlags::EMPTY_PATH
+    } else {
+        AtFlags::SYMLINK_NOFOLLOW
+    };
     match rustix::fs::chownat(
         dir,
         name,
         Some(rustix::fs::Uid::from_raw(st.st_uid)),
         Some(rustix::fs::Gid::from_raw(st.st_gid)),
-        AtFlags::SYMLINK_NOFOLLOW,
+        flags,
     ) {
         Ok(()) => Ok(true),
         Err(rustix::io::Errno::PERM | rustix::io::Errno::INVAL) => {
@@ -204,12 +210,18 @@ pub fn copy_owner(
     }
 }
 
-/// Sets mode (with setuid bits) and times of `name` in `dir`, last.
+/// Sets mode (with setuid bits) and times of `name` in `dir` (an empty
+/// `name`: the open file `dir` itself), last.
 pub fn copy_mode_times(
     dir: BorrowedFd<'_>,
     name: &CStr,
     st: &rustix::fs::Stat,
 ) -> Result<(), LayerError> {
+    if name.is_empty() {
+        rustix::fs::fchmod(dir, rustix::fs::Mode::from_raw_mode(st.st_mode & 0o7777))
+            .map_err(io)?;
+        return rustix::fs::futimens(dir, &times_of(st)).map_err(io);
+    }
     let is_link = rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Symlink;
     if !is_link {
         rustix::fs::chmodat(

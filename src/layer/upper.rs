@@ -4,7 +4,7 @@
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags};
 
@@ -52,6 +52,8 @@ pub struct Upper {
     /// and a counter.
     pid: u32,
     counter: AtomicU64,
+    /// Cleared once the filesystem refuses O_TMPFILE.
+    tmpfiles: AtomicBool,
 }
 
 impl Drop for Upper {
@@ -158,6 +160,7 @@ impl Upper {
             bare_new_files,
             pid: std::process::id(),
             counter: AtomicU64::new(0),
+            tmpfiles: AtomicBool::new(true),
         })
     }
 
@@ -211,6 +214,31 @@ impl Upper {
     /// Whether a file made in the workdir starts with no visible xattrs.
     pub fn bare_new_files(&self) -> bool {
         self.bare_new_files
+    }
+
+    /// A nameless file in the workdir, for a copy whose name appears only
+    /// once it is complete ([`Upper::publish_file`]); `None` where the
+    /// filesystem has no O_TMPFILE. Syncing a file that has never had a name
+    /// writes only the file: ext4 without a journal also writes the
+    /// directory of a freshly made name, here the workdir, which the copy
+    /// is about to leave.
+    pub fn tmpfile(&self) -> Option<OwnedFd> {
+        if !self.tmpfiles.load(Ordering::Relaxed) {
+            return None;
+        }
+        match rustix::fs::openat(
+            self.work(),
+            c".",
+            OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        ) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                tracing::debug!(error = %e, "no O_TMPFILE in the workdir; copies are made under a name");
+                self.tmpfiles.store(false, Ordering::Relaxed);
+                None
+            }
+        }
     }
 
     /// fsync, unless the mount is volatile.

@@ -189,11 +189,36 @@ impl Upper {
         if over_whiteout && is_dir {
             let _ = remove_tree(self.work(), tmp);
         }
-        // The entry is in place and wins over an OCI whiteout in its own
-        // layer: a stale marker is untidy, not wrong.
+        self.tidy_published(dir, name);
+        Ok(())
+    }
+
+    /// Gives the [`Upper::tmpfile`] `file` the name `name` in `dir`, which
+    /// must be free.
+    pub fn publish_file(
+        &self,
+        file: BorrowedFd<'_>,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+    ) -> Result<(), LayerError> {
+        let path = super::proc_fd_path(file);
+        rustix::fs::linkat(
+            rustix::fs::CWD,
+            path.as_c_str(),
+            dir,
+            name,
+            AtFlags::SYMLINK_FOLLOW,
+        )
+        .map_err(io)?;
+        self.tidy_published(dir, name);
+        Ok(())
+    }
+
+    /// The entry is in place and wins over an OCI whiteout in its own
+    /// layer: a stale marker is untidy, not wrong.
+    fn tidy_published(&self, dir: BorrowedFd<'_>, name: &CStr) {
         if let Err(e) = self.drop_oci_whiteout(dir, name) {
             tracing::warn!(error = %e, ?name, "cannot remove an OCI whiteout");
         }
-        Ok(())
     }
 }

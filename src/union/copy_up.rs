@@ -113,7 +113,7 @@ impl Union {
         self.finish_copy(
             upper,
             made.as_fd(),
-            &tmp.name,
+            (upper.work(), &tmp.name),
             lower.as_fd(),
             c".",
             &st,
@@ -240,18 +240,32 @@ impl Union {
             }
             return Ok(fd);
         }
-        let tmp = self.scratch(upper);
+        let mut tmp = self.scratch(upper);
         let work = upper.work();
         let mut data_fd = None;
         let mut meta_only = false;
+        // A file copy with one name is made nameless, as the kernel's
+        // overlayfs does: it gets its name only once whole and synced.
+        let mut nameless = false;
         match FileType::from_raw_mode(st.st_mode) {
             FileType::RegularFile => {
-                let dst = rustix::fs::openat(
-                    work,
-                    &tmp.name,
-                    OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )?;
+                let tmpfile = match parent_fd {
+                    Some(_) if !shared => upper.tmpfile(),
+                    _ => None,
+                };
+                let dst = match tmpfile {
+                    Some(fd) => {
+                        nameless = true;
+                        tmp.armed = false;
+                        fd
+                    }
+                    None => rustix::fs::openat(
+                        work,
+                        &tmp.name,
+                        OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
+                        Mode::from_raw_mode(0o600),
+                    )?,
+                };
                 match want {
                     CopyData::Full => {
                         let src = match &below {
@@ -285,14 +299,22 @@ impl Union {
                 )?;
             }
         }
-        let made = layer::open_path(work, &tmp.name)?;
+        let made = match data_fd.as_ref().filter(|_| nameless) {
+            Some(dst) => dst.try_clone()?,
+            None => layer::open_path(work, &tmp.name)?,
+        };
+        let at = if nameless {
+            (made.as_fd(), c"")
+        } else {
+            (work, tmp.name.as_c_str())
+        };
         // What the node knew of the lower file's xattrs holds for the copy
         // only if they all came along.
         let xattr_generation = node.cached_xattrs().err();
         let xattr_names = self.finish_copy(
             upper,
             made.as_fd(),
-            &tmp.name,
+            at,
             dir.as_fd(),
             &lname,
             &st,
@@ -335,12 +357,15 @@ impl Union {
         if shared {
             self.index_copy(upper, &tmp.name, node.ino(), raw.st_nlink - 1)?;
         }
-        let mut tmp = tmp;
         let fd = match parent_fd {
             Some(parent_fd) => {
                 tmp.armed = false;
                 let parent_st = layer::stat_self(parent_fd.as_fd())?;
-                upper.publish(&tmp.name, parent_fd.as_fd(), &name, false, false)?;
+                if nameless {
+                    upper.publish_file(made.as_fd(), parent_fd.as_fd(), &name)?;
+                } else {
+                    upper.publish(&tmp.name, parent_fd.as_fd(), &name, false, false)?;
+                }
                 keep_times(parent_fd.as_fd(), &parent_st);
                 Arc::new(layer::open_path(parent_fd.as_fd(), &name)?)
             }
@@ -398,14 +423,15 @@ impl Union {
     }
 
     /// Metadata of a copy in the workdir: xattrs, origin, owner, mode, times.
-    /// Returns the copy's visible xattr names if they are exactly the
-    /// source's.
+    /// `at` is where the copy `made` is: its workdir name, or (empty name)
+    /// the nameless file itself. Returns the copy's visible xattr names if
+    /// they are exactly the source's.
     #[allow(clippy::too_many_arguments)]
     fn finish_copy(
         &self,
         upper: &Upper,
         made: BorrowedFd<'_>,
-        tmp: &CStr,
+        at: (BorrowedFd<'_>, &CStr),
         src_dir: BorrowedFd<'_>,
         src_name: &CStr,
         st: &rustix::fs::Stat,
@@ -420,15 +446,15 @@ impl Union {
         let path = layer::proc_fd_path(made);
         let recorded = self.upper_override();
         if recorded.is_none() {
-            layer::copy_owner(upper.work(), tmp, st)?;
+            layer::copy_owner(at.0, at.1, st)?;
         }
         let names = match is_link {
             false => layer::copy_xattrs(src_dir, src_name, &path, |a| !is_private_xattr(a))?,
             true => None,
         };
         if let Err(e) = sys::setxattr_at(
-            upper.work(),
-            tmp,
+            at.0,
+            at.1,
             &upper.private_xattr(ORIGIN),
             ino.to_string().as_bytes(),
         ) {
@@ -444,13 +470,13 @@ impl Union {
                 let mut backing = *st;
                 backing.st_mode = (st.st_mode & !0o7777)
                     | override_stat::backing_perm(st.st_mode & 0o7777, is_dir);
-                layer::copy_mode_times(upper.work(), tmp, &backing)?;
-                match override_stat::write(upper.work(), tmp, x, override_stat::Override::of(st)) {
+                layer::copy_mode_times(at.0, at.1, &backing)?;
+                match override_stat::write(at.0, at.1, x, override_stat::Override::of(st)) {
                     Err(e) if plain => return Err(e),
                     _ => {}
                 }
             }
-            None => layer::copy_mode_times(upper.work(), tmp, st)?,
+            None => layer::copy_mode_times(at.0, at.1, st)?,
         }
         Ok(names)
     }

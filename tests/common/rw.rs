@@ -67,6 +67,29 @@ pub fn workdir_leftovers(work: &Path) -> Vec<String> {
     out
 }
 
+/// Whether a copy-up is under way in workdir `work`: a scratch entry is there, or one of the
+/// daemon processes `pids` holds a nameless file of it open (a copy made with O_TMPFILE shows in
+/// `/proc/PID/fd` as a deleted entry of the workdir).
+pub fn copy_in_progress(work: &Path, pids: &[i32]) -> bool {
+    if !workdir_leftovers(work).is_empty() {
+        return true;
+    }
+    let prefix = work.as_os_str().as_bytes();
+    pids.iter().any(|pid| {
+        let Ok(rd) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+            return false;
+        };
+        rd.flatten().any(|e| {
+            fs::read_link(e.path()).is_ok_and(|t| {
+                let t = t.as_os_str().as_bytes();
+                t.starts_with(prefix)
+                    && t.get(prefix.len()) == Some(&b'/')
+                    && t.ends_with(b" (deleted)")
+            })
+        })
+    })
+}
+
 /// Sets every entry's atime/mtime in a layer tree to a fixed old value derived from its path
 /// (bottom-up, so that directories keep theirs), making the tree's timestamps deterministic
 /// and distinguishable from times set by the clock during a test.
