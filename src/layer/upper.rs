@@ -233,11 +233,17 @@ impl Upper {
             Mode::from_raw_mode(0o600),
         ) {
             Ok(fd) => Some(fd),
-            Err(e) => {
+            Err(
+                e @ (rustix::io::Errno::OPNOTSUPP
+                | rustix::io::Errno::ISDIR
+                | rustix::io::Errno::INVAL),
+            ) => {
                 tracing::debug!(error = %e, "no O_TMPFILE in the workdir; copies are made under a name");
                 self.tmpfiles.store(false, Ordering::Relaxed);
                 None
             }
+            // (ENOSPC and the like: the named copy meets them too and reports them.)
+            Err(_) => None,
         }
     }
 
