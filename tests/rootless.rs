@@ -1681,8 +1681,9 @@ fn mount_user_rw(env: &TestEnv, lowers: &[PathBuf], uid: u32, gid: u32) -> (User
 
 /// What the user's process writes through the mount in
 /// [`rootless_writeback_cache_keeps_writes_exact`]: seeded random writes and truncations through
-/// a write-only fd of a lower file (copied up by the open), and many small appends to a new
-/// file, fsynced.
+/// a write-only fd of a lower file (copied up by the open), many small appends to a new file,
+/// fsynced, and a new 6 MiB file written out in 1 MiB writes (the kernel flushes it to the daemon
+/// in large writes, which the daemon sends on to the disk at once), one of them rewritten.
 const WRITER_SCRIPT: &str = r#"
 import os, random, sys
 root = sys.argv[1]
@@ -1697,6 +1698,12 @@ os.close(fd)
 fd = os.open(os.path.join(root, "new"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 for i in range(3000):
     os.write(fd, bytes([i % 251]) * (i % 13 + 1))
+os.fsync(fd)
+os.close(fd)
+fd = os.open(os.path.join(root, "big"), os.O_WRONLY | os.O_CREAT, 0o644)
+for i in range(6):
+    os.write(fd, bytes((i * 7 + j) % 256 for j in range(4096)) * 256)
+os.pwrite(fd, b"rewritten" * 100000, 2 << 20)
 os.fsync(fd)
 os.close(fd)
 "#;
@@ -1733,7 +1740,7 @@ fn rootless_writeback_cache_keeps_writes_exact() {
     let calls = daemon_counter(m.daemon_pids(), "io", "syscw:") - before;
     run(&plain);
     let mut problems = Vec::new();
-    for name in ["lower", "new"] {
+    for name in ["lower", "new", "big"] {
         let want = fs::read(plain.join(name)).unwrap();
         if fs::read(m.join(name)).unwrap() != want {
             problems.push(format!(
@@ -1747,7 +1754,7 @@ fn rootless_writeback_cache_keeps_writes_exact() {
         ));
     }
     problems.extend(m.finish());
-    for name in ["lower", "new"] {
+    for name in ["lower", "new", "big"] {
         if fs::read(su.join(name)).unwrap() != fs::read(plain.join(name)).unwrap() {
             problems.push(format!(
                 "{name} in the upper layer differs from the plain copy"

@@ -6,6 +6,7 @@ mod fork;
 mod fuse_ring;
 mod malloc;
 mod signals;
+mod writeback;
 mod xattr_at;
 
 pub use env::set_env_if_single_threaded;
@@ -13,4 +14,5 @@ pub use fork::{ForkResult, fork};
 pub use fuse_ring::{FuseBacking, FuseQueue, HEADER_SIZE, Slot, probe_ring};
 pub use malloc::{trim, tune_allocator};
 pub use signals::{TerminationSignals, block_termination_signals, unblock_signals_in_child};
+pub use writeback::start_writeback;
 pub use xattr_at::{getxattr_at, listxattr_at, setxattr_at};

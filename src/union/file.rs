@@ -150,6 +150,9 @@ impl Union {
                 Err(e) => return Err(e.into()),
             }
         }
+        if done >= STREAM_WRITE {
+            stream_to_disk(file.fd()?.as_fd(), offset, done as u64);
+        }
         Ok(u32::try_from(done).unwrap_or(u32::MAX))
     }
 
@@ -268,4 +271,19 @@ impl Union {
 
 fn einval() -> std::io::Error {
     std::io::Error::from_raw_os_error(libc::EINVAL)
+}
+
+/// Writes this large come from the kernel's writeback cache flushing a
+/// stream of contiguous pages (a file being written out).
+const STREAM_WRITE: usize = 512 * 1024;
+
+/// Starts the disk write of a large write that ended at the end of the file
+/// (a file being written out, not rewritten in place): the data would
+/// otherwise wait in the page cache until the writer's fsync, and be written
+/// then, after the transfer through the daemon instead of during it.
+fn stream_to_disk(fd: std::os::fd::BorrowedFd<'_>, offset: u64, len: u64) {
+    let at_end = rustix::fs::fstat(fd).is_ok_and(|st| st.st_size as u64 == offset + len);
+    if at_end && let Err(e) = crate::sys::start_writeback(fd, offset, len) {
+        tracing::debug!(error = %e, "cannot start writeback");
+    }
 }
