@@ -2,6 +2,7 @@
 //! calls the union core and replies (`ops`), whichever transport carried it
 //! (`dev`: fuser's /dev/fuse loop). No layer decisions are made here.
 
+mod alias;
 mod convert;
 mod dev;
 mod ops;
@@ -57,6 +58,7 @@ pub struct StrataFs {
     core: Arc<Union>,
     cfg: AdapterConfig,
     passthrough: Passthrough,
+    aliases: alias::Aliases,
     /// The kernel leaves clearing setuid/setgid on writes to us
     /// (FUSE_HANDLE_KILLPRIV_V2), and so skips a security.capability
     /// lookup per write.
@@ -79,6 +81,7 @@ impl StrataFs {
             core,
             cfg,
             passthrough: Passthrough::default(),
+            aliases: alias::Aliases::default(),
             killpriv: AtomicBool::new(false),
             writeback: AtomicBool::new(false),
             no_opendir: AtomicBool::new(false),

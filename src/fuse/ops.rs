@@ -50,13 +50,24 @@ fn reply_sized(reply: impl XattrReply, data: &[u8], size: u32) {
 }
 
 impl StrataFs {
-    /// How the kernel is to serve a new handle of `ino`, the backing file
-    /// registered through the transport that answers.
-    fn route_for(&self, ino: u64, fh: u64, flags: i32, reply: &impl OpenBacking) -> Route {
+    /// How the kernel is to serve a new handle `fh` of its inode `nodeid`,
+    /// the backing file registered through the transport that answers. On
+    /// the io_uring queues, where a copy-up can give a name a new kernel
+    /// inode (`fuse::alias`), a read-only handle of a lower file is passed
+    /// through too: it reads the lower file for as long as it is open, as an
+    /// open file of the kernel's overlayfs does.
+    fn route_for(&self, nodeid: u64, fh: u64, flags: i32, reply: &impl OpenBacking) -> Route {
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        let stable_fd = || self.core.stable_fd(fh).ok().flatten();
+        let ring = reply.is_ring();
+        let stable_fd = || {
+            let fd = self.core.stable_fd(fh).ok().flatten();
+            match fd {
+                None if ring && !writable => self.core.lower_read_fd(fh).ok().flatten(),
+                fd => fd,
+            }
+        };
         self.passthrough
-            .route(ino, fh, stable_fd, writable, reply.is_ring(), |fd| {
+            .route(nodeid, fh, stable_fd, writable, ring, |fd| {
                 reply.open_backing(fd)
             })
     }
@@ -81,7 +92,12 @@ impl StrataFs {
     pub(super) fn do_lookup(&self, parent: u64, name: &OsStr, reply: impl EntryReply) {
         let _s = debug_span!("lookup", parent, ?name).entered();
         match self.core.lookup(parent, name) {
-            Ok(node) => reply.entry(&self.cfg.ttl, &self.attr_out(node.attr()), GENERATION),
+            Ok(node) => reply.entry_as(
+                self.aliases.nodeid(node.ino()),
+                &self.cfg.ttl,
+                &self.attr_out(node.attr()),
+                GENERATION,
+            ),
             Err(e) if e.errno() == libc::ENOENT => {
                 // Node id 0 is a negative entry the kernel caches for the TTL.
                 reply.entry(&self.cfg.ttl, &negative_entry(), GENERATION);
@@ -91,11 +107,12 @@ impl StrataFs {
     }
 
     pub(super) fn do_forget(&self, ino: u64, nlookup: u64) {
-        self.core.forget(ino, nlookup);
+        self.core.forget(self.aliases.ino(ino), nlookup);
     }
 
     pub(super) fn do_getattr(&self, ino: u64, reply: impl AttrReply) {
         let _s = debug_span!("getattr", ino).entered();
+        let ino = self.aliases.ino(ino);
         match self.core.getattr(ino) {
             Ok(attr) => reply.attr(&self.cfg.ttl, &self.attr_out(attr)),
             Err(e) => reply.error(errno(&e)),
@@ -110,8 +127,9 @@ impl StrataFs {
         }
     }
 
-    pub(super) fn do_open(&self, ctx: &Ctx, ino: u64, flags: i32, reply: impl OpenReply) {
-        let _s = debug_span!("open", ino, flags).entered();
+    pub(super) fn do_open(&self, ctx: &Ctx, nodeid: u64, flags: i32, reply: impl OpenReply) {
+        let _s = debug_span!("open", nodeid, flags).entered();
+        let ino = self.aliases.ino(nodeid);
         let wanted = self.open_flags(flags);
         let fh = match self.core.open(ino, wanted) {
             Ok(fh) => fh,
@@ -134,9 +152,18 @@ impl StrataFs {
             self.core.release(fh);
             return reply.error(errno(&e));
         }
-        match self.route_for(ino, fh, flags, &reply) {
+        match self.route_for(nodeid, fh, flags, &reply) {
             Route::Cached => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             Route::Backed(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
+            // The kernel inode still reads the lower file for its open
+            // handles; the copy gets its names a new one. The kernel retries
+            // an open that failed with ESTALE once, after a fresh lookup.
+            Route::Refused if reply.is_ring() => {
+                self.core.release(fh);
+                let alias = self.aliases.renew(ino);
+                tracing::debug!(ino, nodeid, alias, "copied-up file gets a new kernel inode");
+                reply.error(Errno::ESTALE)
+            }
             Route::Refused => {
                 self.core.release(fh);
                 reply.error(Errno::EIO)
@@ -243,7 +270,7 @@ impl StrataFs {
                 }
             };
             let full = reply.add(
-                INodeNo(node.ino()),
+                INodeNo(self.aliases.nodeid(node.ino())),
                 off,
                 entry.name,
                 &self.cfg.ttl,
@@ -269,6 +296,7 @@ impl StrataFs {
 
     pub(super) fn do_getxattr(&self, ino: u64, name: &OsStr, size: u32, reply: impl XattrReply) {
         let _s = debug_span!("getxattr", ino, ?name, size).entered();
+        let ino = self.aliases.ino(ino);
         match self.core.getxattr(ino, name) {
             Ok(value) => reply_sized(reply, &value, size),
             Err(e) => reply.error(errno(&e)),
@@ -277,6 +305,7 @@ impl StrataFs {
 
     pub(super) fn do_listxattr(&self, ino: u64, size: u32, reply: impl XattrReply) {
         let _s = debug_span!("listxattr", ino, size).entered();
+        let ino = self.aliases.ino(ino);
         match self.core.listxattr(ino) {
             Ok(list) => reply_sized(reply, &list, size),
             Err(e) => reply.error(errno(&e)),
@@ -285,6 +314,7 @@ impl StrataFs {
 
     pub(super) fn do_setattr(&self, ctx: &Ctx, ino: u64, a: SetAttrArgs, reply: impl AttrReply) {
         let _s = debug_span!("setattr", ino).entered();
+        let ino = self.aliases.ino(ino);
         let mut set = SetAttr {
             mode: a.mode,
             uid: a.uid,
@@ -397,8 +427,14 @@ impl StrataFs {
         reply: impl EntryReply,
     ) {
         let _s = debug_span!("link", ino, newparent, ?newname).entered();
-        match self.core.link(ino, newparent, newname) {
-            Ok(node) => reply.entry(&self.cfg.ttl, &self.attr_out(node.attr()), GENERATION),
+        // The new name leads to the kernel inode the link was made from.
+        match self.core.link(self.aliases.ino(ino), newparent, newname) {
+            Ok(node) => reply.entry_as(
+                ino,
+                &self.cfg.ttl,
+                &self.attr_out(node.attr()),
+                GENERATION,
+            ),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -485,11 +521,13 @@ impl StrataFs {
         reply: impl EmptyReply,
     ) {
         let _s = debug_span!("setxattr", ino, ?name).entered();
+        let ino = self.aliases.ino(ino);
         reply_empty(reply, self.core.setxattr(ino, name, value, flags));
     }
 
     pub(super) fn do_removexattr(&self, ino: u64, name: &OsStr, reply: impl EmptyReply) {
         let _s = debug_span!("removexattr", ino, ?name).entered();
+        let ino = self.aliases.ino(ino);
         reply_empty(reply, self.core.removexattr(ino, name));
     }
 
@@ -538,7 +576,7 @@ impl StrataFs {
     pub(super) fn do_access(&self, ino: u64, write: bool, reply: impl EmptyReply) {
         // Permission bits are checked by the kernel (default_permissions);
         // what is left is the read-only nature of the union.
-        match self.core.getattr(ino) {
+        match self.core.getattr(self.aliases.ino(ino)) {
             Ok(_) if write && !self.core.is_writable() => reply.error(Errno::EROFS),
             Ok(_) => reply.ok(),
             Err(e) => reply.error(errno(&e)),

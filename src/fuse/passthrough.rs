@@ -4,11 +4,14 @@
 //! The kernel puts each inode in one I/O mode while it has open files: all
 //! through its page cache, or all passed through to one backing file; an open
 //! answered in the other mode fails with EIO. So the mode of every open inode
-//! is tracked here, and an inode is passed through only when its real file
-//! cannot change while open: a file of the upper layer, or any file of a
-//! read-only mount. A lower file of a writable mount may be copied up while
-//! open (the new opens must then reach the copy, which the kernel could not
-//! switch to), so it stays on the page cache.
+//! is tracked here, by kernel inode (node id). An inode is passed through
+//! when its real file cannot change while open: a file of the upper layer,
+//! or any file of a read-only mount; and, on the io_uring transport, a lower
+//! file opened read-only. A copy-up while that is open makes the next opens
+//! reach a different file, which that kernel inode cannot switch to: the
+//! open is refused and the adapter gives the name a new kernel inode
+//! (`fuse::alias`). On /dev/fuse, which cannot, lower files of a writable
+//! mount stay on the page cache.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -25,8 +28,8 @@ pub enum Route {
     Cached,
     /// By the kernel on this backing file.
     Backed(Arc<Backing>),
-    /// Not at all: the inode is passed through to another file (a bug if
-    /// it happens; EIO rather than the wrong file).
+    /// Not at all: the kernel inode is passed through to another file (a
+    /// lower file copied up while open).
     Refused,
 }
 
@@ -74,7 +77,7 @@ impl Passthrough {
         self.ring.store(true, Ordering::Relaxed);
     }
 
-    /// Picks how handle `fh` of inode `ino` is served. `stable_fd` gives its
+    /// Picks how handle `fh` of kernel inode `ino` is served. `stable_fd` gives its
     /// real file if that never changes while open (asked only when needed:
     /// opens are a hot path); `writable` if open for writing;
     /// `open_backing` registers the file with the kernel through the
@@ -103,7 +106,7 @@ impl Passthrough {
                         Route::Backed(id.clone())
                     }
                     Mode::Backed { .. } => {
-                        tracing::error!(ino, "passed-through inode opened on another file");
+                        tracing::debug!(ino, "passed-through inode opened on another file");
                         return Route::Refused;
                     }
                 };

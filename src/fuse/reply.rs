@@ -57,6 +57,9 @@ pub trait EmptyReply: Reply {
 
 pub trait EntryReply: Reply {
     fn entry(self, ttl: &Duration, attr: &FileAttr, generation: Generation);
+    /// An entry whose kernel node id is `nodeid` rather than its inode
+    /// number (see `fuse::alias`).
+    fn entry_as(self, nodeid: u64, ttl: &Duration, attr: &FileAttr, generation: Generation);
 }
 
 pub trait AttrReply: Reply {
@@ -180,6 +183,12 @@ impl EmptyReply for ReplyEmpty {
 
 impl EntryReply for ReplyEntry {
     fn entry(self, ttl: &Duration, attr: &FileAttr, generation: Generation) {
+        ReplyEntry::entry(self, ttl, attr, generation)
+    }
+    fn entry_as(self, nodeid: u64, ttl: &Duration, attr: &FileAttr, generation: Generation) {
+        // fuser sends the inode number as the node id: aliases are made only
+        // on the io_uring queues, which can say otherwise.
+        debug_assert_eq!(nodeid, attr.ino.0, "an alias answered through /dev/fuse");
         ReplyEntry::entry(self, ttl, attr, generation)
     }
 }

@@ -182,6 +182,18 @@ impl Union {
         Ok(())
     }
 
+    /// The lower file a read-only handle `fh` reads until a copy-up (after
+    /// which the daemon reads the copy for it), for the kernel to read for
+    /// the handle's whole life instead, as the kernel's overlayfs does for
+    /// files opened before a copy-up; `None` for other handles.
+    pub fn lower_read_fd(&self, fh: u64) -> Result<Option<Arc<OwnedFd>>> {
+        let file = self.files.get(fh)?;
+        if file.follow.lock().is_none() {
+            return Ok(None);
+        }
+        Ok(Some(file.fd()?))
+    }
+
     /// The real file behind handle `fh`, if it stays that file for the
     /// handle's life (not a lower file that a copy-up would replace), for
     /// the kernel to use directly.

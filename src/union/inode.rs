@@ -31,8 +31,10 @@ const CAPABILITY: &[u8] = b"security.capability";
 /// Bits of the inode number left for the real inode number; the bits above
 /// select the layer filesystem, as the kernel's `xino` does.
 const INO_BITS: u32 = 56;
-/// The top bit marks numbers that did not fit and were hashed instead.
-const MAX_FS_INDEX: usize = (1 << (63 - INO_BITS)) - 1;
+/// The top bit marks numbers that did not fit and were hashed instead. The
+/// last index is never given: the FUSE adapter makes its extra node ids
+/// there (`fuse::alias`).
+const MAX_FS_INDEX: usize = (1 << (63 - INO_BITS)) - 2;
 
 /// Maps (layer, real inode number) to a union inode number.
 #[derive(Debug)]

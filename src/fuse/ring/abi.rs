@@ -170,8 +170,15 @@ fn put_attr(o: &mut Out<'_>, at: usize, a: &FileAttr) {
 }
 
 /// `struct fuse_entry_out` at `at` (ENTRY_OUT bytes).
-pub fn put_entry(o: &mut Out<'_>, at: usize, ttl: &Duration, attr: &FileAttr, generation: u64) {
-    o.u64(at, attr.ino.0);
+pub fn put_entry(
+    o: &mut Out<'_>,
+    at: usize,
+    nodeid: u64,
+    ttl: &Duration,
+    attr: &FileAttr,
+    generation: u64,
+) {
+    o.u64(at, nodeid);
     o.u64(at + 8, generation);
     o.u64(at + 16, ttl.as_secs());
     o.u64(at + 24, ttl.as_secs());

@@ -110,7 +110,12 @@ impl EmptyReply for RingReply<'_, '_> {
 
 impl EntryReply for RingReply<'_, '_> {
     fn entry(self, ttl: &Duration, attr: &FileAttr, generation: Generation) {
-        self.body(ENTRY_OUT, |o| abi::put_entry(o, 0, ttl, attr, generation.0))
+        self.entry_as(attr.ino.0, ttl, attr, generation)
+    }
+    fn entry_as(self, nodeid: u64, ttl: &Duration, attr: &FileAttr, generation: Generation) {
+        self.body(ENTRY_OUT, |o| {
+            abi::put_entry(o, 0, nodeid, ttl, attr, generation.0)
+        })
     }
 }
 
@@ -219,7 +224,7 @@ impl CreateReply for RingReply<'_, '_> {
         flags: FopenFlags,
     ) {
         self.body(ENTRY_OUT + OPEN_OUT, |o| {
-            abi::put_entry(o, 0, ttl, attr, generation.0);
+            abi::put_entry(o, 0, attr.ino.0, ttl, attr, generation.0);
             abi::put_open(o, ENTRY_OUT, fh.0, flags.bits(), 0);
         })
     }
@@ -237,7 +242,7 @@ impl CreateReply for RingReply<'_, '_> {
         };
         let flags = flags.bits() | abi::FOPEN_PASSTHROUGH;
         self.body(ENTRY_OUT + OPEN_OUT, |o| {
-            abi::put_entry(o, 0, ttl, attr, generation.0);
+            abi::put_entry(o, 0, attr.ino.0, ttl, attr, generation.0);
             abi::put_open(o, ENTRY_OUT, fh.0, flags, id);
         })
     }
@@ -266,8 +271,8 @@ impl DirPlusReply for RingReply<'_, '_> {
         generation: Generation,
     ) -> bool {
         let added = self.append(ENTRY_OUT + abi::dirent_size(name), |o, at| {
-            abi::put_entry(o, at, ttl, attr, generation.0);
-            abi::put_dirent(o, at + ENTRY_OUT, ino.0, offset, attr.kind, name);
+            abi::put_entry(o, at, ino.0, ttl, attr, generation.0);
+            abi::put_dirent(o, at + ENTRY_OUT, attr.ino.0, offset, attr.kind, name);
         });
         !added
     }
