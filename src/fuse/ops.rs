@@ -429,12 +429,7 @@ impl StrataFs {
         let _s = debug_span!("link", ino, newparent, ?newname).entered();
         // The new name leads to the kernel inode the link was made from.
         match self.core.link(self.aliases.ino(ino), newparent, newname) {
-            Ok(node) => reply.entry_as(
-                ino,
-                &self.cfg.ttl,
-                &self.attr_out(node.attr()),
-                GENERATION,
-            ),
+            Ok(node) => reply.entry_as(ino, &self.cfg.ttl, &self.attr_out(node.attr()), GENERATION),
             Err(e) => reply.error(errno(&e)),
         }
     }
