@@ -49,10 +49,17 @@ impl Aliases {
         self.map.read().current.get(&ino).copied().unwrap_or(ino)
     }
 
-    /// Gives the names of `ino` a new node id from now on.
-    pub fn renew(&self, ino: u64) -> u64 {
-        let alias = ALIAS_BASE | (self.next.fetch_add(1, Ordering::Relaxed) + 1);
+    /// Makes the names of `ino` lead to another node id than `stale`, the
+    /// kernel inode that cannot serve them: the current alias if that is
+    /// another, else a new one.
+    pub fn renew(&self, ino: u64, stale: u64) -> u64 {
         let mut map = self.map.write();
+        if let Some(&current) = map.current.get(&ino)
+            && current != stale
+        {
+            return current;
+        }
+        let alias = ALIAS_BASE | (self.next.fetch_add(1, Ordering::Relaxed) + 1);
         map.ino.insert(alias, ino);
         map.current.insert(ino, alias);
         self.any.store(true, Ordering::Release);
@@ -68,10 +75,13 @@ mod tests {
     fn aliases_map_both_ways_and_renew() {
         let a = Aliases::default();
         assert_eq!((a.ino(5), a.nodeid(5)), (5, 5));
-        let first = a.renew(5);
+        let first = a.renew(5, 5);
         assert_ne!(first, 5);
         assert_eq!((a.ino(first), a.nodeid(5)), (5, first));
-        let second = a.renew(5);
+        // The original inode again: the names already lead elsewhere.
+        assert_eq!(a.renew(5, 5), first);
+        // The alias itself cannot serve them: another one.
+        let second = a.renew(5, first);
         assert_ne!(second, first);
         assert_eq!((a.ino(first), a.ino(second), a.nodeid(5)), (5, 5, second));
         assert_eq!((a.ino(7), a.nodeid(7)), (7, 7));

@@ -160,7 +160,7 @@ impl StrataFs {
             // an open that failed with ESTALE once, after a fresh lookup.
             Route::Refused if reply.is_ring() => {
                 self.core.release(fh);
-                let alias = self.aliases.renew(ino);
+                let alias = self.aliases.renew(ino, nodeid);
                 tracing::debug!(ino, nodeid, alias, "copied-up file gets a new kernel inode");
                 reply.error(Errno::ESTALE)
             }
