@@ -264,7 +264,9 @@ fn lower_files_are_read_by_the_kernel_and_copied_up_while_open() {
     drop(writer);
     assert_eq!(fs::read_to_string(m.join("f")).unwrap(), "UPPER data\n");
     assert_eq!(fs::read_to_string(upper.join("f")).unwrap(), "UPPER data\n");
-    reader.read_exact_at(&mut head, 0).unwrap(); // the old handle still reads
+    // The old handle still reads, the lower file it was opened on.
+    reader.read_exact_at(&mut head, 0).unwrap();
+    assert_eq!(head, b"lower", "a handle opened before the copy-up");
     let fresh = fs::File::open(m.join("f")).unwrap();
     assert_eq!(
         (

@@ -59,12 +59,14 @@ impl StrataFs {
     fn route_for(&self, nodeid: u64, fh: u64, flags: i32, reply: &impl OpenBacking) -> Route {
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let ring = reply.is_ring();
-        let stable_fd = || {
-            let fd = self.core.stable_fd(fh).ok().flatten();
-            match fd {
-                None if ring && !writable => self.core.lower_read_fd(fh).ok().flatten(),
-                fd => fd,
-            }
+        let stable_fd = || match self.core.stable_fd(fh).ok().flatten() {
+            None if ring && !writable => self
+                .core
+                .lower_read_fd(fh)
+                .ok()
+                .flatten()
+                .map(|fd| (fd, true)),
+            fd => fd.map(|fd| (fd, false)),
         };
         self.passthrough
             .route(nodeid, fh, stable_fd, writable, ring, |fd| {

@@ -79,14 +79,16 @@ impl Passthrough {
 
     /// Picks how handle `fh` of kernel inode `ino` is served. `stable_fd` gives its
     /// real file if that never changes while open (asked only when needed:
-    /// opens are a hot path); `writable` if open for writing;
+    /// opens are a hot path), and whether it is a lower file (one that the
+    /// kernel refuses, on a layer it cannot stack on, is refused alone);
+    /// `writable` if open for writing;
     /// `open_backing` registers the file with the kernel through the
     /// transport that answers (`ring`: an io_uring queue).
     pub fn route(
         &self,
         ino: u64,
         fh: u64,
-        stable_fd: impl FnOnce() -> Option<Arc<OwnedFd>>,
+        stable_fd: impl FnOnce() -> Option<(Arc<OwnedFd>, bool)>,
         writable: bool,
         ring: bool,
         open_backing: impl FnOnce(BorrowedFd<'_>) -> std::io::Result<Backing>,
@@ -101,12 +103,20 @@ impl Passthrough {
                     Mode::Cached => Route::Cached,
                     Mode::Backed { id, file }
                         if id.is_ring() == ring
-                            && stable_fd().and_then(|fd| file_key(fd.as_fd())) == Some(*file) =>
+                            && stable_fd().and_then(|(fd, _)| file_key(fd.as_fd()))
+                                == Some(*file) =>
                     {
                         Route::Backed(id.clone())
                     }
                     Mode::Backed { .. } => {
-                        tracing::debug!(ino, "passed-through inode opened on another file");
+                        // Expected on the queues (a copy-up under an open
+                        // reader); through /dev/fuse no lower file is passed
+                        // through, so it is a bug there.
+                        if ring {
+                            tracing::debug!(ino, "passed-through inode opened on another file");
+                        } else {
+                            tracing::error!(ino, "passed-through inode opened on another file");
+                        }
                         return Route::Refused;
                     }
                 };
@@ -134,14 +144,14 @@ impl Passthrough {
     /// The mode of an inode opened for the first time.
     fn first_mode(
         &self,
-        stable_fd: impl FnOnce() -> Option<Arc<OwnedFd>>,
+        stable_fd: impl FnOnce() -> Option<(Arc<OwnedFd>, bool)>,
         writable: bool,
         open_backing: impl FnOnce(BorrowedFd<'_>) -> std::io::Result<Backing>,
     ) -> Mode {
         if !self.enabled.load(Ordering::Relaxed) {
             return Mode::Cached;
         }
-        let Some(fd) = stable_fd() else {
+        let Some((fd, lower)) = stable_fd() else {
             return Mode::Cached;
         };
         let fd = fd.as_fd();
@@ -158,6 +168,12 @@ impl Passthrough {
                 id: Arc::new(id),
                 file: (st.st_dev, st.st_ino),
             },
+            // A lower layer the kernel cannot stack on (ELOOP) says nothing
+            // of the upper layer's files.
+            Err(e) if lower && e.raw_os_error() != Some(libc::EPERM) => {
+                tracing::debug!(error = %e, "lower file not passed through");
+                Mode::Cached
+            }
             Err(e) => {
                 // Refused for one file, refused for all (no privilege, a
                 // stacked layer file system): stop asking.

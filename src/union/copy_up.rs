@@ -64,7 +64,8 @@ impl Union {
         ] {
             let mut buf = [0u8; 24];
             if let Ok(n) = sys::getxattr_at(dir, name, &attr, &mut buf) {
-                return std::str::from_utf8(&buf[..n]).ok()?.parse().ok();
+                let origin: u64 = std::str::from_utf8(&buf[..n]).ok()?.parse().ok()?;
+                return (!super::inode::is_reserved_ino(origin)).then_some(origin);
             }
         }
         None

@@ -36,6 +36,12 @@ const INO_BITS: u32 = 56;
 /// there (`fuse::alias`).
 const MAX_FS_INDEX: usize = (1 << (63 - INO_BITS)) - 2;
 
+/// Whether `ino` lies where union inode numbers never are (see
+/// [`MAX_FS_INDEX`]): a recorded origin there is not one of ours.
+pub fn is_reserved_ino(ino: u64) -> bool {
+    ino >> INO_BITS == MAX_FS_INDEX as u64 + 1
+}
+
 /// Maps (layer, real inode number) to a union inode number.
 #[derive(Debug)]
 pub struct InoMap {
@@ -520,6 +526,16 @@ impl NodeTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The numbers the FUSE adapter uses for its extra node ids
+    /// (`fuse::alias`: index 0x7f) are reserved, and the index the union
+    /// gives last is not.
+    #[test]
+    fn the_last_filesystem_index_is_reserved() {
+        assert!(is_reserved_ino((0x7f << 56) | 1));
+        assert!(!is_reserved_ino(((MAX_FS_INDEX as u64) << INO_BITS) | 1));
+        assert!(!is_reserved_ino(1 << 63 | 5));
+    }
 
     /// The kernel may hold a node for each of millions of files: a field
     /// added here costs its size that many times. With its `Arc` counts and
