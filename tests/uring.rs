@@ -303,6 +303,73 @@ fn lower_files_are_read_by_the_kernel_and_copied_up_while_open() {
     stack.assert_layers_unchanged();
 }
 
+/// A lower layer on a file system the kernel will not take backing files from (here a kernel
+/// overlayfs mount: passthrough cannot stack on it) has its files read through the daemon and
+/// the page cache, and that refusal leaves the upper layer's files passed through: a new 4 MiB
+/// file written and read back after the caches are dropped moves through the kernel, not the
+/// daemon.
+#[test]
+fn a_lower_layer_the_kernel_cannot_back_leaves_upper_files_passed_through() {
+    require_root();
+    if !uring_on() {
+        return;
+    }
+    let env = TestEnv::new("uring-stacked");
+    let base = env.layer("base");
+    let lower_data = pattern(2 << 20, 9);
+    base.file("f", &lower_data);
+    let top = env.layer("top");
+    top.file("g", "g\n");
+    // (A lowerdir-only overlay takes two layers at least.)
+    let inner = env.stack(&[&top, &base]);
+    let k = inner.kernel();
+    let stack = env.stack_paths(vec![k.mnt.clone()]);
+    let (upper, work) = upper_work(&env.fresh_dir("rw"));
+    let m = mount_uring(
+        &env,
+        &stack,
+        &UpperSpec::new(&upper, &work),
+        &env.root.join("u.log"),
+    );
+    let pids = m.daemon_pids().to_vec();
+    let io = || {
+        (
+            daemon_counter(&pids, "io", "rchar:"),
+            daemon_counter(&pids, "io", "wchar:"),
+        )
+    };
+    assert!(
+        fs::read(m.join("f")).unwrap() == lower_data,
+        "lower file read wrong"
+    );
+
+    let before = io();
+    let new_data = pattern(4 << 20, 4);
+    let f = fs::File::create(m.join("new")).unwrap();
+    f.write_all_at(&new_data, 0).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    drop_kernel_caches();
+    assert!(
+        fs::read(m.join("new")).unwrap() == new_data,
+        "new file read wrong"
+    );
+    let after = io();
+    let (read, written) = (after.0 - before.0, after.1 - before.1);
+    assert!(
+        read < 1 << 20 && written < 1 << 20,
+        "after a lower file was refused, the daemon moved an upper file's data itself: \
+         read {read} B, wrote {written} B of 4 MiB"
+    );
+    assert!(fs::read(upper.join("new")).unwrap() == new_data);
+    m.unmount();
+    stack.assert_layers_unchanged();
+    // The stack over the kernel mount checks its layer again when dropped: before the mount goes.
+    drop(stack);
+    drop(k);
+    inner.assert_layers_unchanged();
+}
+
 /// `--uring on` where the kernel offers no FUSE over io_uring (`fuse.enable_uring` off) is an
 /// error that says what to turn on, and leaves nothing mounted. (Runs when the switch is off:
 /// the suite's first pass; a test may not turn it off under other tests' live queues.)
