@@ -15,14 +15,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-/// Bytes the daemon's threads read and wrote with syscalls (`rchar`, `wchar`).
-fn daemon_io(pids: &[i32]) -> (u64, u64) {
-    (
-        daemon_counter(pids, "io", "rchar:"),
-        daemon_counter(pids, "io", "wchar:"),
-    )
-}
-
 fn pattern(len: usize, salt: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(salt) ^ (i >> 12) as u8)

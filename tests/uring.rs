@@ -238,7 +238,7 @@ fn lower_files_are_read_by_the_kernel_and_copied_up_while_open() {
         &env.root.join("u.log"),
     );
     let pids = m.daemon_pids().to_vec();
-    let rchar = || daemon_counter(&pids, "io", "rchar:");
+    let rchar = || daemon_io(&pids).0;
 
     let before = rchar();
     assert!(
@@ -332,12 +332,7 @@ fn a_lower_layer_the_kernel_cannot_back_leaves_upper_files_passed_through() {
         &env.root.join("u.log"),
     );
     let pids = m.daemon_pids().to_vec();
-    let io = || {
-        (
-            daemon_counter(&pids, "io", "rchar:"),
-            daemon_counter(&pids, "io", "wchar:"),
-        )
-    };
+    let io = || daemon_io(&pids);
     assert!(
         fs::read(m.join("f")).unwrap() == lower_data,
         "lower file read wrong"

@@ -59,15 +59,7 @@ impl StrataFs {
     fn route_for(&self, nodeid: u64, fh: u64, flags: i32, reply: &impl OpenBacking) -> Route {
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let ring = reply.is_ring();
-        let stable_fd = || match self.core.stable_fd(fh).ok().flatten() {
-            None if ring && !writable => self
-                .core
-                .lower_read_fd(fh)
-                .ok()
-                .flatten()
-                .map(|fd| (fd, true)),
-            fd => fd.map(|fd| (fd, false)),
-        };
+        let stable_fd = || self.core.backing_fd(fh, ring && !writable).ok().flatten();
         self.passthrough
             .route(nodeid, fh, stable_fd, writable, ring, |fd| {
                 reply.open_backing(fd)

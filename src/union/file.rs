@@ -136,10 +136,10 @@ impl Union {
 
     /// Writes all of `data` at `offset` (at the end for O_APPEND files).
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
-        let file = self.files.get(fh)?;
+        let fd = self.files.get(fh)?.fd()?;
         let mut done = 0;
         while done < data.len() {
-            match rustix::io::pwrite(file.fd()?.as_fd(), &data[done..], offset + done as u64) {
+            match rustix::io::pwrite(fd.as_fd(), &data[done..], offset + done as u64) {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(rustix::io::Errno::INTR) => continue,
@@ -151,7 +151,7 @@ impl Union {
             }
         }
         if done >= STREAM_WRITE {
-            stream_to_disk(file.fd()?.as_fd(), offset, done as u64);
+            stream_to_disk(fd.as_fd(), offset, done as u64);
         }
         Ok(u32::try_from(done).unwrap_or(u32::MAX))
     }
@@ -182,25 +182,17 @@ impl Union {
         Ok(())
     }
 
-    /// The lower file a read-only handle `fh` reads until a copy-up (after
-    /// which the daemon reads the copy for it), for the kernel to read for
-    /// the handle's whole life instead, as the kernel's overlayfs does for
-    /// files opened before a copy-up; `None` for other handles.
-    pub fn lower_read_fd(&self, fh: u64) -> Result<Option<Arc<OwnedFd>>> {
-        let file = self.files.get(fh)?;
-        if file.follow.lock().is_none() {
-            return Ok(None);
-        }
-        Ok(Some(file.fd()?))
-    }
-
-    /// The real file behind handle `fh`, if it stays that file for the
-    /// handle's life (not a lower file that a copy-up would replace), for
-    /// the kernel to use directly.
-    pub fn stable_fd(&self, fh: u64) -> Result<Option<Arc<OwnedFd>>> {
+    /// The real file behind handle `fh` for the kernel to use directly, and
+    /// whether it is a lower one: a file that stays the handle's for its
+    /// whole life, or (`lower_too`) the lower file a read-only handle reads
+    /// until a copy-up, which the kernel then keeps reading for the handle,
+    /// as the kernel's overlayfs does for files opened before a copy-up (the
+    /// daemon would follow the copy). `None` for other handles.
+    pub fn backing_fd(&self, fh: u64, lower_too: bool) -> Result<Option<(Arc<OwnedFd>, bool)>> {
         let file = self.files.get(fh)?;
         let fd = file.fd()?;
-        Ok(file.follow.lock().is_none().then_some(fd))
+        let lower = file.follow.lock().is_some();
+        Ok((!lower || lower_too).then_some((fd, lower)))
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {

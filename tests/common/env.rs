@@ -380,6 +380,14 @@ pub fn daemon_counter(pids: &[i32], file: &str, field: &str) -> u64 {
         .sum()
 }
 
+/// Bytes the daemon's threads read and wrote with syscalls (`rchar`, `wchar`).
+pub fn daemon_io(pids: &[i32]) -> (u64, u64) {
+    (
+        daemon_counter(pids, "io", "rchar:"),
+        daemon_counter(pids, "io", "wchar:"),
+    )
+}
+
 /// [`forget_kernel_inodes`], and the page cache too: file data is read from the layers again.
 pub fn drop_kernel_caches() {
     std::fs::write("/proc/sys/vm/drop_caches", "3").expect("drop_caches");
