@@ -537,3 +537,163 @@ fn readdirplus_shows_a_hard_link_copied_up_under_another_name() {
     assert_eq!(listed, vec![(b"g".to_vec(), 6)], "b/ as listed");
     assert_eq!(fs::read(m.join("b/g")).unwrap(), b"lower+");
 }
+
+/// A directory whose listing the daemon kept after a reader went through it, changed through
+/// the mount and then read on from the middle once the kernel lost its own copy of the listing
+/// (as memory reclaim makes it read on from the first page it lost): the entries after that
+/// position are the directory's as it is now, not as it was listed.
+#[test]
+fn reading_on_from_the_middle_after_changes_shows_them() {
+    require_root();
+    let env = TestEnv::new("readdir-kept-changed");
+    let base = env.layer("base");
+    let top = env.layer("top");
+    for l in [&base, &top] {
+        l.dir("d");
+    }
+    for i in 0..3000 {
+        let l = if i % 2 == 0 { &base } else { &top };
+        fs::write(l.path(format!("d/f{i:05}")), "").unwrap();
+    }
+    let stack = env.stack(&[&top, &base]);
+    let (upper, work) = upper_work(&env.fresh_dir("rw"));
+    let m = stack.stratafs_rw(&UpperSpec::new(&upper, &work));
+    let dir = m.join("d");
+
+    let first = read_dir_raw(&dir).unwrap();
+    assert_eq!(first.len(), 3002);
+    let mid = first[1500].off;
+    let removed: BTreeSet<Vec<u8>> = (0..3000)
+        .step_by(5)
+        .map(|i| format!("f{i:05}").into_bytes())
+        .collect();
+    for n in &removed {
+        fs::remove_file(dir.join(OsStr::from_bytes(n))).unwrap();
+    }
+    for i in 0..500 {
+        fs::write(dir.join(format!("new{i:04}")), "").unwrap();
+    }
+    // The kernel's copy of the listing goes with the page cache; it keeps the directory.
+    fs::write("/proc/sys/vm/drop_caches", "1").unwrap();
+
+    let mut reader = Dir::open(&dir).unwrap();
+    reader.seek(mid);
+    let suffix: BTreeSet<Vec<u8>> = reader
+        .read_all()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    drop(reader);
+
+    let now = read_dir_raw(&dir).unwrap();
+    assert_eq!(now.len(), 3002 - removed.len() + 500, "a fresh listing");
+    let expected: BTreeSet<Vec<u8>> = now
+        .into_iter()
+        .filter(|e| e.off > mid)
+        .map(|e| e.name)
+        .collect();
+    let stale: Vec<String> = suffix
+        .intersection(&removed)
+        .map(|n| n.escape_ascii().to_string())
+        .collect();
+    assert!(stale.is_empty(), "removed names listed: {stale:?}");
+    let missing: Vec<String> = expected
+        .difference(&suffix)
+        .map(|n| n.escape_ascii().to_string())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "names not listed after the position: {missing:?}"
+    );
+    assert_eq!(suffix, expected);
+    drop(m);
+    stack.assert_layers_unchanged();
+}
+
+/// `ls -l` of a big directory over three layers, twice, the second time after the kernel lost
+/// its copy of the listing but still holds every file: names, d_ino, d_type and attributes
+/// as the kernel's overlayfs shows them both times (the daemon then answers readdirplus with
+/// names alone for the files the kernel holds, and the first time stats each file only in the
+/// layer the listing found it in).
+#[test]
+fn ls_l_again_after_the_kernel_lost_the_listing_matches_the_kernel() {
+    require_root();
+    let env = TestEnv::new("readdir-ls-l-again");
+    let layers = [env.layer("base"), env.layer("mid"), env.layer("top")];
+    for l in &layers {
+        l.dir("d");
+    }
+    for i in 0..4000 {
+        let l = &layers[i % 3];
+        fs::write(l.path(format!("d/f{i:05}")), "x".repeat(i % 7)).unwrap();
+        if i % 10 == 0 {
+            // The same name higher up: the higher one shows.
+            fs::write(layers[2].path(format!("d/f{i:05}")), "top").unwrap();
+        }
+    }
+    // Whiteouts in the middle layer of names only the bottom one has.
+    let hidden: Vec<usize> = (0..4000)
+        .filter(|i| i % 3 == 0 && i % 10 != 0 && i % 31 == 0)
+        .collect();
+    for i in &hidden {
+        layers[1].whiteout(format!("d/f{i:05}"), Whiteout::CharDev);
+    }
+    let stack = env.stack(&[&layers[2], &layers[1], &layers[0]]);
+    let kernel = stack.kernel();
+    let (upper, work) = upper_work(&env.fresh_dir("rw"));
+    let m = stack.stratafs_rw(&UpperSpec::new(&upper, &work));
+
+    type Row = (u8, u32, u64, u64, i64);
+    // Reads the directory and stats each entry as it goes (so that the kernel keeps asking
+    // for entries with attributes): name -> (d_type, mode, nlink, size, mtime), and whether
+    // every d_ino is its file's st_ino.
+    let ls_l = |dir: &Path| -> (BTreeMap<Vec<u8>, Row>, Vec<String>) {
+        use std::os::unix::fs::MetadataExt;
+        let mut rows = BTreeMap::new();
+        let mut bad_ino = Vec::new();
+        let mut d = Dir::open(dir).unwrap();
+        while let Some(e) = d.read().unwrap() {
+            if e.name == b"." || e.name == b".." {
+                continue;
+            }
+            let st = fs::symlink_metadata(dir.join(OsStr::from_bytes(&e.name))).unwrap();
+            if st.ino() != e.ino {
+                bad_ino.push(format!(
+                    "{}: d_ino {} st_ino {}",
+                    e.name.escape_ascii(),
+                    e.ino,
+                    st.ino()
+                ));
+            }
+            rows.insert(
+                e.name,
+                (e.dtype, st.mode(), st.nlink(), st.size(), st.mtime()),
+            );
+        }
+        (rows, bad_ino)
+    };
+    let (want, _) = ls_l(&kernel.path().join("d"));
+    assert_eq!(want.len(), 4000 - hidden.len());
+    let dir = m.join("d");
+    for pass in ["cold", "after the kernel lost the listing"] {
+        let (got, bad_ino) = ls_l(&dir);
+        assert!(bad_ino.is_empty(), "{pass}: {bad_ino:?}");
+        let differ: Vec<String> = want
+            .iter()
+            .filter(|(n, row)| got.get(*n) != Some(row))
+            .map(|(n, row)| format!("{}: {:?}, kernel {row:?}", n.escape_ascii(), got.get(n)))
+            .collect();
+        assert!(
+            differ.is_empty(),
+            "{pass}: {} differ: {:?}",
+            differ.len(),
+            &differ[..differ.len().min(5)]
+        );
+        assert_eq!(got.len(), want.len(), "{pass}: entries");
+        fs::write("/proc/sys/vm/drop_caches", "1").unwrap();
+    }
+    drop(m);
+    drop(kernel);
+    stack.assert_layers_unchanged();
+}

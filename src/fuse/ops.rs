@@ -20,6 +20,14 @@ use super::reply::{
 use super::{GENERATION, StrataFs, caller, caller_groups, decode_dev, set_time};
 use crate::union::{NewEntry, SetAttr};
 
+/// With attributes cached at least this long, readdirplus does not send
+/// again the entries of inodes the kernel holds: every change to them
+/// went through the daemon and updated the kernel's copy, and a fresh
+/// copy would also drop the ACLs the kernel cached (an `ls -l` then asks
+/// each file for its ACL again). With a shorter time, the fresh
+/// attributes save the stats that follow a listing a request each.
+const HELD_ATTR_TTL: Duration = Duration::from_secs(60);
+
 /// The arguments of a setattr, as the kernel gave them.
 pub struct SetAttrArgs {
     pub mode: Option<u32>,
@@ -251,6 +259,16 @@ impl StrataFs {
                     &fa,
                     GENERATION,
                 ) {
+                    break;
+                }
+                continue;
+            }
+            if self.cfg.ttl >= HELD_ATTR_TTL
+                && self.core.is_held(entry.ino)
+                && let Some(full) =
+                    reply.add_unlinked(INodeNo(entry.ino), off, file_type(entry.kind), entry.name)
+            {
+                if full {
                     break;
                 }
                 continue;

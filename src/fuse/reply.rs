@@ -147,6 +147,17 @@ pub trait DirPlusReply: Reply {
         attr: &FileAttr,
         generation: Generation,
     ) -> bool;
+    /// Adds an entry the kernel is not to link to a node (node id 0: it
+    /// takes the name alone, as from readdir, and its inode keeps its
+    /// cached attributes and ACLs), if the transport can say so: `None`
+    /// if not, else whether the reply is full.
+    fn add_unlinked(
+        &mut self,
+        ino: INodeNo,
+        offset: u64,
+        kind: FileType,
+        name: &OsStr,
+    ) -> Option<bool>;
     fn ok(self);
 }
 
@@ -323,6 +334,10 @@ impl DirPlusReply for ReplyDirectoryPlus {
         generation: Generation,
     ) -> bool {
         ReplyDirectoryPlus::add(self, ino, offset, name, ttl, attr, generation)
+    }
+    /// fuser writes an entry's attribute inode number as its node id.
+    fn add_unlinked(&mut self, _: INodeNo, _: u64, _: FileType, _: &OsStr) -> Option<bool> {
+        None
     }
     fn ok(self) {
         ReplyDirectoryPlus::ok(self)

@@ -63,6 +63,7 @@ impl Union {
         caller: Caller,
         what: NewEntry<'_>,
     ) -> Result<(Arc<Node>, Option<u64>)> {
+        let _names = self.listings.changing();
         self.check_writable()?;
         let upper = self.upper()?;
         let name = checked_name(name)?;
@@ -249,6 +250,7 @@ impl Union {
     /// link(2): a new name for `ino` in `newparent`. The source is copied up
     /// first; the link is made between upper entries.
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Arc<Node>> {
+        let _names = self.listings.changing();
         self.check_writable()?;
         let upper = self.upper()?;
         let name = checked_name(newname)?;

@@ -485,8 +485,9 @@ impl NodeTable {
         }
     }
 
-    /// Drops `n` kernel references; the node goes away with the last one.
-    pub fn forget(&self, ino: u64, n: u64) {
+    /// Drops `n` kernel references; the node goes away with the last one
+    /// (then true).
+    pub fn forget(&self, ino: u64, n: u64) -> bool {
         let reached_zero = match self.nodes.get(&ino) {
             Some(node) => {
                 let prev = node
@@ -508,6 +509,7 @@ impl NodeTable {
                 Some(_) => self.dropped.fetch_add(1, Ordering::Relaxed) + 1,
                 None => 0,
             };
+            let gone = removed.is_some();
             let few_left = || dropped * 2 >= self.nodes.len() as u64;
             if dropped >= TRIM_EVERY || (dropped >= TRIM_MIN && few_left()) {
                 self.dropped.store(0, Ordering::Relaxed);
@@ -515,11 +517,18 @@ impl NodeTable {
                 self.nodes.shrink_to_fit();
                 crate::sys::trim();
             }
+            return gone;
         }
+        false
     }
 
     pub fn len(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// Whether the kernel holds a reference to `ino`.
+    pub fn is_held(&self, ino: u64) -> bool {
+        self.nodes.contains_key(&ino)
     }
 }
 

@@ -1,6 +1,12 @@
 //! Listings kept between the reads of one directory: a reader goes through a
 //! big directory in many requests, and each must not list it again. Bounded
-//! by the entries held; a listing read to its end is dropped at once.
+//! by the entries held.
+//!
+//! A listing read to its end is kept too, while nothing in the union changed
+//! since it was taken and the kernel holds the directory: the kernel's own
+//! copy of a listing loses pages under memory reclaim, and it then reads on
+//! from the first page it lost (a warm `ls -l` of 100k entries listed them
+//! all again, 0.4 s, for the last few thousand).
 
 use std::hash::RandomState;
 use std::sync::Arc;
@@ -28,11 +34,36 @@ pub struct ListingCache {
     key: RandomState,
     /// Orders listings by when they were begun.
     stamps: AtomicU64,
+    /// Counts the changes to names anywhere in the union.
+    changes: AtomicU64,
+}
+
+/// When a listing was begun (taken before the directory is read).
+#[derive(Debug, Clone, Copy)]
+pub struct Stamp {
+    order: u64,
+    changes: u64,
+}
+
+pub struct Changing<'a>(&'a ListingCache);
+
+impl Drop for Changing<'_> {
+    fn drop(&mut self) {
+        self.0.changed();
+    }
+}
+
+#[derive(Debug)]
+struct Kept {
+    stamp: Stamp,
+    listing: Arc<Listing>,
+    /// A reader has been through it all.
+    read: bool,
 }
 
 #[derive(Debug)]
 struct Inner {
-    listings: LruCache<u64, (u64, Arc<Listing>)>,
+    listings: LruCache<u64, Kept>,
     weight: usize,
 }
 
@@ -49,6 +80,7 @@ impl Default for ListingCache {
             }),
             key: RandomState::new(),
             stamps: AtomicU64::new(0),
+            changes: AtomicU64::new(0),
         }
     }
 }
@@ -60,49 +92,98 @@ impl ListingCache {
 
     /// A stamp to take before a directory is read for a listing (see
     /// [`ListingCache::insert`]).
-    pub fn stamp(&self) -> u64 {
-        self.stamps.fetch_add(1, Ordering::Relaxed)
+    pub fn stamp(&self) -> Stamp {
+        Stamp {
+            changes: self.changes.load(Ordering::Acquire),
+            order: self.stamps.fetch_add(1, Ordering::Relaxed),
+        }
     }
 
-    pub fn get(&self, ino: u64) -> Option<Arc<Listing>> {
-        self.inner.lock().listings.get(&ino).map(|(_, l)| l.clone())
+    /// To be called once a name was added, removed or moved (after: a
+    /// listing begun before it completed must not be taken as current).
+    pub fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::Release);
+    }
+
+    /// Calls [`ListingCache::changed`] when dropped: held through an
+    /// operation that may change names, however it ends.
+    pub fn changing(&self) -> Changing<'_> {
+        Changing(self)
+    }
+
+    /// The listing kept for directory `ino` for a read from its start, if
+    /// nothing changed since it was taken, or for a read going on (a
+    /// reader's listing is taken once, however the union changes).
+    pub fn get(&self, ino: u64, from_start: bool) -> Option<Arc<Listing>> {
+        let mut inner = self.inner.lock();
+        let kept = inner.listings.get(&ino)?;
+        if kept.stamp.changes == self.changes.load(Ordering::Acquire) {
+            return Some(kept.listing.clone());
+        }
+        if kept.read {
+            inner.forget(ino);
+            return None;
+        }
+        (!from_start).then(|| kept.listing.clone())
     }
 
     /// Keeps `listing` for directory `ino`, unless one begun later is kept
     /// already (a slow listing must not replace a newer one, which may show
     /// a change the older missed), and drops the least recently used others
     /// while too many entries are kept.
-    pub fn insert(&self, ino: u64, listing: Arc<Listing>, stamp: u64) {
+    pub fn insert(&self, ino: u64, listing: Arc<Listing>, stamp: Stamp) {
         let mut inner = self.inner.lock();
         if inner
             .listings
             .peek(&ino)
-            .is_some_and(|(kept, _)| *kept > stamp)
+            .is_some_and(|kept| kept.stamp.order > stamp.order)
         {
             return;
         }
-        inner.weight += weight(&listing);
-        if let Some((_, old)) = inner.listings.put(ino, (stamp, listing)) {
-            inner.weight -= weight(&old);
+        inner.put(
+            ino,
+            Kept {
+                stamp,
+                listing,
+                read: false,
+            },
+        );
+    }
+
+    /// A reader went through `listing` of directory `ino` to its end: if it
+    /// is still the one kept, it stays only while current.
+    pub fn read_through(&self, ino: u64, listing: &Arc<Listing>) {
+        let mut inner = self.inner.lock();
+        if let Some(kept) = inner.listings.peek_mut(&ino)
+            && Arc::ptr_eq(&kept.listing, listing)
+        {
+            kept.read = true;
         }
-        while inner.weight > MAX_ENTRIES && inner.listings.len() > MIN_KEPT {
-            match inner.listings.pop_lru() {
-                Some((_, (_, old))) => inner.weight -= weight(&old),
+    }
+
+    /// The kernel forgot directory `ino`: its listing goes too.
+    pub fn forget(&self, ino: u64) {
+        self.inner.lock().forget(ino);
+    }
+}
+
+impl Inner {
+    fn put(&mut self, ino: u64, kept: Kept) {
+        self.weight += weight(&kept.listing);
+        if let Some(old) = self.listings.put(ino, kept) {
+            self.weight -= weight(&old.listing);
+        }
+        while self.weight > MAX_ENTRIES && self.listings.len() > MIN_KEPT {
+            match self.listings.pop_lru() {
+                Some((_, old)) => self.weight -= weight(&old.listing),
                 None => break,
             }
         }
     }
 
-    /// Drops `listing` of directory `ino`, if it is still the one kept.
-    pub fn remove(&self, ino: u64, listing: &Arc<Listing>) {
-        let mut inner = self.inner.lock();
-        if inner
-            .listings
-            .peek(&ino)
-            .is_some_and(|(_, kept)| Arc::ptr_eq(kept, listing))
-            && let Some((_, old)) = inner.listings.pop(&ino)
-        {
-            inner.weight -= weight(&old);
+    fn forget(&mut self, ino: u64) {
+        if let Some(old) = self.listings.pop(&ino) {
+            self.weight -= weight(&old.listing);
         }
     }
 }
@@ -118,22 +199,65 @@ mod tests {
         let newer = Arc::new(Listing::of_files(3));
         cache.insert(1, newer.clone(), second);
         cache.insert(1, Arc::new(Listing::of_files(2)), first);
-        assert!(Arc::ptr_eq(&cache.get(1).unwrap(), &newer));
+        assert!(Arc::ptr_eq(&cache.get(1, false).unwrap(), &newer));
         let newest = Arc::new(Listing::of_files(1));
         cache.insert(1, newest.clone(), third);
-        assert!(Arc::ptr_eq(&cache.get(1).unwrap(), &newest));
+        assert!(Arc::ptr_eq(&cache.get(1, false).unwrap(), &newest));
     }
 
     #[test]
-    fn a_reader_done_drops_only_the_listing_it_read() {
+    fn a_listing_read_through_is_kept_until_a_name_changes() {
+        let cache = ListingCache::default();
+        let listing = Arc::new(Listing::of_files(3));
+        cache.insert(7, listing.clone(), cache.stamp());
+        cache.read_through(7, &listing);
+        let kept = cache.get(7, false).expect("kept after it was read through");
+        assert_eq!(kept.len(), 3);
+        cache.changed();
+        assert!(cache.get(7, false).is_none(), "kept across a change");
+    }
+
+    #[test]
+    fn a_listing_still_being_read_is_kept_across_changes() {
+        let cache = ListingCache::default();
+        let listing = Arc::new(Listing::of_files(3));
+        cache.insert(7, listing.clone(), cache.stamp());
+        cache.changed();
+        assert!(Arc::ptr_eq(&cache.get(7, false).unwrap(), &listing));
+    }
+
+    #[test]
+    fn a_listing_begun_before_a_change_ended_is_not_current_after_it() {
+        let cache = ListingCache::default();
+        let stamp = cache.stamp();
+        // The change completes while the directory is being read.
+        cache.changed();
+        let listing = Arc::new(Listing::of_files(3));
+        cache.insert(7, listing.clone(), stamp);
+        cache.read_through(7, &listing);
+        assert!(cache.get(7, false).is_none());
+    }
+
+    #[test]
+    fn a_reader_done_marks_only_the_listing_it_read() {
         let cache = ListingCache::default();
         let read = Arc::new(Listing::of_files(3));
         let other = Arc::new(Listing::of_files(3));
         cache.insert(7, other.clone(), cache.stamp());
-        cache.remove(7, &read);
-        assert!(Arc::ptr_eq(&cache.get(7).unwrap(), &other));
-        cache.remove(7, &other);
-        assert!(cache.get(7).is_none());
+        cache.read_through(7, &read);
+        cache.changed();
+        assert!(Arc::ptr_eq(&cache.get(7, false).unwrap(), &other));
+    }
+
+    #[test]
+    fn a_forgotten_directory_loses_its_listing() {
+        let cache = ListingCache::default();
+        let listing = Arc::new(Listing::of_files(3));
+        cache.insert(7, listing.clone(), cache.stamp());
+        cache.read_through(7, &listing);
+        cache.forget(7);
+        assert!(cache.get(7, false).is_none());
+        assert_eq!(cache.inner.lock().weight, 0);
     }
 
     #[test]
@@ -144,13 +268,13 @@ mod tests {
             cache.insert(ino, Arc::new(Listing::of_files(big)), cache.stamp());
         }
         for ino in 0..MIN_KEPT as u64 {
-            assert!(cache.get(ino).is_some(), "listing {ino} evicted");
+            assert!(cache.get(ino, false).is_some(), "listing {ino} evicted");
         }
         // One more: the least recently used goes, the others stay.
         cache.insert(100, Arc::new(Listing::of_files(2)), cache.stamp());
-        assert!(cache.get(0).is_none());
-        assert!((1..MIN_KEPT as u64).all(|ino| cache.get(ino).is_some()));
-        assert!(cache.get(100).is_some());
+        assert!(cache.get(0, false).is_none());
+        assert!((1..MIN_KEPT as u64).all(|ino| cache.get(ino, false).is_some()));
+        assert!(cache.get(100, false).is_some());
     }
 
     #[test]

@@ -264,8 +264,15 @@ impl Union {
     }
 
     /// Drops `n` kernel references to `ino`.
+    /// Whether the kernel holds node `ino` (see [`Union::forget`]).
+    pub fn is_held(&self, ino: u64) -> bool {
+        self.nodes.is_held(ino)
+    }
+
     pub fn forget(&self, ino: u64, n: u64) {
-        self.nodes.forget(ino, n);
+        if self.nodes.forget(ino, n) {
+            self.listings.forget(ino);
+        }
     }
 
     pub fn getattr(&self, ino: u64) -> Result<Attr> {

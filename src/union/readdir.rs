@@ -3,8 +3,9 @@
 //!
 //! There are no directory handles (the kernel is told that opendir is not
 //! implemented, which saves two requests per directory opened, and caches
-//! listings itself). A read from offset 0 takes a fresh listing; the reads
-//! that go on from a later offset reuse it while it is cached. Offsets are
+//! listings itself). A read from offset 0 takes a fresh listing, unless
+//! nothing changed since the one kept was taken; the reads that go on from
+//! a later offset reuse it while it is kept (see `listing_cache`). Offsets are
 //! cookies derived from a keyed hash of each name, in whose order a listing
 //! is kept, so a position stays meaningful in a listing taken again after a
 //! change: no name is skipped or repeated, as in ext4's hashed directories.
@@ -36,6 +37,9 @@ pub struct DirEntry<'a> {
     /// its attributes, so that readdirplus needs no second lookup (see
     /// [`Union::lookup_listed`] for when they may be used).
     leaf: Option<&'a (usize, Attr)>,
+    /// For a non-directory of a lower layer: which of the directory's layers
+    /// holds it, kept when its attributes are not.
+    source: Option<usize>,
 }
 
 /// 20 bytes per entry (packed: a 100k-entry listing is held while the
@@ -48,12 +52,15 @@ struct Listed {
     cookie: u32,
     /// Where the name starts in [`Listing::names`] (it ends at a NUL).
     name_start: u32,
-    /// The kind in the low bits; above them, one more than the index into
-    /// [`Listing::leaves`], or 0.
+    /// The kind in the low bits; above them [`SOURCE_FLAG`], and above
+    /// that one more than the index into [`Listing::leaves`] or, with the
+    /// flag, than the layer holding the entry; or 0.
     kind_leaf: u32,
 }
 
 const KIND_BITS: u32 = 3;
+const SOURCE_FLAG: u32 = 1 << KIND_BITS;
+const TAIL_SHIFT: u32 = KIND_BITS + 1;
 
 /// Names' cookies: after "." and "..", and below 2^31 however many equal
 /// hashes push them up (up to 64M names): a 32-bit program's readdir fails
@@ -68,10 +75,18 @@ impl Listed {
         Kind::from_index(self.kind_leaf & ((1 << KIND_BITS) - 1))
     }
 
-    fn leaf(&self) -> Option<usize> {
-        (self.kind_leaf >> KIND_BITS)
+    fn tail(&self) -> Option<usize> {
+        (self.kind_leaf >> TAIL_SHIFT)
             .checked_sub(1)
             .map(|l| l as usize)
+    }
+
+    fn leaf(&self) -> Option<usize> {
+        self.tail().filter(|_| self.kind_leaf & SOURCE_FLAG == 0)
+    }
+
+    fn source(&self) -> Option<usize> {
+        self.tail().filter(|_| self.kind_leaf & SOURCE_FLAG != 0)
     }
 }
 
@@ -96,11 +111,13 @@ impl Listing {
     /// Entry `i`.
     pub fn get(&self, i: usize) -> Option<DirEntry<'_>> {
         let e = self.entries.get(i)?;
+        let leaf = e.leaf().and_then(|l| self.leaves.get(l));
         Some(DirEntry {
             name: OsStr::from_bytes(self.name(i)),
             ino: { e.ino },
             kind: e.kind(),
-            leaf: e.leaf().and_then(|l| self.leaves.get(l)),
+            leaf,
+            source: leaf.map(|&(s, _)| s).or(e.source()),
         })
     }
 
@@ -162,8 +179,8 @@ impl Listing {
         self.names.extend_from_slice(name);
         self.names.push(0);
         // (An entry beyond what the bits hold is looked up instead.)
-        let leaf = match leaf {
-            Some(l) if self.leaves.len() < (u32::MAX >> KIND_BITS) as usize => {
+        let tail = match leaf {
+            Some(l) if self.leaves.len() < (u32::MAX >> TAIL_SHIFT) as usize => {
                 self.leaves.push(l);
                 self.leaves.len() as u32
             }
@@ -173,8 +190,19 @@ impl Listing {
             ino,
             cookie: 0,
             name_start,
-            kind_leaf: kind as u32 | leaf << KIND_BITS,
+            kind_leaf: kind as u32 | tail << TAIL_SHIFT,
         });
+    }
+
+    /// Like [`Listing::push`] for an entry of lower layer `source`, whose
+    /// attributes are not kept.
+    fn push_from(&mut self, name: &[u8], ino: u64, kind: Kind, source: usize) {
+        self.push(name, ino, kind, None);
+        if let (Some(e), Ok(tail)) = (self.entries.last_mut(), u32::try_from(source + 1))
+            && tail <= u32::MAX >> TAIL_SHIFT
+        {
+            e.kind_leaf |= SOURCE_FLAG | tail << TAIL_SHIFT;
+        }
     }
 }
 
@@ -191,12 +219,9 @@ impl Union {
     /// The listing of directory `ino` for a read from `offset` on (see the
     /// module comment).
     pub fn readdir(&self, ino: u64, offset: u64) -> Result<Arc<Listing>> {
-        if offset != 0
-            && let Some(listing) = self.listings.get(ino)
-        {
+        if let Some(listing) = self.listings.get(ino, offset == 0) {
             if listing.read_to_end(offset) {
-                // The reader is done with it (the kernel keeps its own copy).
-                self.listings.remove(ino, &listing);
+                self.listings.read_through(ino, &listing);
             }
             return Ok(listing);
         }
@@ -212,11 +237,21 @@ impl Union {
     }
 
     /// The node of a listed entry, counting one kernel reference, as
-    /// [`Union::lookup`] would give it; a non-directory needs no layer access.
+    /// [`Union::lookup`] would give it. A non-directory needs no layer
+    /// access if the listing kept its attributes, else one stat in the
+    /// layer that holds it (a lookup would look in every layer above it
+    /// first, and in a big directory those misses cost the most).
     pub fn lookup_listed(&self, parent: u64, entry: &DirEntry<'_>) -> Result<Arc<Node>> {
         let dir_node = self.nodes.get(parent)?;
         let name = super::lookup::checked_name(entry.name)?;
-        let Some(&(source, attr)) = entry.leaf.filter(|(_, attr)| {
+        let listed = match (entry.leaf, entry.source) {
+            (Some(&leaf), _) => Some(leaf),
+            (None, Some(source)) if self.listed_dir_is_current(&dir_node) => self
+                .listed_attr(&dir_node, source, &name, entry.ino)
+                .map(|attr| (source, attr)),
+            _ => None,
+        };
+        let Some((source, attr)) = listed.filter(|(_, attr)| {
             self.upper.is_none() || self.listed_leaf_is_current(&dir_node, attr)
         }) else {
             return self.lookup_in(&dir_node, name);
@@ -249,9 +284,28 @@ impl Union {
     /// which is taken instead.) Another name of a hard-linked file may have
     /// been copied up elsewhere; a lookup joins it to that copy.
     fn listed_leaf_is_current(&self, dir: &Node, attr: &Attr) -> bool {
-        attr.nlink <= 1
-            && matches!(&dir.state().body, NodeBody::Dir { layers }
-                if layers.first().is_some_and(|l| !self.is_upper(l.layer)))
+        attr.nlink <= 1 && self.listed_dir_is_current(dir)
+    }
+
+    /// Whether directory `dir` has the layers it was listed with: it has no
+    /// upper layer (the only one it can gain).
+    fn listed_dir_is_current(&self, dir: &Node) -> bool {
+        matches!(&dir.state().body, NodeBody::Dir { layers }
+            if layers.first().is_some_and(|l| !self.is_upper(l.layer)))
+    }
+
+    /// The attributes of `name`, found in layer `source` of directory `dir`
+    /// when it was listed as `ino`; `None` if that cannot be had (a lookup
+    /// then finds out why).
+    fn listed_attr(&self, dir: &Node, source: usize, name: &CString, ino: u64) -> Option<Attr> {
+        let state = dir.state();
+        let NodeBody::Dir { layers } = &state.body else {
+            return None;
+        };
+        let ld = layers.get(source)?;
+        let st = layer::stat_at(ld.fd.as_fd(), name).ok()?;
+        let st = self.logical(ld.layer, ld.fd.as_fd(), name, st);
+        Attr::from_stat(ino, &st).filter(|a| a.kind != Kind::Dir)
     }
 
     pub(crate) fn list(&self, node: &Node) -> Result<Listing> {
@@ -349,9 +403,14 @@ impl LayerPass<'_> {
                 Leaf::Whiteout => self.whiteouts.push(name.into_bytes()),
                 Leaf::Unknown => {}
                 Leaf::Shown { ino, attr } => {
-                    let leaf = (entries.leaves.len() < self.keep_attrs && attr.kind != Kind::Dir)
-                        .then_some((self.source, attr));
-                    entries.push(name.to_bytes(), ino, attr.kind, leaf);
+                    let keep = entries.leaves.len() < self.keep_attrs && attr.kind != Kind::Dir;
+                    if keep {
+                        entries.push(name.to_bytes(), ino, attr.kind, Some((self.source, attr)));
+                    } else if attr.kind != Kind::Dir && !self.union.is_upper(self.ld.layer) {
+                        entries.push_from(name.to_bytes(), ino, attr.kind, self.source);
+                    } else {
+                        entries.push(name.to_bytes(), ino, attr.kind, None);
+                    }
                     decided.shown(entries, entries.len() - 1);
                 }
             }

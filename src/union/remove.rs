@@ -19,6 +19,7 @@ impl Union {
     }
 
     fn remove(&self, parent: u64, name: &OsStr, want_dir: bool) -> Result<()> {
+        let _names = self.listings.changing();
         self.check_writable()?;
         let upper = self.upper()?;
         let name = checked_name(name)?;

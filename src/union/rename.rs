@@ -73,6 +73,7 @@ impl Union {
         newname: &OsStr,
         flags: u32,
     ) -> Result<()> {
+        let _names = self.listings.changing();
         self.check_writable()?;
         let flags = RenameFlags::from_bits(flags).ok_or(Error::InvalidName)?;
         if flags.contains(RenameFlags::WHITEOUT)

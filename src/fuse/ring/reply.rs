@@ -276,6 +276,19 @@ impl DirPlusReply for RingReply<'_, '_> {
         });
         !added
     }
+    fn add_unlinked(
+        &mut self,
+        ino: INodeNo,
+        offset: u64,
+        kind: FileType,
+        name: &OsStr,
+    ) -> Option<bool> {
+        let added = self.append(ENTRY_OUT + abi::dirent_size(name), |o, at| {
+            o.buf[at..at + ENTRY_OUT].fill(0);
+            abi::put_dirent(o, at + ENTRY_OUT, ino.0, offset, kind, name);
+        });
+        Some(!added)
+    }
     fn ok(self) {
         self.listing()
     }
