@@ -6,6 +6,7 @@ mod content_check;
 mod copy;
 mod error;
 mod markers;
+mod reaper;
 mod redirect;
 mod upper;
 mod user_markers;

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags};
 
+use super::reaper::Reaper;
 use super::{Layer, LayerError, remove_tree};
 
 /// Whiteout and opaque markers this mount writes.
@@ -54,10 +55,12 @@ pub struct Upper {
     counter: AtomicU64,
     /// Cleared once the filesystem refuses O_TMPFILE.
     tmpfiles: AtomicBool,
+    reaper: Reaper,
 }
 
 impl Drop for Upper {
     fn drop(&mut self) {
+        self.reaper.finish();
         self.drop_shared_whiteout();
     }
 }
@@ -150,6 +153,9 @@ impl Upper {
                 .split(|b| *b == 0)
                 .all(|n| n.is_empty() || super::is_private_xattr(n))
         });
+        let reaper_work = work_fd
+            .try_clone()
+            .map_err(|e| LayerError::open(work_path, e))?;
         Ok(Upper {
             work: work_fd,
             index,
@@ -161,6 +167,7 @@ impl Upper {
             pid: std::process::id(),
             counter: AtomicU64::new(0),
             tmpfiles: AtomicBool::new(true),
+            reaper: Reaper::new(reaper_work),
         })
     }
 
@@ -275,6 +282,12 @@ impl Upper {
         if let Err(e) = remove_tree(self.work(), name) {
             tracing::warn!(error = %e, ?name, "cannot remove workdir scratch entry");
         }
+    }
+
+    /// [`Upper::discard`], done by another thread: for a directory taken out
+    /// of the tree, whose contents nobody can reach any more.
+    pub fn discard_later(&self, name: CString) {
+        self.reaper.remove(name);
     }
 }
 

@@ -99,7 +99,7 @@ impl Upper {
                 }
                 if is_dir {
                     // The old directory now sits in the workdir under `tmp`.
-                    self.discard(&tmp);
+                    self.discard_later(tmp);
                 }
             }
             Dialect::Oci => {
@@ -126,7 +126,7 @@ impl Upper {
         let tmp = self.temp_name();
         rustix::fs::renameat_with(dir, name, self.work(), &tmp, RenameFlags::NOREPLACE)
             .map_err(io)?;
-        self.discard(&tmp);
+        self.discard_later(tmp);
         Ok(())
     }
 

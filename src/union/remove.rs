@@ -43,12 +43,14 @@ impl Union {
                 NodeBody::Lower { .. } => false,
                 NodeBody::Dir { layers } => self.is_upper(layers[0].layer),
             };
-            let lower_has = self.lower_has(&parent, &name)?;
             let dir = self.upper_dir(&parent)?;
-            match (in_upper, lower_has) {
-                (true, true) => upper.replace_with_whiteout(dir.as_fd(), &name, is_dir)?,
-                (true, false) => upper.remove_entry(dir.as_fd(), &name, is_dir)?,
-                (false, _) => upper.write_whiteout(dir.as_fd(), &name)?,
+            // (Only a name in the upper layer needs a look below it.)
+            if !in_upper {
+                upper.write_whiteout(dir.as_fd(), &name)?;
+            } else if self.lower_has(&parent, &name)? {
+                upper.replace_with_whiteout(dir.as_fd(), &name, is_dir)?;
+            } else {
+                upper.remove_entry(dir.as_fd(), &name, is_dir)?;
             }
             parent.forget_xattrs();
             // Still open somewhere, perhaps: any later change is copied up as
