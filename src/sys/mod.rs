@@ -1,6 +1,7 @@
 //! The only module allowed to contain `unsafe`: thin wrappers for the few
 //! syscalls that rustix does not cover. Each block carries a SAFETY note.
 
+mod affinity;
 mod env;
 mod fork;
 mod fuse_ring;
@@ -9,6 +10,7 @@ mod signals;
 mod writeback;
 mod xattr_at;
 
+pub use affinity::{Unpinned, unpinned};
 pub use env::set_env_if_single_threaded;
 pub use fork::{ForkResult, fork};
 pub use fuse_ring::{FuseBacking, FuseQueue, HEADER_SIZE, Slot, probe_ring};

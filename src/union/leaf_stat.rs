@@ -46,6 +46,9 @@ impl Union {
             return all(names);
         }
         let (first, second) = names.split_at(names.len() / 2);
+        // The caller may be tied to one CPU (a queue thread): the two halves
+        // go wherever there is room.
+        let _free = crate::sys::unpinned();
         std::thread::scope(|scope| {
             let helper = std::thread::Builder::new().spawn_scoped(scope, || all(second));
             let mut leaves = all(first)?;

@@ -112,14 +112,13 @@ pub fn start(
                 // Dropped in reverse: the file system before the signal.
                 let _ended = ended;
                 let fs = fs;
-                let pinning = Pinning::new(cpu);
-                pinning.pin();
+                pin(cpu);
                 let queue = FuseQueue::register(dev, cpu, 1, PAYLOAD)
                     .and_then(|mut q| q.submit().map(|()| q));
                 match queue {
                     Ok(q) => {
                         let _ = tx.send(Ok(()));
-                        serve(&fs, q, gate, &pinning);
+                        serve(&fs, q, gate);
                     }
                     Err(e) => {
                         let _ = tx.send(Err(e));
@@ -158,41 +157,18 @@ fn possible_cpus() -> io::Result<u16> {
 }
 
 /// A queue thread waits and answers on its queue's CPU, where the caller
-/// that woke it sleeps. A request that may take long (building a directory's
-/// listing: tens of thousands of stats) is answered free to move instead: a
-/// thread tied to one CPU cannot use an idle other one (a cold `ls -f` of
-/// 100k entries took 1.25 s pinned, 0.9 s free).
-struct Pinning {
-    own: CpuSet,
-    all: Option<CpuSet>,
-}
-
-impl Pinning {
-    fn new(cpu: u16) -> Pinning {
-        let mut own = CpuSet::new();
-        own.set(usize::from(cpu));
-        Pinning {
-            own,
-            all: rustix::thread::sched_getaffinity(None).ok(),
-        }
-    }
-
-    fn pin(&self) {
-        if let Err(e) = rustix::thread::sched_setaffinity(None, &self.own) {
-            // An offline CPU: its queue is served from anywhere.
-            tracing::debug!(error = %e, "ring thread not pinned");
-        }
-    }
-
-    /// Runs `f` free to move to any of the process's CPUs.
-    fn free<T>(&self, f: impl FnOnce() -> T) -> T {
-        let Some(all) = &self.all else {
-            return f();
-        };
-        let _ = rustix::thread::sched_setaffinity(None, all);
-        let out = f();
-        self.pin();
-        out
+/// that woke it sleeps. (The work of a long request that can be shared, the
+/// stats of a big directory's listing, goes to a helper thread that is not
+/// tied: a cold `ls -f` of 100k entries took 1.25 s with both halves on one
+/// CPU, 0.9 s on two. Untying the queue thread itself for every directory
+/// read cost two system calls per read, a tenth of a cold `find`'s daemon
+/// time.)
+fn pin(cpu: u16) {
+    let mut own = CpuSet::new();
+    own.set(usize::from(cpu));
+    if let Err(e) = rustix::thread::sched_setaffinity(None, &own) {
+        // An offline CPU: its queue is served from anywhere.
+        tracing::debug!(error = %e, "ring thread not pinned");
     }
 }
 
@@ -253,7 +229,7 @@ fn device_gone(dev: &OwnedFd) -> bool {
     poll(&mut fds, Some(&zero)).is_ok() && fds[0].revents().contains(PollFlags::ERR)
 }
 
-fn serve(fs: &StrataFs, mut q: FuseQueue, gate: Gate, pinning: &Pinning) {
+fn serve(fs: &StrataFs, mut q: FuseQueue, gate: Gate) {
     let dev = q.dev().clone();
     let mut scratch = Vec::new();
     loop {
@@ -270,7 +246,7 @@ fn serve(fs: &StrataFs, mut q: FuseQueue, gate: Gate, pinning: &Pinning) {
             }
         };
         if let Some(mut slot) = q.slot(i) {
-            dispatch(fs, &dev, &mut slot, &mut scratch, gate, pinning);
+            dispatch(fs, &dev, &mut slot, &mut scratch, gate);
         }
         q.commit(i);
     }
@@ -284,7 +260,6 @@ fn dispatch(
     slot: &mut Slot<'_>,
     scratch: &mut Vec<u8>,
     gate: Gate,
-    pinning: &Pinning,
 ) {
     let h = InHeader::parse(&slot.header[..]);
     let op_in: [u8; 128] = {
@@ -325,13 +300,7 @@ fn dispatch(
         _ => usize::MAX,
     };
     let reply = RingReply::new(slot, h.unique, dev, limit, &mut sent);
-    // A directory read may build a listing the daemon does not hold (from
-    // the start, or again after it was evicted).
-    if matches!(h.opcode, abi::READDIR | abi::READDIRPLUS) {
-        pinning.free(|| op(fs, &ctx, &h, &op_in, payload, reply));
-    } else {
-        op(fs, &ctx, &h, &op_in, payload, reply);
-    }
+    op(fs, &ctx, &h, &op_in, payload, reply);
     if !sent {
         let reply = RingReply::new(slot, h.unique, dev, usize::MAX, &mut sent);
         reply.error(Errno::EIO);
