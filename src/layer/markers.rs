@@ -9,8 +9,9 @@ use std::os::unix::ffi::OsStrExt;
 
 use rustix::fs::{FileType, Stat};
 
+use super::redirect::{REDIRECT_XATTRS, Redirect, read_redirect};
 use super::{LayerError, stat_at};
-use crate::sys::getxattr_at;
+use crate::sys::{getxattr_at, listxattr_at};
 
 /// Prefix of OCI whiteout files; no name with it is ever shown or created.
 pub const OCI_WHITEOUT_PREFIX: &[u8] = b".wh.";
@@ -133,6 +134,28 @@ pub fn is_opaque(dir: BorrowedFd<'_>) -> Result<bool, LayerError> {
         return Ok(true);
     }
     exists(dir, OCI_OPAQUE)
+}
+
+/// Whether the layer directory `dir` hides the layers below it and, if not,
+/// its redirect: [`is_opaque`] and [`read_redirect`] at once, asking only
+/// for the xattrs its list holds (they ask for seven names each time, and
+/// most directories have no xattrs at all).
+pub fn dir_marks(dir: BorrowedFd<'_>) -> Result<(bool, Option<Redirect>), LayerError> {
+    let mut buf = [0u8; 1024];
+    // A list too long for the buffer (or none to be had): every name is asked.
+    let list = listxattr_at(dir, c".", &mut buf).ok().map(|n| &buf[..n]);
+    let listed =
+        |attr: &CStr| list.is_none_or(|l| l.split(|b| *b == 0).any(|n| n == attr.to_bytes()));
+    let opaque = OPAQUE_XATTRS
+        .iter()
+        .any(|attr| listed(attr) && xattr_is_y(dir, c".", attr))
+        || exists(dir, OCI_OPAQUE)?;
+    let redirect = if !opaque && REDIRECT_XATTRS.iter().any(|attr| listed(attr)) {
+        read_redirect(dir)
+    } else {
+        None
+    };
+    Ok((opaque, redirect))
 }
 
 /// For a directory entry seen while reading a layer directory: the name it

@@ -10,7 +10,7 @@ use super::{Dialect, LayerError, Upper};
 use crate::sys::{getxattr_at, listxattr_at, setxattr_at};
 
 /// Read in this order; the first present wins.
-const REDIRECT_XATTRS: [&CStr; 4] = [
+pub(super) const REDIRECT_XATTRS: [&CStr; 4] = [
     c"trusted.overlay.redirect",
     c"user.overlay.redirect",
     c"trusted.stratafs.redirect",

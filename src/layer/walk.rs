@@ -62,8 +62,8 @@ pub fn read_dir(
         Mode::empty(),
     )
     .map_err(|e| LayerError::Io(e.into()))?;
-    let mut entries =
-        rustix::fs::Dir::read_from(fd.as_fd()).map_err(|e| LayerError::Io(e.into()))?;
+    // (Given the fd it reads: `read_from` would open the directory again.)
+    let mut entries = rustix::fs::Dir::new(fd).map_err(|e| LayerError::Io(e.into()))?;
     for entry in &mut entries {
         let entry = entry.map_err(|e| LayerError::Io(e.into()))?;
         let name = entry.file_name();

@@ -210,10 +210,7 @@ impl Union {
                 Presence::Whiteout => break,
                 Presence::Entry(st) if Kind::from_mode(st.st_mode) == Some(Kind::Dir) => {
                     let fd = Arc::new(layer::open_subdir(ld.fd.as_fd(), &name)?);
-                    let opaque = layer::is_opaque(fd.as_fd())?;
-                    let redirect = (!opaque)
-                        .then(|| layer::read_redirect(fd.as_fd()))
-                        .flatten();
+                    let (opaque, redirect) = layer::dir_marks(fd.as_fd())?;
                     dirs.push(LayerDir::new(ld.layer, fd));
                     match redirect {
                         _ if opaque => break,
