@@ -343,6 +343,21 @@ fn readdir_dtype_every_kind() {
     }
 }
 
+/// A stack of two layers whose directory `d` holds `n` empty files `fNNNNN`, every other one
+/// in each layer.
+fn files_in_two_layers(env: &TestEnv, n: usize) -> Stack<'_> {
+    let base = env.layer("base");
+    let top = env.layer("top");
+    for l in [&base, &top] {
+        l.dir("d");
+    }
+    for i in 0..n {
+        let l = if i % 2 == 0 { &base } else { &top };
+        fs::write(l.path(format!("d/f{i:05}")), "").unwrap();
+    }
+    env.stack(&[&top, &base])
+}
+
 /// A reader that goes on after names were removed and created — and after another reader
 /// listed the directory afresh, to its end, in between — sees every name that was there
 /// throughout exactly once, and no name twice: positions are name cookies that mean the same
@@ -351,16 +366,7 @@ fn readdir_dtype_every_kind() {
 fn reading_on_after_changes_skips_and_repeats_nothing() {
     require_root();
     let env = TestEnv::new("readdir-changes");
-    let base = env.layer("base");
-    let top = env.layer("top");
-    for l in [&base, &top] {
-        l.dir("d");
-    }
-    for i in 0..3000 {
-        let l = if i % 2 == 0 { &base } else { &top };
-        fs::write(l.path(format!("d/f{i:05}")), "").unwrap();
-    }
-    let stack = env.stack(&[&top, &base]);
+    let stack = files_in_two_layers(&env, 3000);
     let (upper, work) = upper_work(&env.fresh_dir("rw"));
     let m = stack.stratafs_rw(&UpperSpec::new(&upper, &work));
     let dir = m.join("d");
@@ -546,16 +552,7 @@ fn readdirplus_shows_a_hard_link_copied_up_under_another_name() {
 fn reading_on_from_the_middle_after_changes_shows_them() {
     require_root();
     let env = TestEnv::new("readdir-kept-changed");
-    let base = env.layer("base");
-    let top = env.layer("top");
-    for l in [&base, &top] {
-        l.dir("d");
-    }
-    for i in 0..3000 {
-        let l = if i % 2 == 0 { &base } else { &top };
-        fs::write(l.path(format!("d/f{i:05}")), "").unwrap();
-    }
-    let stack = env.stack(&[&top, &base]);
+    let stack = files_in_two_layers(&env, 3000);
     let (upper, work) = upper_work(&env.fresh_dir("rw"));
     let m = stack.stratafs_rw(&UpperSpec::new(&upper, &work));
     let dir = m.join("d");

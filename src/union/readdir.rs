@@ -298,13 +298,16 @@ impl Union {
     /// when it was listed as `ino`; `None` if that cannot be had (a lookup
     /// then finds out why).
     fn listed_attr(&self, dir: &Node, source: usize, name: &CString, ino: u64) -> Option<Attr> {
-        let state = dir.state();
-        let NodeBody::Dir { layers } = &state.body else {
-            return None;
+        // (The node's lock is not held across the stat.)
+        let (layer, fd) = match &dir.state().body {
+            NodeBody::Dir { layers } => {
+                let ld = layers.get(source)?;
+                (ld.layer, ld.fd.clone())
+            }
+            _ => return None,
         };
-        let ld = layers.get(source)?;
-        let st = layer::stat_at(ld.fd.as_fd(), name).ok()?;
-        let st = self.logical(ld.layer, ld.fd.as_fd(), name, st);
+        let st = layer::stat_at(fd.as_fd(), name).ok()?;
+        let st = self.logical(layer, fd.as_fd(), name, st);
         Attr::from_stat(ino, &st).filter(|a| a.kind != Kind::Dir)
     }
 
