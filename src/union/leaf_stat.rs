@@ -25,12 +25,16 @@ pub(crate) enum Leaf {
 const SHARED_FROM: usize = 512;
 
 impl Union {
-    /// Stats `names` in `dir` of layer `layer`, in order.
+    /// Stats `names` in `dir` of layer `layer`, in order. Shared by two
+    /// threads, the caller is untied from its CPU until `untied` is dropped
+    /// (the caller lists the rest of the directory untied too: tying it
+    /// again after each batch moved it back and forth).
     pub(crate) fn stat_leaves(
         &self,
         layer: usize,
         dir: BorrowedFd<'_>,
         names: &[CString],
+        untied: &mut Option<crate::sys::Unpinned>,
     ) -> Result<Vec<Leaf>, LayerError> {
         let one = |name: &CString| -> Result<Leaf, LayerError> {
             let st = layer::stat_at(dir, name)?;
@@ -48,7 +52,7 @@ impl Union {
         let (first, second) = names.split_at(names.len() / 2);
         // The caller may be tied to one CPU (a queue thread): the two halves
         // go wherever there is room.
-        let _free = crate::sys::unpinned();
+        untied.get_or_insert_with(crate::sys::unpinned);
         std::thread::scope(|scope| {
             let helper = std::thread::Builder::new().spawn_scoped(scope, || all(second));
             let mut leaves = all(first)?;

@@ -328,6 +328,8 @@ impl Union {
         // Names already decided by a higher layer: shown (indexes into the
         // listing, which holds their names), or whited out.
         let mut decided = Decided::default();
+        // Set once a batch of stats is shared by two threads.
+        let mut untied = None;
         for (source, ld) in layers.iter().enumerate() {
             let dir = ld.fd.as_fd();
             let mut pass = LayerPass {
@@ -352,7 +354,7 @@ impl Union {
                 if ftype != FileType::Directory {
                     pass.pending.push(name.to_owned());
                     if pass.pending.len() >= STAT_BATCH {
-                        pass.flush(&mut entries, &mut decided)?;
+                        pass.flush(&mut entries, &mut decided, &mut untied)?;
                     }
                     return Ok(());
                 }
@@ -361,7 +363,7 @@ impl Union {
                 decided.shown(&entries, entries.len() - 1);
                 Ok(())
             })?;
-            pass.flush(&mut entries, &mut decided)?;
+            pass.flush(&mut entries, &mut decided, &mut untied)?;
             // An OCI whiteout hides only lower layers, so this layer's
             // whiteouts apply once all of it is read.
             decided.hidden.extend(pass.whiteouts);
@@ -398,9 +400,12 @@ impl LayerPass<'_> {
         &mut self,
         entries: &mut Listing,
         decided: &mut Decided,
+        untied: &mut Option<crate::sys::Unpinned>,
     ) -> std::result::Result<(), LayerError> {
         let dir = self.ld.fd.as_fd();
-        let leaves = self.union.stat_leaves(self.ld.layer, dir, &self.pending)?;
+        let leaves = self
+            .union
+            .stat_leaves(self.ld.layer, dir, &self.pending, untied)?;
         for (name, leaf) in self.pending.drain(..).zip(leaves) {
             match leaf {
                 Leaf::Whiteout => self.whiteouts.push(name.into_bytes()),
