@@ -157,11 +157,11 @@ fn possible_cpus() -> io::Result<u16> {
 }
 
 /// A queue thread waits and answers on its queue's CPU, where the caller
-/// that woke it sleeps. (The part of a long request that two threads share,
-/// the stats of a big directory's listing, runs untied, `sys::unpinned`: a
-/// cold `ls -f` of 100k entries took 1.25 s with both halves on one CPU,
-/// 0.9 s on two. Untying the queue thread for every directory read instead
-/// cost two system calls per read, a tenth of a cold `find`'s daemon time.)
+/// that woke it sleeps. (A big directory's listing, whose stats two threads
+/// share, runs untied from its first shared batch, `sys::unpinned`: a cold
+/// `ls -f` of 100k entries took 1.25 s with both halves on one CPU, 0.9 s
+/// on two. Untying the queue thread for every directory read instead cost
+/// two system calls per read, a tenth of a cold `find`'s daemon time.)
 fn pin(cpu: u16) {
     let mut own = CpuSet::new();
     own.set(usize::from(cpu));
