@@ -11,7 +11,7 @@ use common::*;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 
 const PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
@@ -91,17 +91,16 @@ fn pattern(len: usize, salt: u8) -> Vec<u8> {
         .collect()
 }
 
-fn mount_uring<'a>(
-    env: &TestEnv,
-    stack: &'a Stack<'_>,
-    upper: &UpperSpec,
-    log: &Path,
-) -> StratafsMount<'a> {
+/// A writable mount of `stack` with `--uring on`, and its upper directory.
+fn mount_uring<'a>(env: &TestEnv, stack: &'a Stack<'_>) -> (StratafsMount<'a>, PathBuf) {
+    let (upper, work) = upper_work(&env.fresh_dir("rw"));
     let mnt = env.fresh_dir("mnt/u");
-    let mut cmd = mount_command_with(&stack.lowers, Some(upper), &mnt, true);
+    let spec = UpperSpec::new(&upper, &work);
+    let mut cmd = mount_command_with(&stack.lowers, Some(&spec), &mnt, true);
     cmd.args(["--uring", "on"]);
-    StratafsMount::start_command(cmd, &mnt, log, MountMode::Foreground)
-        .unwrap_or_else(|e| panic!("mount with --uring on failed: {e}"))
+    let m = StratafsMount::start_command(cmd, &mnt, &env.root.join("u.log"), MountMode::Foreground)
+        .unwrap_or_else(|e| panic!("mount with --uring on failed: {e}"));
+    (m, upper)
 }
 
 /// With `--uring on`, queue threads run for every possible CPU and the requests of a mixed
@@ -123,13 +122,7 @@ fn requests_travel_through_the_io_uring_queues() {
         base.file(format!("many/f{i:04}"), format!("{i}"));
     }
     let stack = env.stack(&[&base]);
-    let (upper, work) = upper_work(&env.fresh_dir("rw"));
-    let m = mount_uring(
-        &env,
-        &stack,
-        &UpperSpec::new(&upper, &work),
-        &env.root.join("u.log"),
-    );
+    let (m, upper) = mount_uring(&env, &stack);
     let pids = m.daemon_pids().to_vec();
     let rings = || -> Vec<String> {
         thread_wakeups(&pids)
@@ -230,13 +223,7 @@ fn lower_files_are_read_by_the_kernel_and_copied_up_while_open() {
     base.file("big", &big);
     base.file("f", "lower data\n");
     let stack = env.stack(&[&base]);
-    let (upper, work) = upper_work(&env.fresh_dir("rw"));
-    let m = mount_uring(
-        &env,
-        &stack,
-        &UpperSpec::new(&upper, &work),
-        &env.root.join("u.log"),
-    );
+    let (m, upper) = mount_uring(&env, &stack);
     let pids = m.daemon_pids().to_vec();
     let rchar = || daemon_io(&pids).0;
 
@@ -324,13 +311,7 @@ fn a_lower_layer_the_kernel_cannot_back_leaves_upper_files_passed_through() {
     let inner = env.stack(&[&top, &base]);
     let k = inner.kernel();
     let stack = env.stack_paths(vec![k.mnt.clone()]);
-    let (upper, work) = upper_work(&env.fresh_dir("rw"));
-    let m = mount_uring(
-        &env,
-        &stack,
-        &UpperSpec::new(&upper, &work),
-        &env.root.join("u.log"),
-    );
+    let (m, upper) = mount_uring(&env, &stack);
     let pids = m.daemon_pids().to_vec();
     let io = || daemon_io(&pids);
     assert!(

@@ -5,8 +5,8 @@
 //! Removing whatever is left there is part of every mount's start, so a
 //! crash in between leaves nothing behind for good.
 
-use std::ffi::CString;
-use std::os::fd::{AsFd, OwnedFd};
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Mutex;
 use std::sync::mpsc::{self, Sender};
 use std::thread::JoinHandle;
@@ -58,15 +58,15 @@ impl Reaper {
             .name("reaper".into())
             .spawn(move || {
                 for name in rx {
-                    remove_logged(&work, &name);
+                    remove_logged(work.as_fd(), &name);
                 }
             })
             .ok()?;
         Some(Running { names, thread })
     }
 
-    fn remove_now(&self, name: &CString) {
-        remove_logged(&self.work, name);
+    fn remove_now(&self, name: &CStr) {
+        remove_logged(self.work.as_fd(), name);
     }
 
     /// Waits until everything handed over is removed.
@@ -82,8 +82,10 @@ impl Reaper {
     }
 }
 
-fn remove_logged(work: &OwnedFd, name: &CString) {
-    if let Err(e) = remove_tree(work.as_fd(), name) {
+/// Removes the workdir entry `name` (file or tree); a failure is only
+/// logged (the next mount's workdir cleaning tries again).
+pub(super) fn remove_logged(work: BorrowedFd<'_>, name: &CStr) {
+    if let Err(e) = remove_tree(work, name) {
         tracing::warn!(error = %e, ?name, "cannot remove workdir scratch entry");
     }
 }

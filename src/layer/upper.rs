@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags};
 
-use super::reaper::Reaper;
+use super::reaper::{Reaper, remove_logged};
 use super::{Layer, LayerError, remove_tree};
 
 /// Whiteout and opaque markers this mount writes.
@@ -279,9 +279,7 @@ impl Upper {
 
     /// Removes a scratch entry (file or tree) from the workdir.
     pub fn discard(&self, name: &CStr) {
-        if let Err(e) = remove_tree(self.work(), name) {
-            tracing::warn!(error = %e, ?name, "cannot remove workdir scratch entry");
-        }
+        remove_logged(self.work(), name);
     }
 
     /// [`Upper::discard`], done by another thread: for a directory taken out
