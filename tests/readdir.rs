@@ -694,3 +694,76 @@ fn ls_l_again_after_the_kernel_lost_the_listing_matches_the_kernel() {
     drop(kernel);
     stack.assert_layers_unchanged();
 }
+
+/// Three layers under `a/`: merged directories two levels down with shadowed names, whiteouts
+/// of files and of a directory in two dialects, an opaque directory, xattr whiteouts.
+fn nested_merged_tree(env: &TestEnv) -> Stack<'_> {
+    let base = env.layer("base");
+    let mid = env.layer("mid");
+    let top = env.layer("top");
+    for (l, files) in [
+        (&base, &["f1", "f2", "f3", "sub/g1", "sub/deep/h1"][..]),
+        (&mid, &["f2", "f4", "sub/g2", "sub/deep/h2"][..]),
+        (&top, &["f5", "sub/g3"][..]),
+    ] {
+        for f in files {
+            l.file(
+                format!("a/m/{f}"),
+                format!("{f} of {}", l.path("").display()),
+            );
+        }
+    }
+    mid.whiteout("a/m/f3", Whiteout::CharDev);
+    top.whiteout("a/m/f1", Whiteout::Oci);
+    top.whiteout("a/m/sub/g2", Whiteout::XattrTrusted);
+    base.file("a/o/x", "x");
+    base.file("a/o/y", "y");
+    top.file("a/o/new", "new");
+    top.file("a/o/kept", "kept");
+    top.opaque("a/o", Opaque::Trusted);
+    base.file("a/w/z", "z");
+    mid.whiteout("a/w", Whiteout::CharDev);
+    top.file("a/w2/only", "top");
+    env.stack(&[&top, &mid, &base])
+}
+
+/// Directories are listed ahead of their readers (the subdirectories of a directory read
+/// with readdirplus, and theirs): a tree read after they were matches the kernel's, and a
+/// directory changed after it was listed ahead shows the change.
+#[test]
+fn directories_listed_ahead_match_the_kernel_and_show_later_changes() {
+    require_root();
+    let env = TestEnv::new("readdir-ahead");
+    let stack = nested_merged_tree(&env);
+    let kernel = stack.kernel();
+    // (Below the root, whose times are the upper layer's in a writable mount.)
+    let want = Snapshot::take(&kernel.path().join("a"));
+    drop(kernel);
+    let (upper, work) = upper_work(&env.fresh_dir("rw"));
+    let m = stack.stratafs_rw(&UpperSpec::new(&upper, &work));
+    // Only the root is read: `a` is handed to the kernel, and `a`, then its subdirectories,
+    // are listed ahead in the background (given time: nothing here waits on a result).
+    assert_eq!(listing(m.path()).len(), 1);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let got = Snapshot::take(&m.join("a"));
+    assert_snapshots_eq(&want, &got, Mode::Merged, "kernel", "stratafs");
+
+    // A fresh mount, listed ahead again; then changes below, through the mount.
+    drop(m);
+    let (upper, work) = upper_work(&env.fresh_dir("rw2"));
+    let m = stack.stratafs_rw(&UpperSpec::new(&upper, &work));
+    assert_eq!(listing(m.path()).len(), 1);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    fs::write(m.join("a/m/new"), "n").unwrap();
+    fs::remove_file(m.join("a/m/f2")).unwrap();
+    fs::create_dir(m.join("a/m/sub/nd")).unwrap();
+    fs::rename(m.join("a/o/kept"), m.join("a/m/x")).unwrap();
+    fs::remove_dir_all(m.join("a/w2")).unwrap();
+    let got = Snapshot::take(m.path());
+    got.assert_children("a", &["m", "o"]);
+    got.assert_children("a/m", &["f4", "f5", "new", "sub", "x"]);
+    got.assert_children("a/m/sub", &["deep", "g1", "g3", "nd"]);
+    got.assert_children("a/o", &["new"]);
+    drop(m);
+    stack.assert_layers_unchanged();
+}

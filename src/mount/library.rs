@@ -299,6 +299,7 @@ impl Mount {
             if let Some(rings) = rings {
                 rings.wait(super::RINGS_END);
             }
+            self.core.stop_lookahead();
             remove();
             return Ok(());
         }

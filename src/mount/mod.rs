@@ -287,6 +287,7 @@ fn name_fusermount() {
 /// yet serving), and whether the mount was made here with mount(2) (then
 /// it is ours to unmount; fuser's own mounts are fuser's).
 fn open_session(spec: &MountSpec, union: Arc<Union>) -> Result<Opened, MountError> {
+    union.start_lookahead();
     let fs = Arc::new(StrataFs::new(union, adapter_config(spec)));
     let config = session_config(spec);
     let fuse_err = |err: std::io::Error| MountError::Fuse {
@@ -382,7 +383,8 @@ fn serve(spec: &MountSpec, union: Union, ready: Option<daemon::Ready>) -> Result
     // (a foreground caller polling /proc/mounts) finds its record too.
     let _registered = register(&spec.record());
     name_fusermount();
-    let mounted = open_session(spec, Arc::new(union));
+    let union = Arc::new(union);
+    let mounted = open_session(spec, union.clone());
     let Opened {
         mut session,
         here: mounted_here,
@@ -435,6 +437,8 @@ fn serve(spec: &MountSpec, union: Union, ready: Option<daemon::Ready>) -> Result
     if let Some(rings) = rings {
         rings.wait(RINGS_END);
     }
+    // The union goes on this thread, with its upper layer's cleaning.
+    union.stop_lookahead();
     served?;
     let _ = std::io::stderr().flush();
     Ok(())

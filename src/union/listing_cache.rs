@@ -111,6 +111,21 @@ impl ListingCache {
         Changing(self)
     }
 
+    /// How many changes were made so far.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+
+    /// Whether a listing of directory `ino` is kept that a read from its
+    /// start would take.
+    pub fn holds_current(&self, ino: u64) -> bool {
+        self.inner
+            .lock()
+            .listings
+            .peek(&ino)
+            .is_some_and(|kept| kept.stamp.changes == self.changes())
+    }
+
     /// The listing kept for directory `ino` for a read from its start, if
     /// nothing changed since it was taken, or for a read going on (a
     /// reader's listing is taken once, however the union changes).

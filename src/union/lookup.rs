@@ -188,7 +188,7 @@ impl Union {
 
     /// The layer directories of union directory `name`, starting at the
     /// top-most layer in `layers` (which must hold a directory there).
-    fn collect_dirs(&self, layers: &[LayerDir], name: &CStr) -> Result<Vec<LayerDir>> {
+    pub(crate) fn collect_dirs(&self, layers: &[LayerDir], name: &CStr) -> Result<Vec<LayerDir>> {
         self.collect_dirs_within(layers, name, MAX_REDIRECTS)
     }
 

@@ -11,6 +11,7 @@ mod inode;
 mod leaf_stat;
 mod links;
 mod listing_cache;
+mod lookahead;
 mod lookup;
 mod name;
 mod override_stat;
@@ -76,6 +77,8 @@ pub struct Union {
     files: HandleTable<file::OpenFile>,
     /// Listings between the reads of a directory.
     listings: listing_cache::ListingCache,
+    /// Lists directories ahead of their readers.
+    lookahead: lookahead::Lookahead,
     view: ViewOptions,
     /// `UpperSpec::redirect_dir` and `UpperSpec::metacopy`.
     redirect_dir: bool,
@@ -177,6 +180,7 @@ impl Union {
             nodes,
             files: HandleTable::default(),
             listings: listing_cache::ListingCache::default(),
+            lookahead: lookahead::Lookahead::default(),
             view,
             checks: Vec::new(),
             implied,

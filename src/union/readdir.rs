@@ -11,7 +11,7 @@
 //! change: no name is skipped or repeated, as in ext4's hashed directories.
 
 use std::collections::HashSet;
-use std::ffi::{CString, OsStr};
+use std::ffi::{CStr, CString, OsStr};
 use std::hash::{BuildHasher, RandomState};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
@@ -26,6 +26,12 @@ use super::error::{Error, Result};
 use super::inode::{LayerDir, Node, NodeBody};
 use super::leaf_stat::Leaf;
 use crate::layer::{self, LayerError};
+
+/// A listing made ahead of its reader, with the layer directories read.
+pub(super) struct Ahead {
+    layers: Vec<LayerDir>,
+    listing: Arc<Listing>,
+}
 
 /// One entry of a listing, borrowed from it.
 #[derive(Debug, Clone, Copy)]
@@ -219,11 +225,14 @@ impl Union {
     /// The listing of directory `ino` for a read from `offset` on (see the
     /// module comment).
     pub fn readdir(&self, ino: u64, offset: u64) -> Result<Arc<Listing>> {
-        if let Some(listing) = self.listings.get(ino, offset == 0) {
-            if listing.read_to_end(offset) {
-                self.listings.read_through(ino, &listing);
-            }
+        if let Some(listing) = self.kept_listing(ino, offset) {
             return Ok(listing);
+        }
+        if offset == 0 {
+            self.lookahead.claim(ino);
+            if let Some(listing) = self.kept_listing(ino, offset) {
+                return Ok(listing);
+            }
         }
         let node = self.nodes.get(ino)?;
         let stamp = self.listings.stamp();
@@ -236,6 +245,14 @@ impl Union {
         Ok(listing)
     }
 
+    fn kept_listing(&self, ino: u64, offset: u64) -> Option<Arc<Listing>> {
+        let listing = self.listings.get(ino, offset == 0)?;
+        if listing.read_to_end(offset) {
+            self.listings.read_through(ino, &listing);
+        }
+        Some(listing)
+    }
+
     /// The node of a listed entry, counting one kernel reference, as
     /// [`Union::lookup`] would give it. A non-directory needs no layer
     /// access if the listing kept its attributes, else one stat in the
@@ -244,6 +261,14 @@ impl Union {
     pub fn lookup_listed(&self, parent: u64, entry: &DirEntry<'_>) -> Result<Arc<Node>> {
         let dir_node = self.nodes.get(parent)?;
         let name = super::lookup::checked_name(entry.name)?;
+        if entry.kind == Kind::Dir {
+            let node = self.lookup_in(&dir_node, name)?;
+            if node.is_dir() {
+                self.lookahead
+                    .push(parent, node.ino(), self.listings.changes());
+            }
+            return Ok(node);
+        }
         let listed = match (entry.leaf, entry.source) {
             (Some(&leaf), _) => Some(leaf),
             (None, Some(source)) if self.listed_dir_is_current(&dir_node) => self
@@ -311,11 +336,91 @@ impl Union {
         Attr::from_stat(ino, &st).filter(|a| a.kind != Kind::Dir)
     }
 
+    /// Lists directory `ino` ahead of its reader (see `lookahead`): a
+    /// directory the kernel holds, or (`name` given) the subdirectory `name`
+    /// of one, `parent`. Not if the union changed since it was asked for
+    /// (its names are changing: the listing would be stale before it is
+    /// read), a listing is kept already, or the directory is big.
+    pub(super) fn list_ahead(
+        &self,
+        ino: u64,
+        parent: u64,
+        name: Option<&CStr>,
+        changes: u64,
+    ) -> Option<Ahead> {
+        if self.listings.changes() != changes || self.listings.holds_current(ino) {
+            return None;
+        }
+        let layers = match name {
+            None => self.nodes.get(ino).ok()?.dir_layers().ok()?,
+            Some(name) => {
+                let dir = self.nodes.get(parent).ok()?.dir_layers().ok()?;
+                let (found, layers) = self.subdir_in(&dir, name)?;
+                (found == ino).then_some(layers)?
+            }
+        };
+        let bytes: i64 = layers
+            .iter()
+            .map(|ld| layer::stat_self(ld.fd.as_fd()).map_or(i64::MAX / 64, |st| st.st_size))
+            .sum();
+        if bytes > super::lookahead::MAX_DIR_BYTES {
+            return None;
+        }
+        let stamp = self.listings.stamp();
+        let listing = match self.list_layers(&layers, ino, parent) {
+            Ok(mut listing) => {
+                listing.order_by_cookie(self.listings.key());
+                Arc::new(listing)
+            }
+            Err(e) => {
+                tracing::debug!(ino, error = %e, "cannot list ahead");
+                return None;
+            }
+        };
+        self.listings.insert(ino, listing.clone(), stamp);
+        Some(Ahead { layers, listing })
+    }
+
+    /// The number and layer directories that a lookup of `name` in the
+    /// directory of `layers` gives a directory; `None` if it is none.
+    fn subdir_in(&self, layers: &[LayerDir], name: &CStr) -> Option<(u64, Vec<LayerDir>)> {
+        let top = self.find_top(layers, name).ok()??;
+        if Kind::from_mode(top.stat.st_mode) != Some(Kind::Dir) {
+            return None;
+        }
+        let ino = self.entry_ino(top.ld.layer, top.ld.fd.as_fd(), name, top.stat.st_ino);
+        Some((ino, self.collect_dirs(&layers[top.index..], name).ok()?))
+    }
+
+    /// Looks up the subdirectories of a listing made ahead in each layer,
+    /// as its reader's readdirplus will: their inodes lie elsewhere on disk
+    /// than the files' the listing read, and each would be read while the
+    /// reader waits. Calls `found` with each one's number and name.
+    pub(super) fn warm_subdirs(&self, ahead: &Ahead, mut found: impl FnMut(u64, &CStr)) {
+        let Ahead { layers, listing } = ahead;
+        for entry in (0..listing.len()).filter_map(|i| listing.get(i)).skip(2) {
+            if entry.kind != Kind::Dir {
+                continue;
+            }
+            let Ok(name) = super::lookup::checked_name(entry.name) else {
+                continue;
+            };
+            if let Some((ino, _)) = self.subdir_in(layers, &name) {
+                found(ino, &name);
+            }
+        }
+    }
+
     pub(crate) fn list(&self, node: &Node) -> Result<Listing> {
-        let layers = node.dir_layers()?;
         let parent = node.parent().map_or(super::ROOT_INO, |p| p.ino());
+        self.list_layers(&node.dir_layers()?, node.ino(), parent)
+    }
+
+    /// The listing of directory `ino` (in `parent`), whose layer
+    /// directories are `layers`.
+    fn list_layers(&self, layers: &[LayerDir], ino: u64, parent: u64) -> Result<Listing> {
         let mut entries = Listing::default();
-        entries.push(b".", node.ino(), Kind::Dir, None);
+        entries.push(b".", ino, Kind::Dir, None);
         entries.push(b"..", parent, Kind::Dir, None);
         // Attributes the listing may answer readdirplus with (see
         // `listed_leaf_is_current`): a writable union's only in a directory
