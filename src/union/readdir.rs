@@ -27,6 +27,11 @@ use super::inode::{LayerDir, Node, NodeBody};
 use super::leaf_stat::Leaf;
 use crate::layer::{self, LayerError};
 
+/// Subdirectories looked up ahead by one thread at least...
+const WARM_PER_THREAD: usize = 8;
+/// ...by this many threads at most.
+const WARM_THREADS: usize = 4;
+
 /// A listing made ahead of its reader, with the layer directories read.
 pub(super) struct Ahead {
     layers: Vec<LayerDir>,
@@ -395,18 +400,49 @@ impl Union {
     /// Looks up the subdirectories of a listing made ahead in each layer,
     /// as its reader's readdirplus will: their inodes lie elsewhere on disk
     /// than the files' the listing read, and each would be read while the
-    /// reader waits. Calls `found` with each one's number and name.
+    /// reader waits. Several threads share them, each with the disk read it
+    /// waits for (the reader takes them in order: so do the threads). Calls
+    /// `found` with each one's number and name, in listing order.
     pub(super) fn warm_subdirs(&self, ahead: &Ahead, mut found: impl FnMut(u64, &CStr)) {
         let Ahead { layers, listing } = ahead;
-        for entry in (0..listing.len()).filter_map(|i| listing.get(i)).skip(2) {
-            if entry.kind != Kind::Dir {
-                continue;
+        let names: Vec<CString> = (0..listing.len())
+            .filter_map(|i| listing.get(i))
+            .skip(2)
+            .filter(|e| e.kind == Kind::Dir)
+            .filter_map(|e| super::lookup::checked_name(e.name).ok())
+            .collect();
+        let look = |k: usize, step: usize| -> Vec<(usize, u64)> {
+            (k..names.len())
+                .step_by(step)
+                .filter_map(|i| Some((i, self.subdir_in(layers, &names[i])?.0)))
+                .collect()
+        };
+        let threads = (names.len() / WARM_PER_THREAD).clamp(1, WARM_THREADS);
+        let mut inos: Vec<Option<u64>> = vec![None; names.len()];
+        std::thread::scope(|scope| {
+            let helpers: Vec<_> = (1..threads)
+                .map(|k| {
+                    (
+                        k,
+                        std::thread::Builder::new().spawn_scoped(scope, move || look(k, threads)),
+                    )
+                })
+                .collect();
+            let mut done = look(0, threads);
+            for (k, helper) in helpers {
+                // A thread that could not start leaves its share to this one.
+                match helper.map(|h| h.join()) {
+                    Ok(Ok(part)) => done.extend(part),
+                    _ => done.extend(look(k, threads)),
+                }
             }
-            let Ok(name) = super::lookup::checked_name(entry.name) else {
-                continue;
-            };
-            if let Some((ino, _)) = self.subdir_in(layers, &name) {
-                found(ino, &name);
+            for (i, ino) in done {
+                inos[i] = Some(ino);
+            }
+        });
+        for (name, ino) in names.iter().zip(inos) {
+            if let Some(ino) = ino {
+                found(ino, name);
             }
         }
     }
