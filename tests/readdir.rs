@@ -728,8 +728,8 @@ fn nested_merged_tree(env: &TestEnv) -> Stack<'_> {
 }
 
 /// Directories are listed ahead of their readers (the subdirectories of a directory read
-/// with readdirplus, and theirs): a tree read after they were matches the kernel's, and a
-/// directory changed after it was listed ahead shows the change.
+/// with readdirplus, theirs looked up): a tree read after they were matches the kernel's, and
+/// a directory changed after it was listed ahead shows the change.
 #[test]
 fn directories_listed_ahead_match_the_kernel_and_show_later_changes() {
     require_root();
@@ -741,8 +741,8 @@ fn directories_listed_ahead_match_the_kernel_and_show_later_changes() {
     drop(kernel);
     let (upper, work) = upper_work(&env.fresh_dir("rw"));
     let m = stack.stratafs_rw(&UpperSpec::new(&upper, &work));
-    // Only the root is read: `a` is handed to the kernel, and `a`, then its subdirectories,
-    // are listed ahead in the background (given time: nothing here waits on a result).
+    // Only the root is read: `a` is handed to the kernel, and listed ahead in the background,
+    // its subdirectories looked up (given time: nothing here waits on a result).
     assert_eq!(listing(m.path()).len(), 1);
     std::thread::sleep(std::time::Duration::from_millis(300));
     let got = Snapshot::take(&m.join("a"));

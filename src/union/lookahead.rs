@@ -10,7 +10,6 @@
 //! latest listing are taken first, in their order.
 
 use std::collections::VecDeque;
-use std::ffi::CString;
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -47,14 +46,12 @@ struct Queue {
     wake: Condvar,
 }
 
-/// A directory to list, and the union's change count when it was queued.
-#[derive(Debug)]
+/// A directory to list, in `parent`, and the union's change count when
+/// it was queued.
+#[derive(Debug, Clone, Copy)]
 struct Job {
     ino: u64,
     parent: u64,
-    /// Its name in `parent`, if the kernel does not hold it (yet): a
-    /// subdirectory of one listed ahead.
-    name: Option<CString>,
     changes: u64,
 }
 
@@ -146,7 +143,6 @@ impl Lookahead {
         self.queue.push(Job {
             ino,
             parent,
-            name: None,
             changes,
         });
     }
@@ -194,26 +190,11 @@ impl Union {
                 .spawn(move || {
                     while let Some(job) = queue.next() {
                         let u = union.upgrade();
-                        let ahead = u.as_ref().and_then(|u| {
-                            u.list_ahead(job.ino, job.parent, job.name.as_deref(), job.changes)
-                        });
+                        let ahead = u.as_ref().and_then(|u| u.list_ahead(job.ino, job.changes));
                         queue.done(job.ino);
-                        let (Some(u), Some(ahead)) = (u, ahead) else {
-                            continue;
-                        };
-                        // Their subdirectories are listed ahead too, unless
-                        // the kernel does not hold this one: the next
-                        // level's lookups need its node.
-                        u.warm_subdirs(&ahead, |ino, name| {
-                            if job.name.is_none() {
-                                queue.push(Job {
-                                    ino,
-                                    parent: job.ino,
-                                    name: Some(name.to_owned()),
-                                    changes: job.changes,
-                                });
-                            }
-                        });
+                        if let (Some(u), Some(ahead)) = (u, ahead) {
+                            u.warm_subdirs(&ahead);
+                        }
                     }
                 });
             match spawned {

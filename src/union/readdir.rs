@@ -11,7 +11,7 @@
 //! change: no name is skipped or repeated, as in ext4's hashed directories.
 
 use std::collections::HashSet;
-use std::ffi::{CStr, CString, OsStr};
+use std::ffi::{CString, OsStr};
 use std::hash::{BuildHasher, RandomState};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
@@ -341,29 +341,18 @@ impl Union {
         Attr::from_stat(ino, &st).filter(|a| a.kind != Kind::Dir)
     }
 
-    /// Lists directory `ino` ahead of its reader (see `lookahead`): a
-    /// directory the kernel holds, or (`name` given) the subdirectory `name`
-    /// of one, `parent`. Not if the union changed since it was asked for
-    /// (its names are changing: the listing would be stale before it is
-    /// read), a listing is kept already, or the directory is big.
-    pub(super) fn list_ahead(
-        &self,
-        ino: u64,
-        parent: u64,
-        name: Option<&CStr>,
-        changes: u64,
-    ) -> Option<Ahead> {
+    /// Lists directory `ino` ahead of its reader (see `lookahead`), unless
+    /// the union changed since it was asked for (its names are changing: the
+    /// listing would be stale before it is read), a listing is kept already,
+    /// or the directory is big.
+    pub(super) fn list_ahead(&self, ino: u64, changes: u64) -> Option<Ahead> {
         if self.listings.changes() != changes || self.listings.holds_current(ino) {
             return None;
         }
-        let layers = match name {
-            None => self.nodes.get(ino).ok()?.dir_layers().ok()?,
-            Some(name) => {
-                let dir = self.nodes.get(parent).ok()?.dir_layers().ok()?;
-                let (found, layers) = self.subdir_in(&dir, name)?;
-                (found == ino).then_some(layers)?
-            }
-        };
+        let node = self.nodes.get(ino).ok()?;
+        let layers = node.dir_layers().ok()?;
+        let parent = node.parent().map_or(super::ROOT_INO, |p| p.ino());
+        drop(node);
         let bytes: i64 = layers
             .iter()
             .map(|ld| layer::stat_self(ld.fd.as_fd()).map_or(i64::MAX / 64, |st| st.st_size))
@@ -386,24 +375,12 @@ impl Union {
         Some(Ahead { layers, listing })
     }
 
-    /// The number and layer directories that a lookup of `name` in the
-    /// directory of `layers` gives a directory; `None` if it is none.
-    fn subdir_in(&self, layers: &[LayerDir], name: &CStr) -> Option<(u64, Vec<LayerDir>)> {
-        let top = self.find_top(layers, name).ok()??;
-        if Kind::from_mode(top.stat.st_mode) != Some(Kind::Dir) {
-            return None;
-        }
-        let ino = self.entry_ino(top.ld.layer, top.ld.fd.as_fd(), name, top.stat.st_ino);
-        Some((ino, self.collect_dirs(&layers[top.index..], name).ok()?))
-    }
-
     /// Looks up the subdirectories of a listing made ahead in each layer,
     /// as its reader's readdirplus will: their inodes lie elsewhere on disk
     /// than the files' the listing read, and each would be read while the
-    /// reader waits. Several threads share them, each with the disk read it
-    /// waits for (the reader takes them in order: so do the threads). Calls
-    /// `found` with each one's number and name, in listing order.
-    pub(super) fn warm_subdirs(&self, ahead: &Ahead, mut found: impl FnMut(u64, &CStr)) {
+    /// reader waits. Several threads share them, each waiting for its own
+    /// disk reads (the reader takes them in order: so do the threads).
+    pub(super) fn warm_subdirs(&self, ahead: &Ahead) {
         let Ahead { layers, listing } = ahead;
         let names: Vec<CString> = (0..listing.len())
             .filter_map(|i| listing.get(i))
@@ -411,40 +388,30 @@ impl Union {
             .filter(|e| e.kind == Kind::Dir)
             .filter_map(|e| super::lookup::checked_name(e.name).ok())
             .collect();
-        let look = |k: usize, step: usize| -> Vec<(usize, u64)> {
-            (k..names.len())
-                .step_by(step)
-                .filter_map(|i| Some((i, self.subdir_in(layers, &names[i])?.0)))
-                .collect()
+        let look = |k: usize, step: usize| {
+            for name in names.iter().skip(k).step_by(step) {
+                if let Ok(Some(top)) = self.find_top(layers, name) {
+                    let _ = self.collect_dirs(&layers[top.index..], name);
+                }
+            }
         };
         let threads = (names.len() / WARM_PER_THREAD).clamp(1, WARM_THREADS);
-        let mut inos: Vec<Option<u64>> = vec![None; names.len()];
         std::thread::scope(|scope| {
             let helpers: Vec<_> = (1..threads)
                 .map(|k| {
-                    (
-                        k,
-                        std::thread::Builder::new().spawn_scoped(scope, move || look(k, threads)),
-                    )
+                    let started =
+                        std::thread::Builder::new().spawn_scoped(scope, move || look(k, threads));
+                    (k, started)
                 })
                 .collect();
-            let mut done = look(0, threads);
+            look(0, threads);
             for (k, helper) in helpers {
                 // A thread that could not start leaves its share to this one.
-                match helper.map(|h| h.join()) {
-                    Ok(Ok(part)) => done.extend(part),
-                    _ => done.extend(look(k, threads)),
+                if helper.map(|h| h.join()).is_err() {
+                    look(k, threads);
                 }
             }
-            for (i, ino) in done {
-                inos[i] = Some(ino);
-            }
         });
-        for (name, ino) in names.iter().zip(inos) {
-            if let Some(ino) = ino {
-                found(ino, name);
-            }
-        }
     }
 
     pub(crate) fn list(&self, node: &Node) -> Result<Listing> {
