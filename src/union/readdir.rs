@@ -351,8 +351,6 @@ impl Union {
         }
         let node = self.nodes.get(ino).ok()?;
         let layers = node.dir_layers().ok()?;
-        let parent = node.parent().map_or(super::ROOT_INO, |p| p.ino());
-        drop(node);
         let bytes: i64 = layers
             .iter()
             .map(|ld| layer::stat_self(ld.fd.as_fd()).map_or(i64::MAX / 64, |st| st.st_size))
@@ -361,7 +359,7 @@ impl Union {
             return None;
         }
         let stamp = self.listings.stamp();
-        let listing = match self.list_layers(&layers, ino, parent) {
+        let listing = match self.list(&node) {
             Ok(mut listing) => {
                 listing.order_by_cookie(self.listings.key());
                 Arc::new(listing)
@@ -415,15 +413,10 @@ impl Union {
     }
 
     pub(crate) fn list(&self, node: &Node) -> Result<Listing> {
+        let layers = node.dir_layers()?;
         let parent = node.parent().map_or(super::ROOT_INO, |p| p.ino());
-        self.list_layers(&node.dir_layers()?, node.ino(), parent)
-    }
-
-    /// The listing of directory `ino` (in `parent`), whose layer
-    /// directories are `layers`.
-    fn list_layers(&self, layers: &[LayerDir], ino: u64, parent: u64) -> Result<Listing> {
         let mut entries = Listing::default();
-        entries.push(b".", ino, Kind::Dir, None);
+        entries.push(b".", node.ino(), Kind::Dir, None);
         entries.push(b"..", parent, Kind::Dir, None);
         // Attributes the listing may answer readdirplus with (see
         // `listed_leaf_is_current`): a writable union's only in a directory
