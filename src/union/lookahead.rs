@@ -42,8 +42,10 @@ pub(super) struct Lookahead {
 #[derive(Debug, Default)]
 struct Queue {
     state: Mutex<State>,
-    /// Signalled when a directory is queued, or its listing is done.
-    wake: Condvar,
+    /// Signalled when a directory is queued (one thread takes it).
+    queued: Condvar,
+    /// Signalled when a listing ahead is done (its reader may be waiting).
+    listed: Condvar,
 }
 
 /// A directory to list, in `parent`, and the union's change count when
@@ -87,7 +89,7 @@ impl Queue {
             state.waiting.pop_back();
         }
         drop(state);
-        self.wake.notify_all();
+        self.queued.notify_one();
     }
 
     /// The next directory to list, waiting for one; `None` once stopped.
@@ -104,7 +106,7 @@ impl Queue {
                 state.listing.push(job.ino);
                 return Some(job);
             }
-            state = self.wake.wait(state).ok()?;
+            state = self.queued.wait(state).ok()?;
         }
     }
 
@@ -112,7 +114,7 @@ impl Queue {
         if let Ok(mut state) = self.state.lock() {
             state.listing.retain(|&i| i != ino);
         }
-        self.wake.notify_all();
+        self.listed.notify_all();
     }
 
     /// A reader is about to list directory `ino`: it is no longer listed
@@ -130,7 +132,7 @@ impl Queue {
             }
         }
         let _ = self
-            .wake
+            .listed
             .wait_timeout_while(state, MAX_WAIT, |s| s.listing.contains(&ino));
     }
 }
@@ -158,7 +160,8 @@ impl Lookahead {
             state.stopped = true;
             state.waiting.clear();
         }
-        self.queue.wake.notify_all();
+        self.queue.queued.notify_all();
+        self.queue.listed.notify_all();
         let threads = self
             .threads
             .lock()
