@@ -9,6 +9,7 @@ use std::ffi::OsStr;
 use std::fs;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// Reads a directory with telldir before each readdir: (position, entry) pairs.
@@ -646,7 +647,6 @@ fn ls_l_again_after_the_kernel_lost_the_listing_matches_the_kernel() {
     // for entries with attributes): name -> (d_type, mode, nlink, size, mtime), and whether
     // every d_ino is its file's st_ino.
     let ls_l = |dir: &Path| -> (BTreeMap<Vec<u8>, Row>, Vec<String>) {
-        use std::os::unix::fs::MetadataExt;
         let mut rows = BTreeMap::new();
         let mut bad_ino = Vec::new();
         let mut d = Dir::open(dir).unwrap();
@@ -765,5 +765,172 @@ fn directories_listed_ahead_match_the_kernel_and_show_later_changes() {
     got.assert_children("a/m/sub", &["deep", "g1", "g3", "nd"]);
     got.assert_children("a/o", &["new"]);
     drop(m);
+    stack.assert_layers_unchanged();
+}
+
+/// `dir` and everything below it as `find` reads them: names, types and inode numbers
+/// from the listings alone (no stat), depth first, from this one thread.
+fn walk_listings(dir: &Path, rel: &str, out: &mut BTreeMap<String, (u8, u64)>) {
+    let mut entries =
+        read_dir_raw(dir).unwrap_or_else(|e| panic!("readdir {}: {e}", dir.display()));
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    for e in entries {
+        if e.name == b"." || e.name == b".." {
+            continue;
+        }
+        let name = String::from_utf8_lossy(&e.name).into_owned();
+        let path = format!("{rel}/{name}");
+        if e.dtype == libc::DT_DIR {
+            walk_listings(&dir.join(OsStr::from_bytes(&e.name)), &path, out);
+        }
+        out.insert(path, (e.dtype, e.ino));
+    }
+}
+
+/// The nested tree, three levels deeper, with symlinks, a name a lower layer has as a file
+/// and an upper one as a symlink, and whiteouts of every dialect down there.
+fn deep_merged_tree(env: &TestEnv) -> Stack<'_> {
+    let base = env.layer("base");
+    let mid = env.layer("mid");
+    let top = env.layer("top");
+    for (l, files) in [
+        (
+            &base,
+            &["f1", "f2", "f3", "sub/g1", "sub/deep/h1", "sub/deep/d4/p1"][..],
+        ),
+        (
+            &mid,
+            &["f2", "f4", "sub/g2", "sub/deep/h2", "sub/deep/d4/p2"][..],
+        ),
+        (
+            &top,
+            &["f5", "sub/g3", "sub/deep/d4/p3", "sub/deep/d4/d5/q"][..],
+        ),
+    ] {
+        for f in files {
+            l.file(
+                format!("a/m/{f}"),
+                format!("{f} of {}", l.path("").display()),
+            );
+        }
+    }
+    for p in ["p4", "p5", "p6"] {
+        base.file(format!("a/m/sub/deep/d4/{p}"), p);
+    }
+    base.symlink("a/m/sub/deep/d4/ln", "p1");
+    base.file("a/m/sub/deep/d4/was-file", "file");
+    mid.symlink("a/m/sub/deep/d4/was-file", "p2");
+    mid.symlink("a/m/sub/deep/d4/d5/up", "../p2");
+    mid.whiteout("a/m/f3", Whiteout::CharDev);
+    top.whiteout("a/m/f1", Whiteout::Oci);
+    top.whiteout("a/m/sub/g2", Whiteout::XattrTrusted);
+    mid.whiteout("a/m/sub/deep/d4/p4", Whiteout::CharDev);
+    top.whiteout("a/m/sub/deep/d4/p5", Whiteout::Oci);
+    top.whiteout("a/m/sub/deep/d4/p6", Whiteout::XattrTrusted);
+    base.file("a/o/x", "x");
+    top.file("a/o/kept", "kept");
+    top.opaque("a/o", Opaque::Trusted);
+    base.file("a/w/z", "z");
+    mid.whiteout("a/w", Whiteout::CharDev);
+    top.file("a/w2/only", "top");
+    env.stack(&[&top, &mid, &base])
+}
+
+/// A reader that asks about none of the files of the directories it reads (a `find`) is
+/// handed their names alone, from listings that stat no file that cannot be a whiteout:
+/// what it reads matches the kernel's listings, each name's inode number is the one a stat
+/// gives, and stat'ing the files afterwards (a lookup each) matches the kernel.
+#[test]
+fn a_walk_that_stats_no_file_matches_the_kernel() {
+    require_root();
+    let env = TestEnv::new("readdir-names");
+    let stack = deep_merged_tree(&env);
+    let kernel = stack.kernel();
+    let mut want = BTreeMap::new();
+    walk_listings(&kernel.path().join("a"), "a", &mut want);
+    let want_snap = Snapshot::take(&kernel.path().join("a"));
+    drop(kernel);
+    let (upper, work) = upper_work(&env.fresh_dir("rw"));
+    let m = stack.stratafs_rw(&UpperSpec::new(&upper, &work));
+    let mut got = BTreeMap::new();
+    walk_listings(&m.join("a"), "a", &mut got);
+    let types = |w: &BTreeMap<String, (u8, u64)>| {
+        w.iter()
+            .map(|(p, (t, _))| (p.as_bytes().to_vec(), *t))
+            .collect::<BTreeMap<_, _>>()
+    };
+    compare_listing(
+        &types(&want),
+        &types(&got),
+        "walk without stats, kernel vs stratafs",
+    );
+    let mut problems = Vec::new();
+    for (path, (_, ino)) in &got {
+        let st = fs::symlink_metadata(m.join(path)).unwrap_or_else(|e| panic!("lstat {path}: {e}"));
+        if st.ino() != *ino {
+            problems.push(format!(
+                "{path}: listed as inode {ino}, stat says {}",
+                st.ino()
+            ));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{}",
+        format_problems("inode numbers", &problems)
+    );
+    let got_snap = Snapshot::take(&m.join("a"));
+    assert_snapshots_eq(&want_snap, &got_snap, Mode::Merged, "kernel", "stratafs");
+    drop(m);
+    stack.assert_layers_unchanged();
+}
+
+/// A zero-size file with a whiteout xattr in a directory not marked as holding xattr
+/// whiteouts: kernel overlayfs lists it and then finds no such name (only a lookup takes it
+/// for a whiteout there), and so does stratafs, whether its reader wants attributes or not.
+#[test]
+fn an_unmarked_xattr_whiteout_is_listed_and_not_found_like_the_kernel() {
+    require_root();
+    let env = TestEnv::new("readdir-xwh");
+    let base = env.layer("base");
+    let top = env.layer("top");
+    base.file("u/f", "lower");
+    base.file("u/g", "lower");
+    base.file("d1/x", "x");
+    top.file("u/f", "");
+    lsetxattr(&top.path("u/f"), b"trusted.overlay.whiteout", b"").unwrap();
+    let stack = env.stack(&[&top, &base]);
+    let seen = |root: &Path| {
+        let names = listing(&root.join("u"));
+        let f = fs::symlink_metadata(root.join("u/f"))
+            .map(|_| 0)
+            .unwrap_or_else(|e| e.raw_os_error().unwrap_or(-1));
+        (names, f)
+    };
+    let kernel = stack.kernel();
+    let want = seen(kernel.path());
+    drop(kernel);
+    assert_eq!(want.1, libc::ENOENT, "the kernel found u/f");
+    for (rw, walker) in [(false, false), (false, true), (true, false), (true, true)] {
+        let (upper, work) = upper_work(&env.fresh_dir("rw"));
+        let m = if rw {
+            stack.stratafs_rw(&UpperSpec::new(&upper, &work))
+        } else {
+            stack.stratafs()
+        };
+        let got = if walker {
+            // A reader that stated nothing in the directory it read before: names only.
+            listing(&m.join("d1"));
+            seen(m.path())
+        } else {
+            // The first directory a reader (a thread) reads: full entries.
+            let root = m.path().to_path_buf();
+            std::thread::spawn(move || seen(&root)).join().unwrap()
+        };
+        let what = format!("u/ listed (rw {rw}, walker {walker})");
+        compare_listing(&want.0, &got.0, &what);
+        assert_eq!(got.1, want.1, "lstat u/f errno (rw {rw}, walker {walker})");
+        drop(m);
+    }
     stack.assert_layers_unchanged();
 }

@@ -9,6 +9,7 @@ mod ops;
 mod passthrough;
 mod reply;
 pub mod ring;
+mod walk_style;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -70,6 +71,7 @@ pub struct StrataFs {
     no_opendir: AtomicBool,
     /// The kernel agreed to FUSE over io_uring.
     uring: AtomicBool,
+    walks: walk_style::WalkStyles,
 }
 
 /// The file system as fuser's session holds it; the io_uring queues share it.
@@ -86,6 +88,7 @@ impl StrataFs {
             writeback: AtomicBool::new(false),
             no_opendir: AtomicBool::new(false),
             uring: AtomicBool::new(false),
+            walks: walk_style::WalkStyles::default(),
         }
     }
 

@@ -18,7 +18,7 @@ use super::reply::{
     LseekReply, OpenBacking, OpenReply, StatfsReply, WriteReply, XattrReply,
 };
 use super::{GENERATION, StrataFs, caller, caller_groups, decode_dev, set_time};
-use crate::union::{NewEntry, SetAttr};
+use crate::union::{Kind, NewEntry, SetAttr, Want};
 
 /// With attributes cached at least this long, readdirplus does not send
 /// again the entries of inodes the kernel holds: every change to them
@@ -91,15 +91,20 @@ impl StrataFs {
         }
     }
 
-    pub(super) fn do_lookup(&self, parent: u64, name: &OsStr, reply: impl EntryReply) {
+    pub(super) fn do_lookup(&self, pid: u32, parent: u64, name: &OsStr, reply: impl EntryReply) {
         let _s = debug_span!("lookup", parent, ?name).entered();
         match self.core.lookup(parent, name) {
-            Ok(node) => reply.entry_as(
-                self.aliases.nodeid(node.ino()),
-                &self.cfg.ttl,
-                &self.attr_out(node.attr()),
-                GENERATION,
-            ),
+            Ok(node) => {
+                if !node.is_dir() {
+                    self.walks.asked(pid);
+                }
+                reply.entry_as(
+                    self.aliases.nodeid(node.ino()),
+                    &self.cfg.ttl,
+                    &self.attr_out(node.attr()),
+                    GENERATION,
+                )
+            }
             Err(e) if e.errno() == libc::ENOENT => {
                 // Node id 0 is a negative entry the kernel caches for the TTL.
                 reply.entry(&self.cfg.ttl, &negative_entry(), GENERATION);
@@ -112,17 +117,23 @@ impl StrataFs {
         self.core.forget(self.aliases.ino(ino), nlookup);
     }
 
-    pub(super) fn do_getattr(&self, ino: u64, reply: impl AttrReply) {
+    pub(super) fn do_getattr(&self, pid: u32, ino: u64, reply: impl AttrReply) {
         let _s = debug_span!("getattr", ino).entered();
         let ino = self.aliases.ino(ino);
         match self.core.getattr(ino) {
-            Ok(attr) => reply.attr(&self.cfg.ttl, &self.attr_out(attr)),
+            Ok(attr) => {
+                if attr.kind != Kind::Dir {
+                    self.walks.asked(pid);
+                }
+                reply.attr(&self.cfg.ttl, &self.attr_out(attr))
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
 
-    pub(super) fn do_readlink(&self, ino: u64, reply: impl DataReply) {
+    pub(super) fn do_readlink(&self, pid: u32, ino: u64, reply: impl DataReply) {
         let _s = debug_span!("readlink", ino).entered();
+        self.walks.asked(pid);
         match self.core.readlink(ino) {
             Ok(target) => reply.data(&target),
             Err(e) => reply.error(errno(&e)),
@@ -131,6 +142,7 @@ impl StrataFs {
 
     pub(super) fn do_open(&self, ctx: &Ctx, nodeid: u64, flags: i32, reply: impl OpenReply) {
         let _s = debug_span!("open", nodeid, flags).entered();
+        self.walks.asked(ctx.pid);
         let ino = self.aliases.ino(nodeid);
         let wanted = self.open_flags(flags);
         let fh = match self.core.open(ino, wanted) {
@@ -220,7 +232,7 @@ impl StrataFs {
 
     pub(super) fn do_readdir(&self, ino: u64, offset: u64, mut reply: impl DirReply) {
         let _s = debug_span!("readdir", ino, offset).entered();
-        let entries = match self.core.readdir(ino, offset) {
+        let entries = match self.core.readdir(ino, offset, Want::Names) {
             Ok(e) => e,
             Err(e) => return reply.error(errno(&e)),
         };
@@ -233,14 +245,29 @@ impl StrataFs {
         reply.ok();
     }
 
-    pub(super) fn do_readdirplus(&self, ino: u64, offset: u64, mut reply: impl DirPlusReply) {
+    pub(super) fn do_readdirplus(
+        &self,
+        pid: u32,
+        ino: u64,
+        offset: u64,
+        mut reply: impl DirPlusReply,
+    ) {
         let _s = debug_span!("readdirplus", ino, offset).entered();
-        let entries = match self.core.readdir(ino, offset) {
+        // Names alone need entries the kernel links to no node.
+        let want = if reply.takes_unlinked() {
+            self.walks.reading(pid, offset)
+        } else {
+            Want::Attrs
+        };
+        let entries = match self.core.readdir(ino, offset, want) {
             Ok(e) => e,
             Err(e) => return reply.error(errno(&e)),
         };
+        // Whether this reply holds an entry (an empty one says the end).
+        let mut any = false;
         for (off, entry) in entries.entries_after(offset) {
             if entry.name == "." || entry.name == ".." {
+                any = true;
                 // The kernel takes no reference for these: report attributes only.
                 let attr = match self.core.getattr(entry.ino) {
                     Ok(a) => a,
@@ -263,21 +290,42 @@ impl StrataFs {
                 }
                 continue;
             }
-            if self.cfg.ttl >= HELD_ATTR_TTL
-                && self.core.is_held(entry.ino)
+            let names_only = want == Want::Names && entry.kind != Kind::Dir;
+            if (names_only || self.cfg.ttl >= HELD_ATTR_TTL && self.core.is_held(entry.ino))
                 && let Some(full) =
                     reply.add_unlinked(INodeNo(entry.ino), off, file_type(entry.kind), entry.name)
             {
                 if full {
                     break;
                 }
+                any = true;
                 continue;
             }
             // The kernel counts one reference per entry it accepts, like a lookup.
-            let node = match self.core.lookup_listed(ino, &entry) {
+            let node = match self.core.lookup_listed(ino, &entry, want) {
                 Ok(n) => n,
                 Err(e) => {
-                    tracing::debug!(name = ?entry.name, error = %e, "entry vanished during readdirplus");
+                    tracing::debug!(name = ?entry.name, error = %e, "listed entry not found");
+                    if e.errno() != libc::ENOENT {
+                        continue;
+                    }
+                    // Listed, yet no such name (a zero-size file with a
+                    // whiteout xattr where the directory does not say it holds
+                    // such whiteouts: kernel overlayfs lists it, and a lookup
+                    // takes it for a whiteout): the name alone. Where a reply
+                    // cannot say that, it ends before the name, which the
+                    // kernel's next read (a plain readdir) then gives.
+                    match reply.add_unlinked(
+                        INodeNo(entry.ino),
+                        off,
+                        file_type(entry.kind),
+                        entry.name,
+                    ) {
+                        Some(false) => any = true,
+                        Some(true) => break,
+                        None if any => break,
+                        None => {}
+                    }
                     continue;
                 }
             };
@@ -293,6 +341,7 @@ impl StrataFs {
                 self.core.forget(node.ino(), 1);
                 break;
             }
+            any = true;
         }
         reply.ok();
     }
@@ -306,9 +355,19 @@ impl StrataFs {
         }
     }
 
-    pub(super) fn do_getxattr(&self, ino: u64, name: &OsStr, size: u32, reply: impl XattrReply) {
+    pub(super) fn do_getxattr(
+        &self,
+        pid: u32,
+        ino: u64,
+        name: &OsStr,
+        size: u32,
+        reply: impl XattrReply,
+    ) {
         let _s = debug_span!("getxattr", ino, ?name, size).entered();
         let ino = self.aliases.ino(ino);
+        if !self.core.is_held_dir(ino) {
+            self.walks.asked(pid);
+        }
         match self.core.getxattr(ino, name) {
             Ok(value) => reply_sized(reply, &value, size),
             Err(e) => reply.error(errno(&e)),
@@ -327,6 +386,9 @@ impl StrataFs {
     pub(super) fn do_setattr(&self, ctx: &Ctx, ino: u64, a: SetAttrArgs, reply: impl AttrReply) {
         let _s = debug_span!("setattr", ino).entered();
         let ino = self.aliases.ino(ino);
+        if !self.core.is_held_dir(ino) {
+            self.walks.asked(ctx.pid);
+        }
         let mut set = SetAttr {
             mode: a.mode,
             uid: a.uid,
@@ -388,8 +450,9 @@ impl StrataFs {
         self.reply_new(reply, r);
     }
 
-    pub(super) fn do_unlink(&self, parent: u64, name: &OsStr, reply: impl EmptyReply) {
+    pub(super) fn do_unlink(&self, pid: u32, parent: u64, name: &OsStr, reply: impl EmptyReply) {
         let _s = debug_span!("unlink", parent, ?name).entered();
+        self.walks.asked(pid);
         reply_empty(reply, self.core.unlink(parent, name));
     }
 

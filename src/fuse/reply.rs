@@ -158,6 +158,8 @@ pub trait DirPlusReply: Reply {
         kind: FileType,
         name: &OsStr,
     ) -> Option<bool>;
+    /// Whether [`DirPlusReply::add_unlinked`] can add entries.
+    fn takes_unlinked(&self) -> bool;
     fn ok(self);
 }
 
@@ -338,6 +340,9 @@ impl DirPlusReply for ReplyDirectoryPlus {
     /// fuser writes an entry's attribute inode number as its node id.
     fn add_unlinked(&mut self, _: INodeNo, _: u64, _: FileType, _: &OsStr) -> Option<bool> {
         None
+    }
+    fn takes_unlinked(&self) -> bool {
+        false
     }
     fn ok(self) {
         ReplyDirectoryPlus::ok(self)

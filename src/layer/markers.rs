@@ -78,6 +78,38 @@ fn xattr_is_y(dir: BorrowedFd<'_>, name: &CStr, attr: &CStr) -> bool {
     matches!(getxattr_at(dir, name, attr, &mut buf), Ok(1) if buf[0] == b'y')
 }
 
+/// Whether directory `dir` says it may hold xattr whiteouts (an opaque
+/// xattr of `x`): kernel overlayfs lists a zero-size file carrying a
+/// whiteout xattr as a whiteout only there (a lookup takes it as one
+/// anywhere). Elsewhere a listing may name files without a stat each.
+pub fn holds_xattr_whiteouts(dir: BorrowedFd<'_>) -> bool {
+    let mut names = [0u8; 1024];
+    // A list too long for the buffer (or none to be had): every name is asked.
+    let list = listxattr_at(dir, c".", &mut names)
+        .ok()
+        .map(|n| &names[..n]);
+    let mut value = [0u8; 2];
+    OPAQUE_XATTRS.iter().any(|attr| {
+        list.is_none_or(|l| l.split(|b| *b == 0).any(|n| n == attr.to_bytes()))
+            && matches!(getxattr_at(dir, c".", attr, &mut value), Ok(1) if value[0] == b'x')
+    })
+}
+
+/// [`is_overlay_whiteout`] for an entry a listing of `dir` reads:
+/// `xattr_whiteouts` tells [`holds_xattr_whiteouts`] of `dir` (asked only
+/// for an empty file).
+pub fn is_listed_whiteout(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    stat: &Stat,
+    xattr_whiteouts: impl FnOnce() -> bool,
+) -> bool {
+    match FileType::from_raw_mode(stat.st_mode) {
+        FileType::RegularFile if stat.st_size == 0 && !xattr_whiteouts() => false,
+        _ => is_overlay_whiteout(dir, name, stat),
+    }
+}
+
 /// Whether `stat` (of `name` in `dir`) is a whiteout in the overlay dialects.
 pub fn is_overlay_whiteout(dir: BorrowedFd<'_>, name: &CStr, stat: &Stat) -> bool {
     match FileType::from_raw_mode(stat.st_mode) {

@@ -5,6 +5,7 @@
 
 use std::ffi::CString;
 use std::os::fd::BorrowedFd;
+use std::sync::OnceLock;
 
 use super::Union;
 use super::attr::Attr;
@@ -13,6 +14,11 @@ use crate::layer::{self, LayerError};
 /// What a listing makes of one non-directory.
 pub(crate) enum Leaf {
     Whiteout,
+    /// Listed, but a lookup takes it for a whiteout (see
+    /// [`layer::is_listed_whiteout`]): it gets no attributes.
+    Unfound {
+        ino: u64,
+    },
     Shown {
         ino: u64,
         attr: Attr,
@@ -34,14 +40,19 @@ impl Union {
         layer: usize,
         dir: BorrowedFd<'_>,
         names: &[CString],
+        xattr_whiteouts: &OnceLock<bool>,
         untied: &mut Option<crate::sys::Unpinned>,
     ) -> Result<Vec<Leaf>, LayerError> {
         let one = |name: &CString| -> Result<Leaf, LayerError> {
             let st = layer::stat_at(dir, name)?;
-            if layer::is_overlay_whiteout(dir, name, &st) {
+            let marked = || *xattr_whiteouts.get_or_init(|| layer::holds_xattr_whiteouts(dir));
+            if layer::is_listed_whiteout(dir, name, &st, marked) {
                 return Ok(Leaf::Whiteout);
             }
             let ino = self.entry_ino(layer, dir, name, st.st_ino);
+            if layer::is_overlay_whiteout(dir, name, &st) {
+                return Ok(Leaf::Unfound { ino });
+            }
             let st = self.logical(layer, dir, name, st);
             Ok(Attr::from_stat(ino, &st).map_or(Leaf::Unknown, |attr| Leaf::Shown { ino, attr }))
         };

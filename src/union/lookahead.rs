@@ -15,6 +15,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::Union;
+use super::readdir::Want;
 
 /// Two: one reader's walk keeps one listing under way while the other
 /// thread waits on the disk.
@@ -55,6 +56,7 @@ struct Job {
     ino: u64,
     parent: u64,
     changes: u64,
+    want: Want,
 }
 
 #[derive(Debug, Default)]
@@ -141,11 +143,12 @@ impl Lookahead {
     /// Asks for directory `ino`, a subdirectory of `parent`, to be listed
     /// ahead; `changes` is the union's change count now. Nothing happens
     /// unless the threads were started.
-    pub(super) fn push(&self, parent: u64, ino: u64, changes: u64) {
+    pub(super) fn push(&self, parent: u64, ino: u64, changes: u64, want: Want) {
         self.queue.push(Job {
             ino,
             parent,
             changes,
+            want,
         });
     }
 
@@ -193,7 +196,9 @@ impl Union {
                 .spawn(move || {
                     while let Some(job) = queue.next() {
                         let u = union.upgrade();
-                        let ahead = u.as_ref().and_then(|u| u.list_ahead(job.ino, job.changes));
+                        let ahead = u
+                            .as_ref()
+                            .and_then(|u| u.list_ahead(job.ino, job.changes, job.want));
                         queue.done(job.ino);
                         if let (Some(u), Some(ahead)) = (u, ahead) {
                             u.warm_subdirs(&ahead);

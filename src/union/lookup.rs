@@ -266,6 +266,11 @@ impl Union {
         self.nodes.is_held(ino)
     }
 
+    /// Whether `ino` is a directory the kernel holds.
+    pub fn is_held_dir(&self, ino: u64) -> bool {
+        self.nodes.get(ino).is_ok_and(|n| n.is_dir())
+    }
+
     pub fn forget(&self, ino: u64, n: u64) {
         if self.nodes.forget(ino, n) {
             self.listings.forget(ino);

@@ -30,7 +30,7 @@ pub use attr::{Attr, Kind, Time};
 pub use create::{Caller, NewEntry};
 pub use error::{Error, Result};
 pub use inode::{Node, ROOT_INO};
-pub use readdir::DirEntry;
+pub use readdir::{DirEntry, Want};
 pub use setattr::{SetAttr, SetTime};
 pub use view::{IdMap, IdRange, OVERFLOW_ID, OverrideStat, ViewOptions};
 

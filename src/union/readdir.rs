@@ -15,7 +15,7 @@ use std::ffi::{CString, OsStr};
 use std::hash::{BuildHasher, RandomState};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use hashbrown::HashTable;
 use rustix::fs::FileType;
@@ -31,6 +31,16 @@ use crate::layer::{self, LayerError};
 const WARM_PER_THREAD: usize = 8;
 /// ...by this many threads at most.
 const WARM_THREADS: usize = 4;
+
+/// What a reader of a directory wants of its files: their attributes (an
+/// `ls -l`, and every reader until it shows otherwise), or only their names
+/// and types (a `find`: the files of such a listing are not stat'ed unless
+/// a whiteout could hide among them, and a later lookup stats each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    Attrs,
+    Names,
+}
 
 /// A listing made ahead of its reader, with the layer directories read.
 pub(super) struct Ahead {
@@ -229,7 +239,7 @@ fn name_at(names: &[u8], start: u32) -> &[u8] {
 impl Union {
     /// The listing of directory `ino` for a read from `offset` on (see the
     /// module comment).
-    pub fn readdir(&self, ino: u64, offset: u64) -> Result<Arc<Listing>> {
+    pub fn readdir(&self, ino: u64, offset: u64, want: Want) -> Result<Arc<Listing>> {
         if let Some(listing) = self.kept_listing(ino, offset) {
             return Ok(listing);
         }
@@ -241,7 +251,7 @@ impl Union {
         }
         let node = self.nodes.get(ino)?;
         let stamp = self.listings.stamp();
-        let mut listing = self.list(&node)?;
+        let mut listing = self.list(&node, want)?;
         listing.order_by_cookie(self.listings.key());
         let listing = Arc::new(listing);
         if !listing.read_to_end(offset) {
@@ -263,14 +273,21 @@ impl Union {
     /// access if the listing kept its attributes, else one stat in the
     /// layer that holds it (a lookup would look in every layer above it
     /// first, and in a big directory those misses cost the most).
-    pub fn lookup_listed(&self, parent: u64, entry: &DirEntry<'_>) -> Result<Arc<Node>> {
+    /// `want` is what the reader wants of the files of the subdirectories
+    /// it is handed (which are listed ahead for it).
+    pub fn lookup_listed(
+        &self,
+        parent: u64,
+        entry: &DirEntry<'_>,
+        want: Want,
+    ) -> Result<Arc<Node>> {
         let dir_node = self.nodes.get(parent)?;
         let name = super::lookup::checked_name(entry.name)?;
         if entry.kind == Kind::Dir {
             let node = self.lookup_in(&dir_node, name)?;
             if node.is_dir() {
                 self.lookahead
-                    .push(parent, node.ino(), self.listings.changes());
+                    .push(parent, node.ino(), self.listings.changes(), want);
             }
             return Ok(node);
         }
@@ -337,6 +354,10 @@ impl Union {
             _ => return None,
         };
         let st = layer::stat_at(fd.as_fd(), name).ok()?;
+        // (Listed by name, a lookup takes it for a whiteout.)
+        if layer::is_overlay_whiteout(fd.as_fd(), name, &st) {
+            return None;
+        }
         let st = self.logical(layer, fd.as_fd(), name, st);
         Attr::from_stat(ino, &st).filter(|a| a.kind != Kind::Dir)
     }
@@ -345,7 +366,7 @@ impl Union {
     /// the union changed since it was asked for (its names are changing: the
     /// listing would be stale before it is read), a listing is kept already,
     /// or the directory is big.
-    pub(super) fn list_ahead(&self, ino: u64, changes: u64) -> Option<Ahead> {
+    pub(super) fn list_ahead(&self, ino: u64, changes: u64, want: Want) -> Option<Ahead> {
         if self.listings.changes() != changes || self.listings.holds_current(ino) {
             return None;
         }
@@ -359,7 +380,7 @@ impl Union {
             return None;
         }
         let stamp = self.listings.stamp();
-        let listing = match self.list(&node) {
+        let listing = match self.list(&node, want) {
             Ok(mut listing) => {
                 listing.order_by_cookie(self.listings.key());
                 Arc::new(listing)
@@ -412,7 +433,7 @@ impl Union {
         });
     }
 
-    pub(crate) fn list(&self, node: &Node) -> Result<Listing> {
+    pub(crate) fn list(&self, node: &Node, want: Want) -> Result<Listing> {
         let layers = node.dir_layers()?;
         let parent = node.parent().map_or(super::ROOT_INO, |p| p.ino());
         let mut entries = Listing::default();
@@ -433,11 +454,19 @@ impl Union {
         let mut untied = None;
         for (source, ld) in layers.iter().enumerate() {
             let dir = ld.fd.as_fd();
+            let xattr_whiteouts = OnceLock::new();
+            // Files that cannot be whiteouts here are named without a stat
+            // when only names are wanted: the stats are most of a cold
+            // listing's time (each reads an inode from disk).
+            let unstated = want == Want::Names
+                && !self.is_upper(ld.layer)
+                && !*xattr_whiteouts.get_or_init(|| layer::holds_xattr_whiteouts(dir));
             let mut pass = LayerPass {
                 union: self,
                 source,
                 ld,
                 keep_attrs,
+                xattr_whiteouts,
                 pending: Vec::new(),
                 whiteouts: Vec::new(),
             };
@@ -450,6 +479,17 @@ impl Union {
                     return Ok(());
                 }
                 if decided.contains(&entries, bytes) {
+                    return Ok(());
+                }
+                let plain = match ftype {
+                    FileType::RegularFile => Some(Kind::File),
+                    FileType::Symlink => Some(Kind::Symlink),
+                    _ => None,
+                };
+                if let Some(kind) = plain.filter(|_| unstated) {
+                    let ino = self.entry_ino(ld.layer, dir, name, real_ino);
+                    entries.push_from(bytes, ino, kind, source);
+                    decided.shown(&entries, entries.len() - 1);
                     return Ok(());
                 }
                 if ftype != FileType::Directory {
@@ -492,6 +532,8 @@ struct LayerPass<'a> {
     ld: &'a LayerDir,
     /// How many attributes the listing may keep in all.
     keep_attrs: usize,
+    /// See [`layer::holds_xattr_whiteouts`]; asked once needed.
+    xattr_whiteouts: OnceLock<bool>,
     pending: Vec<CString>,
     whiteouts: Vec<Vec<u8>>,
 }
@@ -504,13 +546,21 @@ impl LayerPass<'_> {
         untied: &mut Option<crate::sys::Unpinned>,
     ) -> std::result::Result<(), LayerError> {
         let dir = self.ld.fd.as_fd();
-        let leaves = self
-            .union
-            .stat_leaves(self.ld.layer, dir, &self.pending, untied)?;
+        let leaves = self.union.stat_leaves(
+            self.ld.layer,
+            dir,
+            &self.pending,
+            &self.xattr_whiteouts,
+            untied,
+        )?;
         for (name, leaf) in self.pending.drain(..).zip(leaves) {
             match leaf {
                 Leaf::Whiteout => self.whiteouts.push(name.into_bytes()),
                 Leaf::Unknown => {}
+                Leaf::Unfound { ino } => {
+                    entries.push(name.to_bytes(), ino, Kind::File, None);
+                    decided.shown(entries, entries.len() - 1);
+                }
                 Leaf::Shown { ino, attr } => {
                     let keep = entries.leaves.len() < self.keep_attrs && attr.kind != Kind::Dir;
                     if keep {

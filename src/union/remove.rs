@@ -8,6 +8,7 @@ use super::Union;
 use super::error::{Error, Result};
 use super::inode::NodeBody;
 use super::lookup::checked_name;
+use super::readdir::Want;
 
 impl Union {
     pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
@@ -32,7 +33,7 @@ impl Union {
                 (false, true) => return Err(Error::IsDir),
                 _ => {}
             }
-            if is_dir && self.list(&node)?.len() > 2 {
+            if is_dir && self.list(&node, Want::Names)?.len() > 2 {
                 return Err(Error::NotEmpty);
             }
             // Decide and write under the node's copy-up lock, so that a copy-up

@@ -146,7 +146,7 @@ impl Union {
                 return Err(Error::IsDir);
             } else if !dst_dir && src_dir {
                 return Err(Error::NotDir);
-            } else if dst_dir && self.list(d)?.len() > 2 {
+            } else if dst_dir && self.list(d, super::readdir::Want::Names)?.len() > 2 {
                 return Err(Error::NotEmpty);
             }
         }

@@ -322,8 +322,8 @@ fn op(fs: &StrataFs, ctx: &Ctx, h: &InHeader, o: &[u8], payload: &[u8], r: RingR
     let mut strs = names(payload);
     let mut name = || strs.next().unwrap_or(OsStr::new(""));
     match h.opcode {
-        abi::LOOKUP => fs.do_lookup(ino, name(), r),
-        abi::GETATTR => fs.do_getattr(ino, r),
+        abi::LOOKUP => fs.do_lookup(ctx.pid, ino, name(), r),
+        abi::GETATTR => fs.do_getattr(ctx.pid, ino, r),
         abi::SETATTR => {
             let valid = u32_at(o, 0);
             let has = |bit| valid & bit != 0;
@@ -340,7 +340,7 @@ fn op(fs: &StrataFs, ctx: &Ctx, h: &InHeader, o: &[u8], payload: &[u8], r: RingR
             };
             fs.do_setattr(ctx, ino, args, r)
         }
-        abi::READLINK => fs.do_readlink(ino, r),
+        abi::READLINK => fs.do_readlink(ctx.pid, ino, r),
         abi::SYMLINK => {
             let link = name();
             fs.do_symlink(ctx, ino, link, name(), r)
@@ -355,7 +355,7 @@ fn op(fs: &StrataFs, ctx: &Ctx, h: &InHeader, o: &[u8], payload: &[u8], r: RingR
             r,
         ),
         abi::MKDIR => fs.do_mkdir(ctx, ino, name(), u32_at(o, 0), u32_at(o, 4), r),
-        abi::UNLINK => fs.do_unlink(ino, name(), r),
+        abi::UNLINK => fs.do_unlink(ctx.pid, ino, name(), r),
         abi::RMDIR => fs.do_rmdir(ino, name(), r),
         abi::RENAME | abi::RENAME2 => {
             let flags = if h.opcode == abi::RENAME2 {
@@ -383,13 +383,13 @@ fn op(fs: &StrataFs, ctx: &Ctx, h: &InHeader, o: &[u8], payload: &[u8], r: RingR
                 None => r.error(Errno::EINVAL),
             }
         }
-        abi::GETXATTR => fs.do_getxattr(ino, name(), u32_at(o, 0), r),
+        abi::GETXATTR => fs.do_getxattr(ctx.pid, ino, name(), u32_at(o, 0), r),
         abi::LISTXATTR => fs.do_listxattr(ino, u32_at(o, 0), r),
         abi::REMOVEXATTR => fs.do_removexattr(ino, name(), r),
         abi::FLUSH => fs.do_flush(r),
         abi::OPENDIR => fs.do_opendir(ino, r),
         abi::READDIR => fs.do_readdir(ino, u64_at(o, 8), r),
-        abi::READDIRPLUS => fs.do_readdirplus(ino, u64_at(o, 8), r),
+        abi::READDIRPLUS => fs.do_readdirplus(ctx.pid, ino, u64_at(o, 8), r),
         abi::RELEASEDIR => EmptyReply::ok(r),
         abi::FSYNCDIR => fs.do_fsyncdir(ino, r),
         abi::ACCESS => fs.do_access(ino, u32_at(o, 0) & libc::W_OK as u32 != 0, r),

@@ -289,6 +289,9 @@ impl DirPlusReply for RingReply<'_, '_> {
         });
         Some(!added)
     }
+    fn takes_unlinked(&self) -> bool {
+        true
+    }
     fn ok(self) {
         self.listing()
     }
