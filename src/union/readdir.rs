@@ -454,19 +454,13 @@ impl Union {
         let mut untied = None;
         for (source, ld) in layers.iter().enumerate() {
             let dir = ld.fd.as_fd();
-            let xattr_whiteouts = OnceLock::new();
-            // Files that cannot be whiteouts here are named without a stat
-            // when only names are wanted: the stats are most of a cold
-            // listing's time (each reads an inode from disk).
-            let unstated = want == Want::Names
-                && !self.is_upper(ld.layer)
-                && !*xattr_whiteouts.get_or_init(|| layer::holds_xattr_whiteouts(dir));
+            let lower = !self.is_upper(ld.layer);
             let mut pass = LayerPass {
                 union: self,
                 source,
                 ld,
                 keep_attrs,
-                xattr_whiteouts,
+                xattr_whiteouts: OnceLock::new(),
                 pending: Vec::new(),
                 whiteouts: Vec::new(),
             };
@@ -486,7 +480,20 @@ impl Union {
                     FileType::Symlink => Some(Kind::Symlink),
                     _ => None,
                 };
-                if let Some(kind) = plain.filter(|_| unstated) {
+                // Files that cannot be whiteouts here are named without a
+                // stat when their attributes are not wanted, or not kept
+                // (a lookup stats each): the stats are most of a cold
+                // listing's time (each reads an inode from disk).
+                let unwanted = want == Want::Names
+                    || entries.leaves.len() + pass.pending.len() >= pass.keep_attrs;
+                let unstated = || {
+                    lower
+                        && unwanted
+                        && !*pass
+                            .xattr_whiteouts
+                            .get_or_init(|| layer::holds_xattr_whiteouts(dir))
+                };
+                if let Some(kind) = plain.filter(|_| unstated()) {
                     let ino = self.entry_ino(ld.layer, dir, name, real_ino);
                     entries.push_from(bytes, ino, kind, source);
                     decided.shown(&entries, entries.len() - 1);
