@@ -934,3 +934,76 @@ fn an_unmarked_xattr_whiteout_is_listed_and_not_found_like_the_kernel() {
     }
     stack.assert_layers_unchanged();
 }
+
+/// A directory's listing is kept while names change in other directories only: every
+/// directory whose names a change touches is read afresh, and a moved directory shows its
+/// new parent as `..`. Each directory is read through before the changes (so that its
+/// listing is kept), changed by one operation, and read again after the kernel dropped its
+/// own copies; as the kernel's overlayfs shows the same tree after the same changes.
+#[test]
+fn listings_kept_while_other_directories_change_show_every_change_in_theirs() {
+    require_root();
+    let env = TestEnv::new("readdir-kept");
+    let base = env.layer("base");
+    let top = env.layer("top");
+    let dirs = ["a", "b", "c", "d", "e", "f", "g", "h"];
+    for d in dirs.iter().chain(&["z"]) {
+        base.file(format!("{d}/{d}1"), d);
+    }
+    top.file("a/a2", "a2");
+    let stack = env.stack(&[&top, &base]);
+    let change = |root: &Path| {
+        // (A change before the reads, by another kind of operation than any below: the
+        // daemon's record of recent changes reaches back before every listing read.)
+        fs::remove_file(root.join("z/z1")).unwrap();
+        fs::create_dir(root.join("f/sub")).unwrap();
+        fs::write(root.join("f/sub/s1"), "s1").unwrap();
+        for d in dirs.iter().chain(&["f/sub"]) {
+            listing(&root.join(d));
+        }
+        // One change to the names of each directory but h.
+        fs::write(root.join("a/new"), "new").unwrap();
+        fs::remove_file(root.join("b/b1")).unwrap();
+        fs::rename(root.join("e/e1"), root.join("c/moved")).unwrap();
+        fs::rename(root.join("f/sub"), root.join("d/sub")).unwrap();
+        fs::hard_link(root.join("h/h1"), root.join("g/link")).unwrap();
+        fs::write("/proc/sys/vm/drop_caches", "1").unwrap();
+        let parent = fs::metadata(root.join("d")).unwrap().ino();
+        let dotdot = read_dir_raw(&root.join("d/sub"))
+            .unwrap()
+            .into_iter()
+            .find(|e| e.name == b"..")
+            .map(|e| e.ino);
+        let lists: Vec<_> = dirs
+            .iter()
+            .chain(&["d/sub"])
+            .map(|d| listing(&root.join(d)))
+            .collect();
+        (lists, dotdot == Some(parent))
+    };
+    let (ku, kw) = upper_work(&env.fresh_dir("krw"));
+    let kernel =
+        KernelOverlay::writable(&stack.kernel_lowers(), &ku, &kw, &env.fresh_dir("mnt/k")).unwrap();
+    let (want, kernel_dotdot) = change(kernel.path());
+    drop(kernel);
+    assert!(kernel_dotdot, "the kernel's d/sub/.. is not d");
+    let (upper, work) = upper_work(&env.fresh_dir("rw"));
+    let m = stack.stratafs_rw(&UpperSpec::new(&upper, &work));
+    let (got, dotdot) = change(m.path());
+    for (d, (w, g)) in dirs.iter().chain(&["d/sub"]).zip(want.iter().zip(&got)) {
+        compare_listing(w, g, &format!("{d}/ after the changes, kernel vs stratafs"));
+    }
+    assert!(dotdot, "d/sub/.. is not d after the move");
+    let names = |d: usize| {
+        got[d]
+            .keys()
+            .map(|n| n.escape_ascii().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(0), ["a1", "a2", "new"]);
+    assert_eq!(names(1), Vec::<String>::new());
+    assert_eq!(names(2), ["c1", "moved"]);
+    assert_eq!(names(3), ["d1", "sub"]);
+    drop(m);
+    stack.assert_layers_unchanged();
+}

@@ -63,7 +63,8 @@ impl Union {
         caller: Caller,
         what: NewEntry<'_>,
     ) -> Result<(Arc<Node>, Option<u64>)> {
-        let _names = self.listings.changing();
+        let mut names = self.listings.changing();
+        names.touch(parent);
         self.check_writable()?;
         let upper = self.upper()?;
         let name = checked_name(name)?;
@@ -250,7 +251,8 @@ impl Union {
     /// link(2): a new name for `ino` in `newparent`. The source is copied up
     /// first; the link is made between upper entries.
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Arc<Node>> {
-        let _names = self.listings.changing();
+        let mut names = self.listings.changing();
+        names.touch(newparent);
         self.check_writable()?;
         let upper = self.upper()?;
         let name = checked_name(newname)?;

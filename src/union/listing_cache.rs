@@ -2,12 +2,13 @@
 //! big directory in many requests, and each must not list it again. Bounded
 //! by the entries held.
 //!
-//! A listing read to its end is kept too, while nothing in the union changed
-//! since it was taken and the kernel holds the directory: the kernel's own
+//! A listing read to its end is kept too, while no name in its directory
+//! changed since it was taken and the kernel holds the directory: the kernel's own
 //! copy of a listing loses pages under memory reclaim, and it then reads on
 //! from the first page it lost (a warm `ls -l` of 100k entries listed them
 //! all again, 0.4 s, for the last few thousand).
 
+use std::collections::VecDeque;
 use std::hash::RandomState;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +28,10 @@ const OVERHEAD_ENTRIES: usize = 32;
 /// every request, and make the daemon list the directory again each time.
 const MIN_KEPT: usize = 4;
 
+/// The directories of this many recent changes are remembered; a listing
+/// begun before all of them counts as changed.
+const RECENT_CHANGES: usize = 8192;
+
 #[derive(Debug)]
 pub struct ListingCache {
     inner: Mutex<Inner>,
@@ -36,6 +41,8 @@ pub struct ListingCache {
     stamps: AtomicU64,
     /// Counts the changes to names anywhere in the union.
     changes: AtomicU64,
+    /// The directories each recent change touched, oldest first.
+    recent: Mutex<VecDeque<(u64, u64)>>,
 }
 
 /// When a listing was begun (taken before the directory is read).
@@ -45,11 +52,23 @@ pub struct Stamp {
     changes: u64,
 }
 
-pub struct Changing<'a>(&'a ListingCache);
+/// An operation that may change names under way: the directories whose
+/// names (or whose own place) it may change are [`Changing::touch`]ed.
+pub struct Changing<'a> {
+    cache: &'a ListingCache,
+    dirs: Vec<u64>,
+}
+
+impl Changing<'_> {
+    /// Directory (or any inode that may be one) `ino` may change.
+    pub fn touch(&mut self, ino: u64) {
+        self.dirs.push(ino);
+    }
+}
 
 impl Drop for Changing<'_> {
     fn drop(&mut self) {
-        self.0.changed();
+        self.cache.changed(&self.dirs);
     }
 }
 
@@ -81,6 +100,7 @@ impl Default for ListingCache {
             key: RandomState::new(),
             stamps: AtomicU64::new(0),
             changes: AtomicU64::new(0),
+            recent: Mutex::new(VecDeque::new()),
         }
     }
 }
@@ -99,16 +119,44 @@ impl ListingCache {
         }
     }
 
-    /// To be called once a name was added, removed or moved (after: a
-    /// listing begun before it completed must not be taken as current).
-    pub fn changed(&self) {
-        self.changes.fetch_add(1, Ordering::Release);
+    /// To be called once names in directories `dirs` were added, removed
+    /// or moved (after: a listing begun before it completed must not be
+    /// taken as current).
+    fn changed(&self, dirs: &[u64]) {
+        let mut recent = self.recent.lock();
+        let change = self.changes.load(Ordering::Relaxed) + 1;
+        recent.extend(dirs.iter().map(|&ino| (change, ino)));
+        while recent.len() > RECENT_CHANGES {
+            recent.pop_front();
+        }
+        self.changes.store(change, Ordering::Release);
     }
 
     /// Calls [`ListingCache::changed`] when dropped: held through an
     /// operation that may change names, however it ends.
     pub fn changing(&self) -> Changing<'_> {
-        Changing(self)
+        Changing {
+            cache: self,
+            dirs: Vec::new(),
+        }
+    }
+
+    /// Whether a name in directory `ino` changed after the union's change
+    /// count was `since` (or that cannot be told any more).
+    pub fn changed_since(&self, ino: u64, since: u64) -> bool {
+        if self.changes.load(Ordering::Acquire) == since {
+            return false;
+        }
+        let recent = self.recent.lock();
+        // Changes after `since` forgotten: the history is lost.
+        if recent.front().is_none_or(|&(change, _)| change > since + 1) {
+            return true;
+        }
+        recent
+            .iter()
+            .rev()
+            .take_while(|&&(change, _)| change > since)
+            .any(|&(_, dir)| dir == ino)
     }
 
     /// How many changes were made so far.
@@ -119,20 +167,17 @@ impl ListingCache {
     /// Whether a listing of directory `ino` is kept that a read from its
     /// start would take.
     pub fn holds_current(&self, ino: u64) -> bool {
-        self.inner
-            .lock()
-            .listings
-            .peek(&ino)
-            .is_some_and(|kept| kept.stamp.changes == self.changes())
+        let stamp = self.inner.lock().listings.peek(&ino).map(|kept| kept.stamp);
+        stamp.is_some_and(|stamp| !self.changed_since(ino, stamp.changes))
     }
 
     /// The listing kept for directory `ino` for a read from its start, if
-    /// nothing changed since it was taken, or for a read going on (a
+    /// no name in it changed since it was taken, or for a read going on (a
     /// reader's listing is taken once, however the union changes).
     pub fn get(&self, ino: u64, from_start: bool) -> Option<Arc<Listing>> {
         let mut inner = self.inner.lock();
         let kept = inner.listings.get(&ino)?;
-        if kept.stamp.changes == self.changes.load(Ordering::Acquire) {
+        if !self.changed_since(ino, kept.stamp.changes) {
             return Some(kept.listing.clone());
         }
         if kept.read {
@@ -228,8 +273,41 @@ mod tests {
         cache.read_through(7, &listing);
         let kept = cache.get(7, false).expect("kept after it was read through");
         assert_eq!(kept.len(), 3);
-        cache.changed();
+        cache.changed(&[7]);
         assert!(cache.get(7, false).is_none(), "kept across a change");
+    }
+
+    #[test]
+    fn a_change_elsewhere_leaves_a_listing_current() {
+        let cache = ListingCache::default();
+        let listing = Arc::new(Listing::of_files(3));
+        cache.insert(7, listing.clone(), cache.stamp());
+        cache.read_through(7, &listing);
+        cache.changed(&[8, 9]);
+        assert!(cache.holds_current(7));
+        assert!(
+            cache.get(7, true).is_some(),
+            "dropped after a change elsewhere"
+        );
+        cache.changed(&[7]);
+        assert!(!cache.holds_current(7));
+        assert!(cache.get(7, true).is_none(), "kept across a change in it");
+    }
+
+    #[test]
+    fn a_listing_older_than_the_changes_remembered_is_not_current() {
+        let cache = ListingCache::default();
+        let listing = Arc::new(Listing::of_files(3));
+        cache.insert(7, listing, cache.stamp());
+        for _ in 0..RECENT_CHANGES {
+            cache.changed(&[8]);
+        }
+        assert!(cache.holds_current(7));
+        cache.changed(&[8]);
+        assert!(
+            !cache.holds_current(7),
+            "current though the history is lost"
+        );
     }
 
     #[test]
@@ -237,7 +315,7 @@ mod tests {
         let cache = ListingCache::default();
         let listing = Arc::new(Listing::of_files(3));
         cache.insert(7, listing.clone(), cache.stamp());
-        cache.changed();
+        cache.changed(&[7]);
         assert!(Arc::ptr_eq(&cache.get(7, false).unwrap(), &listing));
     }
 
@@ -246,7 +324,7 @@ mod tests {
         let cache = ListingCache::default();
         let stamp = cache.stamp();
         // The change completes while the directory is being read.
-        cache.changed();
+        cache.changed(&[7]);
         let listing = Arc::new(Listing::of_files(3));
         cache.insert(7, listing.clone(), stamp);
         cache.read_through(7, &listing);
@@ -260,7 +338,7 @@ mod tests {
         let other = Arc::new(Listing::of_files(3));
         cache.insert(7, other.clone(), cache.stamp());
         cache.read_through(7, &read);
-        cache.changed();
+        cache.changed(&[7]);
         assert!(Arc::ptr_eq(&cache.get(7, false).unwrap(), &other));
     }
 

@@ -3,8 +3,8 @@
 //! a walk (`find`, `ls -lR`) reads each of them next, and waited for the
 //! daemon to read every layer's directory and stat its files. The threads
 //! work on the CPU the reader leaves free; the listing they leave is taken
-//! like any kept one, only while nothing in the union changed since it was
-//! begun.
+//! like any kept one, only while no name in its directory changed since it
+//! was begun.
 //!
 //! A walk goes deep first, in listing order: the subdirectories of the
 //! latest listing are taken first, in their order.

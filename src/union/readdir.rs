@@ -363,11 +363,11 @@ impl Union {
     }
 
     /// Lists directory `ino` ahead of its reader (see `lookahead`), unless
-    /// the union changed since it was asked for (its names are changing: the
-    /// listing would be stale before it is read), a listing is kept already,
-    /// or the directory is big.
+    /// a name in it changed since it was asked for (its names are changing:
+    /// the listing would be stale before it is read), a listing is kept
+    /// already, or the directory is big.
     pub(super) fn list_ahead(&self, ino: u64, changes: u64, want: Want) -> Option<Ahead> {
-        if self.listings.changes() != changes || self.listings.holds_current(ino) {
+        if self.listings.changed_since(ino, changes) || self.listings.holds_current(ino) {
             return None;
         }
         let node = self.nodes.get(ino).ok()?;

@@ -20,12 +20,16 @@ impl Union {
     }
 
     fn remove(&self, parent: u64, name: &OsStr, want_dir: bool) -> Result<()> {
-        let _names = self.listings.changing();
+        let mut names = self.listings.changing();
+        names.touch(parent);
         self.check_writable()?;
         let upper = self.upper()?;
         let name = checked_name(name)?;
         let parent = self.nodes.get(parent)?;
         let node = self.lookup_in(&parent, name.clone())?;
+        if node.is_dir() {
+            names.touch(node.ino());
+        }
         let result = (|| {
             let is_dir = node.is_dir();
             match (want_dir, is_dir) {

@@ -73,7 +73,9 @@ impl Union {
         newname: &OsStr,
         flags: u32,
     ) -> Result<()> {
-        let _names = self.listings.changing();
+        let mut names = self.listings.changing();
+        names.touch(parent);
+        names.touch(newparent);
         self.check_writable()?;
         let flags = RenameFlags::from_bits(flags).ok_or(Error::InvalidName)?;
         if flags.contains(RenameFlags::WHITEOUT)
@@ -86,8 +88,14 @@ impl Union {
         let parent = self.nodes.get(parent)?;
         let newparent = self.nodes.get(newparent)?;
         let src = self.lookup_in(&parent, name.clone())?;
+        // A directory moved has a new `..` (and, moved or replaced, may
+        // have new layers).
+        names.touch(src.ino());
         let dst = match self.lookup_in(&newparent, newname.clone()) {
-            Ok(n) => Some(n),
+            Ok(n) => {
+                names.touch(n.ino());
+                Some(n)
+            }
             Err(Error::NotFound) => None,
             Err(e) => {
                 self.nodes.forget(src.ino(), 1);
