@@ -95,9 +95,7 @@ impl StrataFs {
         let _s = debug_span!("lookup", parent, ?name).entered();
         match self.core.lookup(parent, name) {
             Ok(node) => {
-                if !node.is_dir() {
-                    self.walks.asked(pid);
-                }
+                self.walks.asked(pid, || !node.is_dir());
                 reply.entry_as(
                     self.aliases.nodeid(node.ino()),
                     &self.cfg.ttl,
@@ -122,9 +120,7 @@ impl StrataFs {
         let ino = self.aliases.ino(ino);
         match self.core.getattr(ino) {
             Ok(attr) => {
-                if attr.kind != Kind::Dir {
-                    self.walks.asked(pid);
-                }
+                self.walks.asked(pid, || attr.kind != Kind::Dir);
                 reply.attr(&self.cfg.ttl, &self.attr_out(attr))
             }
             Err(e) => reply.error(errno(&e)),
@@ -133,7 +129,7 @@ impl StrataFs {
 
     pub(super) fn do_readlink(&self, pid: u32, ino: u64, reply: impl DataReply) {
         let _s = debug_span!("readlink", ino).entered();
-        self.walks.asked(pid);
+        self.walks.asked(pid, || true);
         match self.core.readlink(ino) {
             Ok(target) => reply.data(&target),
             Err(e) => reply.error(errno(&e)),
@@ -142,7 +138,7 @@ impl StrataFs {
 
     pub(super) fn do_open(&self, ctx: &Ctx, nodeid: u64, flags: i32, reply: impl OpenReply) {
         let _s = debug_span!("open", nodeid, flags).entered();
-        self.walks.asked(ctx.pid);
+        self.walks.asked(ctx.pid, || true);
         let ino = self.aliases.ino(nodeid);
         let wanted = self.open_flags(flags);
         let fh = match self.core.open(ino, wanted) {
@@ -365,9 +361,7 @@ impl StrataFs {
     ) {
         let _s = debug_span!("getxattr", ino, ?name, size).entered();
         let ino = self.aliases.ino(ino);
-        if !self.core.is_held_dir(ino) {
-            self.walks.asked(pid);
-        }
+        self.walks.asked(pid, || !self.core.is_held_dir(ino));
         match self.core.getxattr(ino, name) {
             Ok(value) => reply_sized(reply, &value, size),
             Err(e) => reply.error(errno(&e)),
@@ -386,9 +380,7 @@ impl StrataFs {
     pub(super) fn do_setattr(&self, ctx: &Ctx, ino: u64, a: SetAttrArgs, reply: impl AttrReply) {
         let _s = debug_span!("setattr", ino).entered();
         let ino = self.aliases.ino(ino);
-        if !self.core.is_held_dir(ino) {
-            self.walks.asked(ctx.pid);
-        }
+        self.walks.asked(ctx.pid, || !self.core.is_held_dir(ino));
         let mut set = SetAttr {
             mode: a.mode,
             uid: a.uid,
@@ -452,7 +444,7 @@ impl StrataFs {
 
     pub(super) fn do_unlink(&self, pid: u32, parent: u64, name: &OsStr, reply: impl EmptyReply) {
         let _s = debug_span!("unlink", parent, ?name).entered();
-        self.walks.asked(pid);
+        self.walks.asked(pid, || true);
         reply_empty(reply, self.core.unlink(parent, name));
     }
 

@@ -82,12 +82,17 @@ impl WalkStyles {
         }
     }
 
-    /// Process `pid` asked about, removed or changed a file (not a directory).
-    pub(super) fn asked(&self, pid: u32) {
+    /// Process `pid` asked about, removed or changed an inode, a file (not
+    /// a directory) if `is_file`: only asked of a reader whose state it
+    /// would change (every request of an `ls -l` comes here).
+    pub(super) fn asked(&self, pid: u32, is_file: impl FnOnce() -> bool) {
         let Ok(mut readers) = self.readers.lock() else {
             return;
         };
-        if let Some(reader) = readers.get_mut(&pid) {
+        if let Some(reader) = readers.get_mut(&pid)
+            && (!reader.asked || reader.want_names)
+            && is_file()
+        {
             reader.asked = true;
             if reader.want_names {
                 reader.want_names = false;
@@ -117,7 +122,7 @@ mod tests {
         let w = WalkStyles::default();
         for _ in 0..5 {
             assert_eq!(w.reading(7, 0), Want::Attrs);
-            w.asked(7);
+            w.asked(7, || true);
         }
     }
 
@@ -126,7 +131,13 @@ mod tests {
         let w = WalkStyles::default();
         w.reading(7, 0);
         assert_eq!(w.reading(7, 0), Want::Names);
-        w.asked(7);
+        w.asked(7, || false);
+        assert_eq!(
+            w.reading(7, 100),
+            Want::Names,
+            "asking about a directory changes nothing"
+        );
+        w.asked(7, || true);
         assert_eq!(w.reading(7, 100), Want::Attrs);
         for _ in 0..5 {
             assert_eq!(w.reading(7, 0), Want::Attrs);

@@ -83,31 +83,21 @@ fn xattr_is_y(dir: BorrowedFd<'_>, name: &CStr, attr: &CStr) -> bool {
 /// whiteout xattr as a whiteout only there (a lookup takes it as one
 /// anywhere). Elsewhere a listing may name files without a stat each.
 pub fn holds_xattr_whiteouts(dir: BorrowedFd<'_>) -> bool {
-    let mut names = [0u8; 1024];
-    // A list too long for the buffer (or none to be had): every name is asked.
-    let list = listxattr_at(dir, c".", &mut names)
-        .ok()
-        .map(|n| &names[..n]);
+    let mut buf = [0u8; 1024];
+    let listed = listed_xattrs(dir, &mut buf);
     let mut value = [0u8; 2];
     OPAQUE_XATTRS.iter().any(|attr| {
-        list.is_none_or(|l| l.split(|b| *b == 0).any(|n| n == attr.to_bytes()))
+        listed(attr)
             && matches!(getxattr_at(dir, c".", attr, &mut value), Ok(1) if value[0] == b'x')
     })
 }
 
-/// [`is_overlay_whiteout`] for an entry a listing of `dir` reads:
-/// `xattr_whiteouts` tells [`holds_xattr_whiteouts`] of `dir` (asked only
-/// for an empty file).
-pub fn is_listed_whiteout(
-    dir: BorrowedFd<'_>,
-    name: &CStr,
-    stat: &Stat,
-    xattr_whiteouts: impl FnOnce() -> bool,
-) -> bool {
-    match FileType::from_raw_mode(stat.st_mode) {
-        FileType::RegularFile if stat.st_size == 0 && !xattr_whiteouts() => false,
-        _ => is_overlay_whiteout(dir, name, stat),
-    }
+/// Whether directory `dir` may carry each xattr asked about, from one list
+/// of its names read into `buf` (a list too long for it, or none to be had:
+/// every name may be there).
+fn listed_xattrs<'b>(dir: BorrowedFd<'_>, buf: &'b mut [u8]) -> impl Fn(&CStr) -> bool + 'b {
+    let list = listxattr_at(dir, c".", buf).ok().map(|n| &buf[..n]);
+    move |attr: &CStr| list.is_none_or(|l| l.split(|b| *b == 0).any(|n| n == attr.to_bytes()))
 }
 
 /// Whether `stat` (of `name` in `dir`) is a whiteout in the overlay dialects.
@@ -174,10 +164,7 @@ pub fn is_opaque(dir: BorrowedFd<'_>) -> Result<bool, LayerError> {
 /// most directories have no xattrs at all).
 pub fn dir_marks(dir: BorrowedFd<'_>) -> Result<(bool, Option<Redirect>), LayerError> {
     let mut buf = [0u8; 1024];
-    // A list too long for the buffer (or none to be had): every name is asked.
-    let list = listxattr_at(dir, c".", &mut buf).ok().map(|n| &buf[..n]);
-    let listed =
-        |attr: &CStr| list.is_none_or(|l| l.split(|b| *b == 0).any(|n| n == attr.to_bytes()));
+    let listed = listed_xattrs(dir, &mut buf);
     let opaque = OPAQUE_XATTRS
         .iter()
         .any(|attr| listed(attr) && xattr_is_y(dir, c".", attr))

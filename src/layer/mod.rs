@@ -25,8 +25,8 @@ pub use copy::{copy_data, copy_mode_times, copy_owner, copy_xattrs, restore_dir_
 pub use error::LayerError;
 pub use markers::{
     IMPLIED_XATTRS, OCI_WHITEOUT_PREFIX, Presence, STORE_LAYER_XATTRS, dir_marks, has_marker,
-    holds_xattr_whiteouts, implied_marker, is_implied, is_listed_whiteout, is_marker_name,
-    is_opaque, is_overlay_whiteout, oci_whiteout_target, probe, to_cstring,
+    holds_xattr_whiteouts, implied_marker, is_implied, is_marker_name, is_opaque,
+    is_overlay_whiteout, oci_whiteout_target, probe, to_cstring,
 };
 pub use redirect::{
     ALL_REDIRECT_XATTRS, METACOPY_XATTRS, Redirect, is_metacopy, read_redirect, read_redirect_at,

@@ -7,6 +7,8 @@ use std::ffi::CString;
 use std::os::fd::BorrowedFd;
 use std::sync::OnceLock;
 
+use rustix::fs::FileType;
+
 use super::Union;
 use super::attr::Attr;
 use crate::layer::{self, LayerError};
@@ -15,7 +17,7 @@ use crate::layer::{self, LayerError};
 pub(crate) enum Leaf {
     Whiteout,
     /// Listed, but a lookup takes it for a whiteout (see
-    /// [`layer::is_listed_whiteout`]): it gets no attributes.
+    /// [`layer::holds_xattr_whiteouts`]): it gets no attributes.
     Unfound {
         ino: u64,
     },
@@ -45,14 +47,18 @@ impl Union {
     ) -> Result<Vec<Leaf>, LayerError> {
         let one = |name: &CString| -> Result<Leaf, LayerError> {
             let st = layer::stat_at(dir, name)?;
-            let marked = || *xattr_whiteouts.get_or_init(|| layer::holds_xattr_whiteouts(dir));
-            if layer::is_listed_whiteout(dir, name, &st, marked) {
-                return Ok(Leaf::Whiteout);
-            }
-            let ino = self.entry_ino(layer, dir, name, st.st_ino);
             if layer::is_overlay_whiteout(dir, name, &st) {
+                // A listing takes an xattr whiteout (a regular file) for one
+                // only where its directory says it holds such whiteouts, as
+                // kernel overlayfs lists them.
+                let regular = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
+                if !regular || *xattr_whiteouts.get_or_init(|| layer::holds_xattr_whiteouts(dir)) {
+                    return Ok(Leaf::Whiteout);
+                }
+                let ino = self.entry_ino(layer, dir, name, st.st_ino);
                 return Ok(Leaf::Unfound { ino });
             }
+            let ino = self.entry_ino(layer, dir, name, st.st_ino);
             let st = self.logical(layer, dir, name, st);
             Ok(Attr::from_stat(ino, &st).map_or(Leaf::Unknown, |attr| Leaf::Shown { ino, attr }))
         };

@@ -15,6 +15,7 @@ use super::Union;
 use super::error::{Error, Result};
 use super::inode::{Node, NodeBody};
 use super::lookup::checked_name;
+use super::readdir::Want;
 use crate::layer::{self, Dialect, Redirect, Upper};
 
 impl Union {
@@ -154,7 +155,7 @@ impl Union {
                 return Err(Error::IsDir);
             } else if !dst_dir && src_dir {
                 return Err(Error::NotDir);
-            } else if dst_dir && self.list(d, super::readdir::Want::Names)?.len() > 2 {
+            } else if dst_dir && self.list(d, Want::Names)?.len() > 2 {
                 return Err(Error::NotEmpty);
             }
         }
