@@ -76,6 +76,9 @@ HALT_POLL = "/sys/module/haltpoll/parameters/guest_halt_poll_ns"
 DAMON = "/sys/kernel/mm/damon/admin/kdamonds"
 # stack name -> the lowers the rootless daemon mounts (see idmapped_layers)
 ROOTLESS_LOWERS = {}
+# stack name -> the lowers the other columns mount: the Debian image, its
+# files the rootless user's on disk, seen as root's (as an image's are)
+ROOT_LOWERS = {}
 
 
 def damon_running():
@@ -128,7 +131,7 @@ def as_user(argv):
 def lowers_for(impl, stack):
     if impl in ROOTLESS_IMPLS:
         return ROOTLESS_LOWERS.get(stack.name, stack.lowers)
-    return stack.lowers
+    return ROOT_LOWERS.get(stack.name, stack.lowers)
 
 
 def as_runner(impl, argv):
@@ -1234,7 +1237,9 @@ and how to read this). Do not edit by hand; rerun the harness.
   passthrough possible), unmounted by `fusermount3 -u` as that user; its workloads
   run as that user too, who owns the layers as a rootless engine does (the Debian
   stack is chowned to it; the others, root's on disk, it mounts through idmapped
-  bind mounts that show their files as its own), the mount and all in it
+  bind mounts that show their files as its own), the mount and all in it; the
+  other columns see the Debian stack through an idmapped bind mount that shows its
+  files as root's, as an image's are
 - mount options seen in /proc/mounts:
 {chr(10).join(f'  - {k}: `{v}`' for k, v in mount_opts.items())}
 - repetitions: {args.reps}, implementations interleaved (order rotated each repetition);
@@ -1277,6 +1282,19 @@ implementations:
         f.write("\n".join([text] + kept))
 
 
+def prepare_root_views(stacks, tmp):
+    """Stacks whose files are the rootless user's on disk (the Debian image)
+    are shown to the other columns through idmapped mounts as root's, as an
+    image's files are: walking another user's directories as root makes the
+    kernel check their ACLs, which a FUSE mount asks the daemon for again after
+    every refresh of a directory's attributes."""
+    for st in stacks.values():
+        if ROOTLESS_UID and os.stat(st.lowers[-1]).st_uid == ROOTLESS_UID:
+            mapped = os.path.join(tmp, "idmapped-root", st.name)
+            idmapped_layers(os.path.join(st.root, "layers"), mapped, (ROOTLESS_UID, 0), (ROOTLESS_GID, 0))
+            ROOT_LOWERS[st.name] = [os.path.join(mapped, os.path.basename(lo)) for lo in st.lowers]
+
+
 def prepare_rootless(stacks, tmp):
     """The unprivileged daemon cannot read trusted.overlay.* xattrs: give the
     opaque directories user.overlay.* markers too (kernel overlayfs, as root
@@ -1287,7 +1305,7 @@ def prepare_rootless(stacks, tmp):
         sh([STRATAFS, "layer", "add-user-markers"] + st.lowers, stdout=subprocess.DEVNULL)
         if os.stat(st.lowers[-1]).st_uid == 0:
             mapped = os.path.join(tmp, "idmapped", st.name)
-            idmapped_layers(os.path.join(st.root, "layers"), mapped)
+            idmapped_layers(os.path.join(st.root, "layers"), mapped, (0, ROOTLESS_UID), (0, ROOTLESS_GID))
             ROOTLESS_LOWERS[st.name] = [os.path.join(mapped, os.path.basename(lo)) for lo in st.lowers]
     probe = os.path.join(ROOTLESS_LOWERS.get("main", stacks["main"].lowers)[-1], "big", "file")
     if subprocess.run(as_user(["test", "-w", probe])).returncode != 0:
@@ -1296,10 +1314,11 @@ def prepare_rootless(stacks, tmp):
                          "private place?)")
 
 
-def idmapped_layers(source, target):
-    """Bind-mounts source at target with its root-owned files shown as the
-    rootless user's (an idmapped mount: open_tree, mount_setattr with a user
-    namespace mapping 0 to the user, move_mount). Nothing on disk changes."""
+def idmapped_layers(source, target, uids, gids):
+    """Bind-mounts source at target with the files of one owner shown as
+    another's: uids and gids are (on disk, seen) pairs (an idmapped mount:
+    open_tree, mount_setattr with a user namespace mapping the one to the
+    other, move_mount). Nothing on disk changes."""
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
@@ -1327,9 +1346,9 @@ def idmapped_layers(source, target):
                 break
             time.sleep(0.005)
         with open(f"/proc/{holder.pid}/uid_map", "w") as f:
-            f.write(f"0 {ROOTLESS_UID} 1\n")
+            f.write(f"{uids[0]} {uids[1]} 1\n")
         with open(f"/proc/{holder.pid}/gid_map", "w") as f:
-            f.write(f"0 {ROOTLESS_GID} 1\n")
+            f.write(f"{gids[0]} {gids[1]} 1\n")
         userns = os.open(f"/proc/{holder.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
     finally:
         holder.kill()
@@ -1611,6 +1630,8 @@ def main():
     for wl in wls:
         if wl.stack not in stacks:
             wl.fall_back_to_tree()
+    if set(impls) - ROOTLESS_IMPLS - {"native"}:
+        prepare_root_views(stacks, tmp)
     if ROOTLESS_IMPLS & set(impls):
         prepare_rootless(stacks, tmp)
     want, bad = sanity_check(stacks, tmp, impls)
