@@ -84,7 +84,7 @@ fn xattr_is_y(dir: BorrowedFd<'_>, name: &CStr, attr: &CStr) -> bool {
 /// anywhere). Elsewhere a listing may name files without a stat each.
 pub fn holds_xattr_whiteouts(dir: BorrowedFd<'_>) -> bool {
     let mut buf = [0u8; 1024];
-    let listed = listed_xattrs(dir, &mut buf);
+    let listed = listed_xattrs(dir, c".", &mut buf);
     let mut value = [0u8; 2];
     OPAQUE_XATTRS.iter().any(|attr| {
         listed(attr)
@@ -92,11 +92,15 @@ pub fn holds_xattr_whiteouts(dir: BorrowedFd<'_>) -> bool {
     })
 }
 
-/// Whether directory `dir` may carry each xattr asked about, from one list
+/// Whether `name` in `dir` may carry each xattr asked about, from one list
 /// of its names read into `buf` (a list too long for it, or none to be had:
 /// every name may be there).
-fn listed_xattrs<'b>(dir: BorrowedFd<'_>, buf: &'b mut [u8]) -> impl Fn(&CStr) -> bool + 'b {
-    let list = listxattr_at(dir, c".", buf).ok().map(|n| &buf[..n]);
+fn listed_xattrs<'b>(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    buf: &'b mut [u8],
+) -> impl Fn(&CStr) -> bool + 'b {
+    let list = listxattr_at(dir, name, buf).ok().map(|n| &buf[..n]);
     move |attr: &CStr| list.is_none_or(|l| l.split(|b| *b == 0).any(|n| n == attr.to_bytes()))
 }
 
@@ -104,9 +108,15 @@ fn listed_xattrs<'b>(dir: BorrowedFd<'_>, buf: &'b mut [u8]) -> impl Fn(&CStr) -
 pub fn is_overlay_whiteout(dir: BorrowedFd<'_>, name: &CStr, stat: &Stat) -> bool {
     match FileType::from_raw_mode(stat.st_mode) {
         FileType::CharacterDevice => stat.st_rdev == 0,
-        FileType::RegularFile if stat.st_size == 0 => WHITEOUT_XATTRS
-            .iter()
-            .any(|attr| has_xattr(dir, name, attr)),
+        // Every empty file of a listing or lookup is asked: one list of its
+        // names answers for both dialects (most have none).
+        FileType::RegularFile if stat.st_size == 0 => {
+            let mut buf = [0u8; 256];
+            let listed = listed_xattrs(dir, name, &mut buf);
+            WHITEOUT_XATTRS
+                .iter()
+                .any(|attr| listed(attr) && has_xattr(dir, name, attr))
+        }
         _ => false,
     }
 }
@@ -164,7 +174,7 @@ pub fn is_opaque(dir: BorrowedFd<'_>) -> Result<bool, LayerError> {
 /// most directories have no xattrs at all).
 pub fn dir_marks(dir: BorrowedFd<'_>) -> Result<(bool, Option<Redirect>), LayerError> {
     let mut buf = [0u8; 1024];
-    let listed = listed_xattrs(dir, &mut buf);
+    let listed = listed_xattrs(dir, c".", &mut buf);
     let opaque = OPAQUE_XATTRS
         .iter()
         .any(|attr| listed(attr) && xattr_is_y(dir, c".", attr))
