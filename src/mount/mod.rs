@@ -258,6 +258,36 @@ fn raise_fd_limit() {
     }
 }
 
+/// Descriptor slots the daemon's table holds from the start (128 KiB of
+/// kernel memory): a mount holds a descriptor for each layer directory of a
+/// directory the kernel knows and for each upper file (untar of 10k files
+/// holds 10k).
+const FD_TABLE_SLOTS: u64 = 16384;
+
+/// Grows the descriptor table now, while the daemon has one thread: a table
+/// that threads share waits for an RCU grace period each time it doubles
+/// (`expand_fdtable`), and the request opening the descriptor waits with it.
+/// Growing from 64 slots to 1024 during a cold `find` of the Debian image
+/// cost it 25-30 ms (about 90 ms instead of 60).
+fn presize_fd_table() {
+    use rustix::process::{Resource, getrlimit};
+    let limit = getrlimit(Resource::Nofile)
+        .current
+        .unwrap_or(FD_TABLE_SLOTS);
+    let Ok(top) = i32::try_from(FD_TABLE_SLOTS.min(limit).saturating_sub(1)) else {
+        return;
+    };
+    let grown = rustix::fs::open(
+        "/dev/null",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .and_then(|null| rustix::io::fcntl_dupfd_cloexec(&null, top));
+    if let Err(e) = grown {
+        tracing::debug!(error = %e, "cannot grow the descriptor table");
+    }
+}
+
 /// An unprivileged mount goes through fusermount3, which fuser finds by
 /// running each candidate with `-h` (a process and an exec, a noticeable
 /// part of a rootless mount's time) unless `FUSERMOUNT_PATH` names it: name
@@ -379,6 +409,7 @@ fn serve(spec: &MountSpec, union: Union, ready: Option<daemon::Ready>) -> Result
     let signals = crate::sys::block_termination_signals()
         .map_err(|e| MountError::io("blocking signals", e))?;
     crate::sys::tune_allocator();
+    presize_fd_table();
     // Recorded before the mount appears, so that whoever sees the mount
     // (a foreground caller polling /proc/mounts) finds its record too.
     let _registered = register(&spec.record());
