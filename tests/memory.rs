@@ -109,8 +109,8 @@ fn the_descriptor_table_is_grown_before_the_daemon_serves() {
     let base = env.layer("base");
     let top = env.layer("top");
     for i in 0..150 {
-        base.dir(&format!("d{i:03}/sub"));
-        top.dir(&format!("d{i:03}"));
+        base.dir(format!("d{i:03}/sub"));
+        top.dir(format!("d{i:03}"));
     }
     let stack = env.stack(&[&top, &base]);
     let (upper, work) = upper_work(&env.fresh_dir("rw"));
