@@ -1290,9 +1290,8 @@ def prepare_root_views(stacks, tmp):
     every refresh of a directory's attributes."""
     for st in stacks.values():
         if ROOTLESS_UID and os.stat(st.lowers[-1]).st_uid == ROOTLESS_UID:
-            mapped = os.path.join(tmp, "idmapped-root", st.name)
-            idmapped_layers(os.path.join(st.root, "layers"), mapped, (ROOTLESS_UID, 0), (ROOTLESS_GID, 0))
-            ROOT_LOWERS[st.name] = [os.path.join(mapped, os.path.basename(lo)) for lo in st.lowers]
+            ROOT_LOWERS[st.name] = idmapped_lowers(st, os.path.join(tmp, "idmapped-root"),
+                                                   (ROOTLESS_UID, 0), (ROOTLESS_GID, 0))
 
 
 def prepare_rootless(stacks, tmp):
@@ -1304,14 +1303,21 @@ def prepare_rootless(stacks, tmp):
     for st in stacks.values():
         sh([STRATAFS, "layer", "add-user-markers"] + st.lowers, stdout=subprocess.DEVNULL)
         if os.stat(st.lowers[-1]).st_uid == 0:
-            mapped = os.path.join(tmp, "idmapped", st.name)
-            idmapped_layers(os.path.join(st.root, "layers"), mapped, (0, ROOTLESS_UID), (0, ROOTLESS_GID))
-            ROOTLESS_LOWERS[st.name] = [os.path.join(mapped, os.path.basename(lo)) for lo in st.lowers]
+            ROOTLESS_LOWERS[st.name] = idmapped_lowers(st, os.path.join(tmp, "idmapped"),
+                                                       (0, ROOTLESS_UID), (0, ROOTLESS_GID))
     probe = os.path.join(ROOTLESS_LOWERS.get("main", stacks["main"].lowers)[-1], "big", "file")
     if subprocess.run(as_user(["test", "-w", probe])).returncode != 0:
         raise SystemExit(f"{ROOTLESS_USER} cannot write {probe} (as the owner it would seem to be): every "
                          "directory above the layers must be searchable by it (--keep-data/--tmpdir in a "
                          "private place?)")
+
+
+def idmapped_lowers(st, under, uids, gids):
+    """The lowers of stack st seen through an idmapped mount of its layers
+    made under directory under (see idmapped_layers)."""
+    mapped = os.path.join(under, st.name)
+    idmapped_layers(os.path.join(st.root, "layers"), mapped, uids, gids)
+    return [os.path.join(mapped, os.path.basename(lo)) for lo in st.lowers]
 
 
 def idmapped_layers(source, target, uids, gids):
