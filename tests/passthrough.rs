@@ -342,3 +342,77 @@ fn writes_drop_file_capabilities_like_the_kernel() {
     assert!(kernel[3].ends_with("new: "), "{kernel:?}");
     stack.assert_layers_unchanged();
 }
+
+/// Attribute changes drop a capability only where the kernel does (chown and truncate,
+/// not chmod or times), and the names the daemon keeps across them follow: each file's
+/// names are listed before every step (so the daemon has them cached), then chmod, utimes,
+/// chown and truncate; lower files with and without a capability, an upper one given
+/// one. Each step's lists match the kernel's. (The kernel removes the capability of a
+/// file it chowns with a removexattr of its own, which must not be answered from, or
+/// leave behind, a stale list.)
+#[test]
+fn attribute_changes_drop_capabilities_like_the_kernel() {
+    require_root();
+    let env = TestEnv::new("pt-setattr-cap");
+    let base = env.layer("base");
+    base.file("cap-chown", "x")
+        .xattr("security.capability", &FILE_CAP)
+        .xattr("user.keep", b"1");
+    base.file("cap-trunc", "xx")
+        .xattr("security.capability", &FILE_CAP);
+    base.file("bare", "x");
+    let stack = env.stack(&[&base]);
+    let names = ["cap-chown", "cap-trunc", "bare", "new"];
+    let lists = |root: &Path| -> String {
+        names
+            .iter()
+            .filter(|n| root.join(n).exists())
+            .map(|n| visible_xattr_names(root, n))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let act = |root: &Path| -> Vec<String> {
+        fs::write(root.join("new"), "z").unwrap();
+        lsetxattr(&root.join("new"), b"security.capability", &FILE_CAP).unwrap();
+        let mut seen = vec![lists(root)];
+        for n in names {
+            fs::set_permissions(root.join(n), fs::Permissions::from_mode(0o750)).unwrap();
+        }
+        seen.push(lists(root));
+        for n in names {
+            let f = fs::File::open(root.join(n)).unwrap();
+            f.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(1_000_000))
+                .unwrap();
+        }
+        seen.push(lists(root));
+        for n in ["cap-chown", "bare", "new"] {
+            std::os::unix::fs::lchown(root.join(n), Some(1000), Some(1000)).unwrap();
+        }
+        seen.push(lists(root));
+        fs::OpenOptions::new()
+            .write(true)
+            .open(root.join("cap-trunc"))
+            .unwrap()
+            .set_len(1)
+            .unwrap();
+        seen.push(lists(root));
+        seen
+    };
+    let (kernel, ours) = stack.on_kernel_then_stratafs(act);
+    assert_eq!(ours, kernel, "stratafs vs kernel overlay");
+    // The oracle itself: chmod and times keep the capabilities, chown and truncate drop them.
+    let all = "cap-chown: security.capability user.keep; cap-trunc: security.capability; \
+               bare: ; new: security.capability";
+    assert_eq!(kernel[0], all);
+    assert_eq!(kernel[1], all);
+    assert_eq!(kernel[2], all);
+    assert_eq!(
+        kernel[3],
+        "cap-chown: user.keep; cap-trunc: security.capability; bare: ; new: "
+    );
+    assert_eq!(
+        kernel[4],
+        "cap-chown: user.keep; cap-trunc: ; bare: ; new: "
+    );
+    stack.assert_layers_unchanged();
+}

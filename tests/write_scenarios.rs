@@ -235,14 +235,18 @@ fn inode_numbers_survive_copy_up_rename_and_remount() {
 /// The same shell script, run as uid/gid 1000 with a given umask, on a kernel overlay and on
 /// stratafs; returns (stdout, stderr) of each.
 fn run_as_1000(root: &Path, script: &str) -> (String, String) {
+    run_as(root, 1000, 1000, script)
+}
+
+fn run_as(root: &Path, uid: u32, gid: u32, script: &str) -> (String, String) {
     let out = run_timeout(
         Command::new("sh")
             .arg("-c")
             .arg(script)
             .arg("sh")
             .current_dir(root)
-            .uid(1000)
-            .gid(1000),
+            .uid(uid)
+            .gid(gid),
         Duration::from_secs(60),
     );
     assert!(out.status.is_some(), "script timed out: {}", out.describe());
@@ -254,7 +258,9 @@ fn run_as_1000(root: &Path, script: &str) -> (String, String) {
 
 /// Entries created through the mount belong to the calling process (uid, gid, umask), not
 /// to the daemon, as on the kernel: new files, directories, symlinks, FIFOs, copied-up files
-/// (owner preserved), setgid-directory inheritance, and permission refusals.
+/// (owner preserved), setgid-directory inheritance, and permission refusals; root callers
+/// too, in the daemon's own group (nothing to give away), in another group, and in a
+/// setgid directory.
 #[test]
 fn created_entries_belong_to_the_caller() {
     require_root();
@@ -305,6 +311,24 @@ chmod 4755 shared/f; echo "chmod own suid $?"
         sout, kout,
         "exit codes as uid 1000 (stratafs stderr: {serr})"
     );
+    let root_script = r#"
+umask 022
+touch shared/rootf; echo "root touch $?"
+mkdir shared/rootd; echo "root mkdir $?"
+ln -s target shared/rootl; echo "root symlink $?"
+touch sgid/rootf; echo "root sgid file $?"
+mkdir sgid/rootd; echo "root sgid dir $?"
+umask 0
+python3 -c 'import os; os.close(os.open("shared/rootsf", os.O_CREAT | os.O_WRONLY, 0o6755))'; echo "root create 6755 $?"
+"#;
+    let other_group =
+        "umask 022; touch shared/g3000f; mkdir shared/g3000d; echo \"other group $?\"";
+    for m in [km.path(), sm.path()] {
+        let (out, err) = run_as(m, 0, 0, root_script);
+        assert_eq!(out.matches(" 0\n").count(), 6, "as root: {out} {err}");
+        let (out, err) = run_as(m, 0, 3000, other_group);
+        assert_eq!(out, "other group 0\n", "as root in group 3000: {err}");
+    }
     let paths = [
         "shared",
         "shared/f",
@@ -320,6 +344,14 @@ chmod 4755 shared/f; echo "chmod own suid $?"
         "sgid/f",
         "sgid/d",
         "rootonly/f",
+        "shared/rootf",
+        "shared/rootd",
+        "shared/rootl",
+        "shared/rootsf",
+        "sgid/rootf",
+        "sgid/rootd",
+        "shared/g3000f",
+        "shared/g3000d",
     ];
     let own = |root: &Path, p: &str| -> String {
         match fs::symlink_metadata(root.join(p)) {
@@ -350,6 +382,14 @@ chmod 4755 shared/f; echo "chmod own suid $?"
         ("shared/e", 1000, 1000, 0o40700),
         ("sgid/f", 1000, 2000, 0o100664),
         ("sgid/d", 1000, 2000, 0o42775),
+        ("shared/rootf", 0, 0, 0o100644),
+        ("shared/rootd", 0, 0, 0o40755),
+        ("shared/rootl", 0, 0, 0o120777),
+        ("shared/rootsf", 0, 0, 0o106755),
+        ("sgid/rootf", 0, 2000, 0o100644),
+        ("sgid/rootd", 0, 2000, 0o42755),
+        ("shared/g3000f", 0, 3000, 0o100644),
+        ("shared/g3000d", 0, 3000, 0o40755),
     ];
     for (p, uid, gid, mode) in exp {
         let want = format!("{p}: uid={uid} gid={gid} mode={mode:o}");

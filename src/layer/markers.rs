@@ -143,12 +143,21 @@ fn exists(dir: BorrowedFd<'_>, name: &CStr) -> Result<bool, LayerError> {
     }
 }
 
-/// Looks `name` up in one layer directory.
-pub fn probe(dir: BorrowedFd<'_>, name: &CStr) -> Result<Presence, LayerError> {
+/// Looks `name` up in one layer directory; its OCI whiteout (`.wh.NAME`)
+/// only if `oci_whiteouts` (the caller knows when none can be there, or
+/// when one would hide nothing).
+pub fn probe(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    oci_whiteouts: bool,
+) -> Result<Presence, LayerError> {
     match stat_at(dir, name) {
         Ok(stat) if is_overlay_whiteout(dir, name, &stat) => Ok(Presence::Whiteout),
         Ok(stat) => Ok(Presence::Entry(stat)),
         Err(LayerError::Io(e)) if e.raw_os_error() == Some(libc::ENOENT) => {
+            if !oci_whiteouts {
+                return Ok(Presence::Absent);
+            }
             // An OCI whiteout only hides layers below; a real entry of the same
             // name in this layer (checked above) wins.
             match oci_whiteout_name(name) {

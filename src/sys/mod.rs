@@ -2,6 +2,7 @@
 //! syscalls that rustix does not cover. Each block carries a SAFETY note.
 
 mod affinity;
+mod chmod_fd;
 mod env;
 mod fork;
 mod fuse_ring;
@@ -11,6 +12,7 @@ mod writeback;
 mod xattr_at;
 
 pub use affinity::{Unpinned, unpinned};
+pub use chmod_fd::chmod_fd;
 pub use env::set_env_if_single_threaded;
 pub use fork::{ForkResult, fork};
 pub use fuse_ring::{FuseBacking, FuseQueue, HEADER_SIZE, Slot, probe_ring};

@@ -70,7 +70,7 @@ impl Union {
         let name = checked_name(name)?;
         let parent = self.nodes.get(parent)?;
         let layers = parent.dir_layers()?;
-        let found = self.search(&layers, &name)?;
+        let found = self.search(&layers, &name, true)?;
         if let Found::Top(_) = found {
             return Err(Error::Exists);
         }
@@ -81,7 +81,7 @@ impl Union {
         let over_whiteout = if had_upper {
             matches!(found, Found::WhiteoutAt(0))
         } else {
-            matches!(layer::probe(dir.as_fd(), &name)?, Presence::Whiteout)
+            matches!(layer::probe(dir.as_fd(), &name, true)?, Presence::Whiteout)
         };
         let pattr = self.refresh_attr(&parent)?;
         let setgid_parent = pattr.perm as u32 & libc::S_ISGID != 0;
@@ -104,8 +104,14 @@ impl Union {
         } else {
             (dir.as_fd(), name.clone())
         };
+        // What the daemon makes is its own, in its own group unless the
+        // directory is setgid: for a caller with the daemon's ids, a chown
+        // would change nothing. (The workdir, where an entry replacing a
+        // whiteout is made, is not looked at: that one is always given.)
+        let owner_given = !over_whiteout && !setgid_parent && (uid, gid) == self.process_ids;
         let file = match self.upper_override() {
             Some(x) => self.make_recorded(at, &at_name, mode, uid, gid, what, x)?,
+            None if owner_given => make(at, &at_name, mode, what, self.process_umask)?,
             None => self.make_owned(at, &at_name, mode, uid, gid, what)?,
         };
         if over_whiteout {
@@ -219,7 +225,10 @@ impl Union {
         let attr = attr_of(ino, &st)?;
         let body = if attr.kind == Kind::Dir {
             NodeBody::Dir {
-                layers: Box::new([LayerDir::new(0, Arc::new(layer::open_subdir(dir, &name)?))]),
+                layers: Box::new([LayerDir::made_here(
+                    0,
+                    Arc::new(layer::open_subdir(dir, &name)?),
+                )]),
             }
         } else {
             NodeBody::Upper {
@@ -266,7 +275,7 @@ impl Union {
         }
         let src = self.copy_up_meta(&node)?;
         let dir = self.upper_dir(&parent)?;
-        let over_whiteout = matches!(layer::probe(dir.as_fd(), &name)?, Presence::Whiteout);
+        let over_whiteout = matches!(layer::probe(dir.as_fd(), &name, true)?, Presence::Whiteout);
         let src_path = layer::proc_fd_path(src.as_fd());
         if over_whiteout {
             let tmp = upper.temp_name();

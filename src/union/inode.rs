@@ -27,6 +27,7 @@ pub const ROOT_INO: u64 = 1;
 
 /// The xattr a write to a file removes.
 const CAPABILITY: &[u8] = b"security.capability";
+const ACL_ACCESS: &[u8] = b"system.posix_acl_access";
 
 /// Bits of the inode number left for the real inode number; the bits above
 /// select the layer filesystem, as the kernel's `xino` does.
@@ -84,6 +85,9 @@ pub struct LayerDir {
     pub fd: Arc<OwnedFd>,
     /// Its names, read once on demand (see [`LayerDir::may_hold`]).
     names: Arc<OnceLock<Option<NameIndex>>>,
+    /// Made by this mount with nothing below it: no OCI whiteout can be in
+    /// it, since one is written only over a name a lower layer has.
+    made_here: bool,
 }
 
 /// The names in a lower layer directory, markers included. `None` for a
@@ -99,7 +103,21 @@ impl LayerDir {
             layer,
             fd,
             names: Arc::default(),
+            made_here: false,
         }
+    }
+
+    /// An upper directory just made by this mount, with no layer below it.
+    pub fn made_here(layer: usize, fd: Arc<OwnedFd>) -> Self {
+        LayerDir {
+            made_here: true,
+            ..LayerDir::new(layer, fd)
+        }
+    }
+
+    /// Whether a `.wh.NAME` may be in this directory.
+    pub fn may_hold_oci_whiteouts(&self) -> bool {
+        !self.made_here
     }
 
     /// False when this (lower, never changing) directory surely has neither
@@ -390,6 +408,19 @@ impl Node {
     /// on the real file), so a cached list that may hold it is dropped; one
     /// known to lack it stays right.
     pub fn forget_xattrs_for_write(&self) {
+        self.forget_xattrs_holding(&[CAPABILITY]);
+    }
+
+    /// After a setattr: chown and truncate kill `security.capability`, and
+    /// chmod rewrites the access ACL, which the file system drops once the
+    /// mode says all it said. None of them adds a name, so a cached list
+    /// without those two stays right (the common case: no xattrs at all).
+    pub fn forget_xattrs_for_setattr(&self) {
+        self.forget_xattrs_holding(&[CAPABILITY, ACL_ACCESS]);
+    }
+
+    /// Drops the cached list unless it is known to hold none of `names`.
+    fn forget_xattrs_holding(&self, names: &[&[u8]]) {
         let keep = {
             let st = self.state.read();
             self.no_xattrs.load(Ordering::Relaxed)
@@ -397,7 +428,7 @@ impl Node {
                     .extra
                     .as_deref()
                     .and_then(|e| e.xattr_names.as_deref())
-                    .is_some_and(|names| !names.split(|b| *b == 0).any(|n| n == CAPABILITY))
+                    .is_some_and(|list| !list.split(|b| *b == 0).any(|n| names.contains(&n)))
         };
         if !keep {
             self.forget_xattrs();

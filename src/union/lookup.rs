@@ -82,14 +82,21 @@ impl Union {
         layers: &'a [LayerDir],
         name: &CStr,
     ) -> Result<Option<Top<'a>>> {
-        Ok(match self.search(layers, name)? {
+        Ok(match self.search(layers, name, false)? {
             Found::Top(top) => Some(top),
             Found::WhiteoutAt(_) | Found::Nothing => None,
         })
     }
 
-    /// [`Union::find_top`], telling a whiteout from nothing.
-    pub(crate) fn search<'a>(&self, layers: &'a [LayerDir], name: &CStr) -> Result<Found<'a>> {
+    /// [`Union::find_top`], telling a whiteout from nothing where
+    /// `exact`; otherwise a whiteout in the bottom layer, which hides
+    /// nothing, may be taken for nothing.
+    pub(crate) fn search<'a>(
+        &self,
+        layers: &'a [LayerDir],
+        name: &CStr,
+        exact: bool,
+    ) -> Result<Found<'a>> {
         // Deep stacks: most layers lack most names; their listings (read
         // once) say so without a probe each.
         let indexed = layers.len() >= INDEX_MIN_LAYERS;
@@ -97,7 +104,9 @@ impl Union {
             if indexed && !self.is_upper(ld.layer) && !ld.may_hold(name) {
                 continue;
             }
-            match layer::probe(ld.fd.as_fd(), name)? {
+            let bottom = index + 1 == layers.len();
+            let oci = ld.may_hold_oci_whiteouts() && (exact || !bottom);
+            match layer::probe(ld.fd.as_fd(), name, oci)? {
                 Presence::Absent => continue,
                 Presence::Whiteout => return Ok(Found::WhiteoutAt(index)),
                 Presence::Entry(stat) => return Ok(Found::Top(Top { index, ld, stat })),
@@ -204,8 +213,10 @@ impl Union {
     ) -> Result<Vec<LayerDir>> {
         let mut dirs = Vec::new();
         let mut name = name.to_owned();
-        for ld in layers {
-            match layer::probe(ld.fd.as_fd(), &name)? {
+        for (index, ld) in layers.iter().enumerate() {
+            // A whiteout in the bottom layer hides nothing.
+            let oci = ld.may_hold_oci_whiteouts() && index + 1 < layers.len();
+            match layer::probe(ld.fd.as_fd(), &name, oci)? {
                 Presence::Absent => continue,
                 Presence::Whiteout => break,
                 Presence::Entry(st) if Kind::from_mode(st.st_mode) == Some(Kind::Dir) => {

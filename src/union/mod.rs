@@ -89,6 +89,8 @@ pub struct Union {
     implied: Vec<Option<&'static std::ffi::CStr>>,
     /// This process's umask when the union was made (see `create::make`).
     process_umask: u32,
+    /// This process's effective uid and gid: the owner of what it makes.
+    process_ids: (u32, u32),
     /// Per layer: a check of file content on open (`--verify=lazy`).
     checks: Vec<Option<std::sync::Arc<dyn crate::layer::ContentCheck>>>,
 }
@@ -185,6 +187,10 @@ impl Union {
             checks: Vec::new(),
             implied,
             process_umask: process_umask(),
+            process_ids: (
+                rustix::process::geteuid().as_raw(),
+                rustix::process::getegid().as_raw(),
+            ),
             overrides,
             redirect_dir: upper_spec.is_some_and(|s| s.redirect_dir),
             metacopy: upper_spec.is_some_and(|s| s.metacopy),

@@ -3,12 +3,12 @@
 
 use std::os::fd::AsFd;
 
-use rustix::fs::{AtFlags, Gid, Mode, OFlags, Timespec, Timestamps, Uid};
+use rustix::fs::{AtFlags, Gid, OFlags, Timespec, Timestamps, Uid};
 
 use super::Union;
 use super::attr::{Attr, Kind};
 use super::error::{Error, Result};
-use crate::layer;
+use crate::{layer, sys};
 
 /// A time to set: a value, or the current time.
 #[derive(Debug, Clone, Copy)]
@@ -95,7 +95,6 @@ impl Union {
                 Some(size) => self.copy_up_leaf(&node, size != 0)?,
             }
         };
-        let path = layer::proc_fd_path(fd.as_fd());
         let is_link = node.attr().kind == Kind::Symlink;
 
         let recorded = self.upper_override().is_some()
@@ -128,12 +127,7 @@ impl Union {
             }
         }
         if let Some(mode) = set.mode.filter(|_| !is_link && !recorded) {
-            rustix::fs::chmodat(
-                rustix::fs::CWD,
-                path.as_c_str(),
-                Mode::from_raw_mode(mode & 0o7777),
-                AtFlags::empty(),
-            )?;
+            sys::chmod_fd(fd.as_fd(), mode)?;
         }
         if let Some(size) = set.size {
             match set.fh.and_then(|fh| self.files.get(fh).ok()?.fd().ok()) {
@@ -161,7 +155,7 @@ impl Union {
                 AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
             )?;
         }
-        node.forget_xattrs();
+        node.forget_xattrs_for_setattr();
         self.refresh_attr(&node)
     }
 }
