@@ -251,7 +251,7 @@ fn overlay_upper_is_a_kernel_overlay_upper() {
 }
 
 /// OCI dialect: only `.wh.NAME` / `.wh..wh..opq` markers (no char devices, no marker
-/// xattrs); the upper mounts through stratafs as a lower layer with the same view, and
+/// xattrs), the whiteouts hard links of one empty file; the upper mounts through stratafs as a lower layer with the same view, and
 /// through the kernel once converted; stratafs remounts it writable with the same view.
 #[test]
 fn oci_upper_has_only_oci_markers_and_reads_back() {
@@ -272,7 +272,39 @@ fn oci_upper_has_only_oci_markers_and_reads_back() {
     let view = stripped(m.path());
     m.unmount();
     let mut problems = Vec::new();
+    // Whiteouts are links of one empty file, as the kernel's are of one device node (no
+    // inode each); the workdir keeps none of it once unmounted.
     let raw = Snapshot::take(&su);
+    let whiteouts: Vec<&Entry> = raw
+        .entries
+        .iter()
+        .filter(|(p, _)| {
+            let name = p.rsplit(|b| *b == b'/').next().unwrap_or(p);
+            name.starts_with(b".wh.") && name != b".wh..wh..opq"
+        })
+        .map(|(_, e)| e)
+        .collect();
+    let inodes: std::collections::BTreeSet<_> = whiteouts.iter().map(|e| e.ino).collect();
+    if whiteouts.len() < 3
+        || inodes.len() != 1
+        || whiteouts
+            .iter()
+            .any(|e| e.kind != Kind::File || e.size != 0)
+    {
+        problems.push(format!(
+            "{} whiteouts on {} inodes, want empty files on one inode: {whiteouts:?}",
+            whiteouts.len(),
+            inodes.len()
+        ));
+    }
+    let work_left: Vec<_> = fs::read_dir(&sw)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != ".stratafs.lock" && n != "index")
+        .collect();
+    if !work_left.is_empty() {
+        problems.push(format!("workdir left with {work_left:?}"));
+    }
     problems.extend(upper_format_problems(&raw, UpperDialect::Oci, &lower_view));
     problems.extend(marker_problems(&raw));
     for (p, e) in &raw.entries {

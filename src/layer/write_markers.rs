@@ -15,14 +15,7 @@ fn io(e: rustix::io::Errno) -> LayerError {
 }
 
 fn create_empty(dir: BorrowedFd<'_>, name: &CStr) -> Result<(), LayerError> {
-    rustix::fs::openat(
-        dir,
-        name,
-        OFlags::CREATE | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o600),
-    )
-    .map(drop)
-    .map_err(io)
+    make_empty(dir, name).map_err(io)
 }
 
 fn oci_name(name: &CStr) -> Result<CString, LayerError> {
@@ -32,47 +25,92 @@ fn oci_name(name: &CStr) -> Result<CString, LayerError> {
 
 /// The workdir's whiteout that the overlay-dialect whiteouts are hard links of.
 const SHARED_WHITEOUT: &CStr = c"#whiteout";
+/// The workdir's empty file that the OCI-dialect whiteouts are hard links of.
+const SHARED_OCI_WHITEOUT: &CStr = c"#whiteout-oci";
+
+fn make_overlay_whiteout(dir: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<()> {
+    rustix::fs::mknodat(dir, name, FileType::CharacterDevice, Mode::empty(), 0)
+}
+
+/// An empty file: an OCI marker.
+fn make_empty(dir: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<()> {
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::CREATE | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .map(drop)
+}
 
 impl Upper {
     /// Hides `name` (absent from upper `dir`) in the layers below.
     pub fn write_whiteout(&self, dir: BorrowedFd<'_>, name: &CStr) -> Result<(), LayerError> {
         match self.dialect() {
             Dialect::Overlay { .. } => self.new_whiteout(dir, name)?,
-            Dialect::Oci => create_empty(dir, &oci_name(name)?)?,
+            Dialect::Oci => self.new_oci_whiteout(dir, name)?,
         }
         Ok(())
     }
 
-    /// A new overlay whiteout `name` in `dir`: a hard link of one shared
-    /// whiteout in the workdir, as kernel overlayfs makes them (a link costs
-    /// far less than a new inode), or a new device node where linking fails
-    /// (the link count limit reached).
+    /// A new overlay whiteout `name` in `dir`, linked to the shared one.
     fn new_whiteout(&self, dir: BorrowedFd<'_>, name: &CStr) -> Result<(), LayerError> {
-        for _ in 0..2 {
-            match rustix::fs::linkat(self.work(), SHARED_WHITEOUT, dir, name, AtFlags::empty()) {
-                Ok(()) => return Ok(()),
-                Err(rustix::io::Errno::NOENT) => {
-                    let made = rustix::fs::mknodat(
-                        self.work(),
-                        SHARED_WHITEOUT,
-                        FileType::CharacterDevice,
-                        Mode::empty(),
-                        0,
-                    );
-                    if !matches!(made, Ok(()) | Err(rustix::io::Errno::EXIST)) {
-                        break;
-                    }
-                }
-                Err(rustix::io::Errno::EXIST) => return Err(io(rustix::io::Errno::EXIST)),
-                Err(_) => break,
-            }
+        match self.link_shared(SHARED_WHITEOUT, make_overlay_whiteout, dir, name) {
+            Err(rustix::io::Errno::EXIST) => Err(io(rustix::io::Errno::EXIST)),
+            Ok(()) => Ok(()),
+            Err(_) => make_overlay_whiteout(dir, name).map_err(io),
         }
-        rustix::fs::mknodat(dir, name, FileType::CharacterDevice, Mode::empty(), 0).map_err(io)
     }
 
-    /// Removes the shared whiteout (at unmount: the workdir is left clean).
+    /// The OCI whiteout of `name` in `dir` (`.wh.NAME`), linked to the
+    /// shared one; one already there is kept.
+    fn new_oci_whiteout(&self, dir: BorrowedFd<'_>, name: &CStr) -> Result<(), LayerError> {
+        let wh = oci_name(name)?;
+        match self.link_shared(SHARED_OCI_WHITEOUT, make_empty, dir, &wh) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => Ok(()),
+            Err(_) => make_empty(dir, &wh).map_err(io),
+        }
+    }
+
+    /// Makes `name` in `dir` a hard link of the workdir's `shared` marker,
+    /// as kernel overlayfs makes its whiteouts: a link costs far less than a
+    /// new inode, which after a cache drop means reading the inode tables.
+    /// `shared` is made by `make` when missing, and made anew once it has
+    /// as many links as the file system allows.
+    fn link_shared(
+        &self,
+        shared: &CStr,
+        make: fn(BorrowedFd<'_>, &CStr) -> rustix::io::Result<()>,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+    ) -> rustix::io::Result<()> {
+        let mut last = rustix::io::Errno::NOENT;
+        for _ in 0..3 {
+            match rustix::fs::linkat(self.work(), shared, dir, name, AtFlags::empty()) {
+                Ok(()) => return Ok(()),
+                Err(rustix::io::Errno::NOENT) => {
+                    if let Err(e) = make(self.work(), shared)
+                        && e != rustix::io::Errno::EXIST
+                    {
+                        return Err(e);
+                    }
+                }
+                Err(rustix::io::Errno::MLINK) => {
+                    // Those linked so far keep their inode; the next is a new one.
+                    let _ = rustix::fs::unlinkat(self.work(), shared, AtFlags::empty());
+                    last = rustix::io::Errno::MLINK;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
+    /// Removes the shared whiteouts (at unmount: the workdir is left clean).
     pub(crate) fn drop_shared_whiteout(&self) {
-        let _ = rustix::fs::unlinkat(self.work(), SHARED_WHITEOUT, AtFlags::empty());
+        for shared in [SHARED_WHITEOUT, SHARED_OCI_WHITEOUT] {
+            let _ = rustix::fs::unlinkat(self.work(), shared, AtFlags::empty());
+        }
     }
 
     /// Replaces the upper entry `name` in `dir` by a whiteout, atomically in
@@ -105,7 +143,7 @@ impl Upper {
             Dialect::Oci => {
                 // The whiteout first: an entry beats an OCI whiteout in its own
                 // layer, so the name stays visible until the entry goes.
-                create_empty(dir, &oci_name(name)?)?;
+                self.new_oci_whiteout(dir, name)?;
                 self.remove_entry(dir, name, is_dir)?;
             }
         }
