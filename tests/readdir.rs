@@ -991,3 +991,53 @@ fn listings_kept_while_other_directories_change_show_every_change_in_theirs() {
     drop(m);
     stack.assert_layers_unchanged();
 }
+
+/// Device nodes made through the mount are listed beside the whiteouts of their directory:
+/// the daemon knows the whiteouts it made by their inode number (links of one shared
+/// whiteout), and must not take another device for one. Lower files are removed (whiteouts
+/// before and after the devices are made), a character device, another one and a block
+/// device made, and the directory listed and its entries stat'ed, as through kernel
+/// overlayfs.
+#[test]
+fn devices_made_beside_whiteouts_are_listed() {
+    require_root();
+    let env = TestEnv::new("rd-dev-wh");
+    let base = env.layer("base");
+    for i in 0..5 {
+        base.file(format!("d/f{i}"), "x");
+    }
+    let stack = env.stack(&[&base]);
+    let act = |root: &Path| -> Vec<String> {
+        let d = root.join("d");
+        for i in 0..3 {
+            fs::remove_file(d.join(format!("f{i}"))).unwrap();
+        }
+        mknod(&d.join("null"), libc::S_IFCHR | 0o666, 1, 3).unwrap();
+        mknod(&d.join("tty"), libc::S_IFCHR | 0o620, 5, 0).unwrap();
+        mknod(&d.join("blk"), libc::S_IFBLK | 0o660, 7, 0).unwrap();
+        fs::remove_file(d.join("f3")).unwrap();
+        let mut names: Vec<String> = fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+            .iter()
+            .map(|n| {
+                let md = fs::symlink_metadata(d.join(n)).unwrap();
+                format!("{n} {:o} {:x}", md.mode(), md.rdev())
+            })
+            .collect()
+    };
+    let (kernel, ours) = stack.on_kernel_then_stratafs(act);
+    assert_eq!(ours, kernel, "stratafs vs kernel overlay");
+    assert_eq!(
+        kernel
+            .iter()
+            .map(|l| l.split(' ').next().unwrap())
+            .collect::<Vec<_>>(),
+        ["blk", "f4", "null", "tty"],
+        "{kernel:?}"
+    );
+    stack.assert_layers_unchanged();
+}

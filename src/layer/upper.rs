@@ -53,6 +53,10 @@ pub struct Upper {
     /// and a counter.
     pid: u32,
     counter: AtomicU64,
+    /// The inode of the shared whiteout the overlay-dialect whiteouts are
+    /// links of while it is in the workdir (0 otherwise): a directory entry
+    /// with that inode number is one of them, known without a stat.
+    pub(super) shared_whiteout_ino: AtomicU64,
     /// Cleared once the filesystem refuses O_TMPFILE.
     tmpfiles: AtomicBool,
     reaper: Reaper,
@@ -166,6 +170,7 @@ impl Upper {
             bare_new_files,
             pid: std::process::id(),
             counter: AtomicU64::new(0),
+            shared_whiteout_ino: AtomicU64::new(0),
             tmpfiles: AtomicBool::new(true),
             reaper: Reaper::new(reaper_work),
         })

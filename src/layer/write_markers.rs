@@ -3,6 +3,7 @@
 
 use std::ffi::{CStr, CString};
 use std::os::fd::BorrowedFd;
+use std::sync::atomic::Ordering;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
 
@@ -57,9 +58,26 @@ impl Upper {
     fn new_whiteout(&self, dir: BorrowedFd<'_>, name: &CStr) -> Result<(), LayerError> {
         match self.link_shared(SHARED_WHITEOUT, make_overlay_whiteout, dir, name) {
             Err(rustix::io::Errno::EXIST) => Err(io(rustix::io::Errno::EXIST)),
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if self.shared_whiteout_ino.load(Ordering::Relaxed) == 0
+                    && let Ok(st) = super::stat_at(self.work(), SHARED_WHITEOUT)
+                    && super::is_overlay_whiteout(self.work(), SHARED_WHITEOUT, &st)
+                {
+                    self.shared_whiteout_ino.store(st.st_ino, Ordering::Relaxed);
+                }
+                Ok(())
+            }
             Err(_) => make_overlay_whiteout(dir, name).map_err(io),
         }
+    }
+
+    /// Whether a directory entry of the upper layer, of type `ftype` and
+    /// inode number `ino` (as `getdents` gives them), is an overlay whiteout
+    /// this mount made: a link of the shared one.
+    pub fn is_shared_whiteout(&self, ftype: FileType, ino: u64) -> bool {
+        ftype == FileType::CharacterDevice
+            && ino != 0
+            && ino == self.shared_whiteout_ino.load(Ordering::Relaxed)
     }
 
     /// The OCI whiteout of `name` in `dir` (`.wh.NAME`), linked to the
@@ -75,8 +93,9 @@ impl Upper {
     /// Makes `name` in `dir` a hard link of the workdir's `shared` marker,
     /// as kernel overlayfs makes its whiteouts: a link costs far less than a
     /// new inode, which after a cache drop means reading the inode tables.
-    /// `shared` is made by `make` when missing, and made anew once it has
-    /// as many links as the file system allows.
+    /// `shared` is made by `make` when missing, and (but for the overlay
+    /// dialect's) made anew once it has as many links as the file system
+    /// allows.
     fn link_shared(
         &self,
         shared: &CStr,
@@ -95,6 +114,12 @@ impl Upper {
                         return Err(e);
                     }
                 }
+                // The overlay dialect's shared whiteout stays while mounted:
+                // its inode number names its links (`is_shared_whiteout`),
+                // and an inode number is unique only while its inode lives.
+                Err(rustix::io::Errno::MLINK) if shared == SHARED_WHITEOUT => {
+                    return Err(rustix::io::Errno::MLINK);
+                }
                 Err(rustix::io::Errno::MLINK) => {
                     // Those linked so far keep their inode; the next is a new one.
                     let _ = rustix::fs::unlinkat(self.work(), shared, AtFlags::empty());
@@ -108,6 +133,7 @@ impl Upper {
 
     /// Removes the shared whiteouts (at unmount: the workdir is left clean).
     pub(crate) fn drop_shared_whiteout(&self) {
+        self.shared_whiteout_ino.store(0, Ordering::Relaxed);
         for shared in [SHARED_WHITEOUT, SHARED_OCI_WHITEOUT] {
             let _ = rustix::fs::unlinkat(self.work(), shared, AtFlags::empty());
         }

@@ -475,6 +475,15 @@ impl Union {
                 if decided.contains(&entries, bytes) {
                     return Ok(());
                 }
+                // A whiteout this mount made is a link of its shared one:
+                // known by its inode number, without a stat.
+                if !lower
+                    && let Some(upper) = &self.upper
+                    && upper.is_shared_whiteout(ftype, real_ino)
+                {
+                    pass.whiteouts.push(bytes.to_vec());
+                    return Ok(());
+                }
                 let plain = match ftype {
                     FileType::RegularFile => Some(Kind::File),
                     FileType::Symlink => Some(Kind::Symlink),
