@@ -261,6 +261,16 @@ fn unprivileged_writes_clear_setuid_like_the_kernel() {
     stack.assert_layers_unchanged();
 }
 
+/// The visible xattr names of those of `names` that exist under `root`, file by file.
+fn xattr_lists(root: &Path, names: &[&str]) -> String {
+    names
+        .iter()
+        .filter(|n| root.join(n).exists())
+        .map(|n| visible_xattr_names(root, n))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// `security.capability` v2, `cap_net_bind_service=ep` (the kernel checks the format).
 const FILE_CAP: [u8; 20] = [1, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 
@@ -292,14 +302,7 @@ fn writes_drop_file_capabilities_like_the_kernel() {
         "user-unread",
         "new",
     ];
-    let lists = |root: &Path, names: &[&str]| -> String {
-        names
-            .iter()
-            .filter(|n| root.join(n).exists())
-            .map(|n| visible_xattr_names(root, n))
-            .collect::<Vec<_>>()
-            .join("; ")
-    };
+    let lists = xattr_lists;
     let act = |root: &Path| -> Vec<String> {
         let mut seen = vec![lists(root, &listed_first)];
         for n in ["cap", "user-only", "bare", "cap-unread", "user-unread"] {
@@ -363,14 +366,7 @@ fn attribute_changes_drop_capabilities_like_the_kernel() {
     base.file("bare", "x");
     let stack = env.stack(&[&base]);
     let names = ["cap-chown", "cap-trunc", "bare", "new"];
-    let lists = |root: &Path| -> String {
-        names
-            .iter()
-            .filter(|n| root.join(n).exists())
-            .map(|n| visible_xattr_names(root, n))
-            .collect::<Vec<_>>()
-            .join("; ")
-    };
+    let lists = |root: &Path| xattr_lists(root, &names);
     let act = |root: &Path| -> Vec<String> {
         fs::write(root.join("new"), "z").unwrap();
         lsetxattr(&root.join("new"), b"security.capability", &FILE_CAP).unwrap();
