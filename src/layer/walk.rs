@@ -75,13 +75,7 @@ pub fn read_dir(
     Ok(())
 }
 
-/// `/proc/self/fd/N`: reopens or addresses the inode behind an (O_PATH) fd
-/// without knowing any of its names, so hard links, renames and unlinked
-/// files are all reached the same way.
-pub fn proc_fd_path(fd: BorrowedFd<'_>) -> std::ffi::CString {
-    use std::os::fd::AsRawFd;
-    std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
-}
+pub use crate::sys::proc_fd_path;
 
 /// Clears setuid, and setgid where it means "set group on exec" (group
 /// execute set) or the writer is not in the file's group (`in_group` of the
@@ -97,14 +91,7 @@ pub fn drop_setid(fd: BorrowedFd<'_>, in_group: impl Fn(u32) -> bool) -> Result<
     if kept == mode {
         return Ok(());
     }
-    let path = proc_fd_path(fd);
-    rustix::fs::chmodat(
-        rustix::fs::CWD,
-        path.as_c_str(),
-        Mode::from_raw_mode(kept & 0o7777),
-        rustix::fs::AtFlags::empty(),
-    )
-    .map_err(|e| LayerError::Io(e.into()))
+    crate::sys::chmod_fd(fd, kept).map_err(LayerError::Io)
 }
 
 /// Opens an O_PATH handle on `name` in `dir` itself (never a symlink's target).

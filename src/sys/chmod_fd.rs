@@ -4,7 +4,6 @@
 //! `AT_EMPTY_PATH` changes the fd's own inode; older kernels get the
 //! `/proc/self/fd/N` magic link, a path walk through procfs per call.
 
-use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,8 +37,7 @@ pub fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
         }
         FCHMODAT2_MISSING.store(true, Ordering::Relaxed);
     }
-    let path = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let path = super::proc_fd_path(fd);
     rustix::fs::chmodat(
         rustix::fs::CWD,
         path.as_c_str(),

@@ -26,13 +26,6 @@ struct XattrArgs {
 
 static AT_CALLS_MISSING: AtomicBool = AtomicBool::new(false);
 
-/// The inode an fd refers to (any fd, O_PATH included), by its magic link:
-/// for an empty `name`, which the `*xattrat` calls take only for fds that
-/// are not O_PATH.
-fn fd_path(fd: BorrowedFd<'_>) -> CString {
-    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
-}
-
 fn proc_path(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<CString> {
     let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
     p.extend_from_slice(name.to_bytes());
@@ -71,7 +64,9 @@ pub fn getxattr_at(
     buf: &mut [u8],
 ) -> io::Result<usize> {
     if name.is_empty() {
-        let path = fd_path(dir);
+        // By the magic link: the `*xattrat` calls take an empty name only for
+        // fds that are not O_PATH.
+        let path = super::proc_fd_path(dir);
         let r = if buf.is_empty() {
             rustix::fs::getxattr_query(path.as_c_str(), attr)
         } else {
@@ -146,7 +141,7 @@ pub fn listxattr_at(dir: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> io::Res
 /// final symlink; an empty `name` means `dir` itself, as in [`getxattr_at`].
 pub fn setxattr_at(dir: BorrowedFd<'_>, name: &CStr, attr: &CStr, value: &[u8]) -> io::Result<()> {
     if name.is_empty() {
-        let path = fd_path(dir);
+        let path = super::proc_fd_path(dir);
         return rustix::fs::setxattr(
             path.as_c_str(),
             attr,
