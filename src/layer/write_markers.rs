@@ -15,10 +15,6 @@ fn io(e: rustix::io::Errno) -> LayerError {
     LayerError::Io(e.into())
 }
 
-fn create_empty(dir: BorrowedFd<'_>, name: &CStr) -> Result<(), LayerError> {
-    make_empty(dir, name).map_err(io)
-}
-
 fn oci_name(name: &CStr) -> Result<CString, LayerError> {
     oci_whiteout_name(name)
         .ok_or_else(|| LayerError::Io(std::io::Error::from_raw_os_error(libc::ENAMETOOLONG)))
@@ -220,7 +216,7 @@ impl Upper {
             Dialect::Oci => {
                 // A marker file, unlike an xattr, would bump the directory's mtime.
                 let st = super::stat_self(dir)?;
-                create_empty(dir, OCI_OPAQUE)?;
+                make_empty(dir, OCI_OPAQUE).map_err(io)?;
                 super::restore_dir_times(dir, &st)
             }
         }

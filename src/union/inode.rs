@@ -115,9 +115,11 @@ impl LayerDir {
         }
     }
 
-    /// Whether a `.wh.NAME` may be in this directory.
-    pub fn may_hold_oci_whiteouts(&self) -> bool {
-        !self.made_here
+    /// Whether a lookup here must probe for `.wh.NAME`: one may be in this
+    /// directory, and `matters` (it would hide a layer below, or the caller
+    /// must tell a whiteout from nothing).
+    pub fn probes_oci_whiteouts(&self, matters: bool) -> bool {
+        matters && !self.made_here
     }
 
     /// False when this (lower, never changing) directory surely has neither

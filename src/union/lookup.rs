@@ -104,8 +104,7 @@ impl Union {
             if indexed && !self.is_upper(ld.layer) && !ld.may_hold(name) {
                 continue;
             }
-            let bottom = index + 1 == layers.len();
-            let oci = ld.may_hold_oci_whiteouts() && (exact || !bottom);
+            let oci = ld.probes_oci_whiteouts(exact || index + 1 < layers.len());
             match layer::probe(ld.fd.as_fd(), name, oci)? {
                 Presence::Absent => continue,
                 Presence::Whiteout => return Ok(Found::WhiteoutAt(index)),
@@ -215,7 +214,7 @@ impl Union {
         let mut name = name.to_owned();
         for (index, ld) in layers.iter().enumerate() {
             // A whiteout in the bottom layer hides nothing.
-            let oci = ld.may_hold_oci_whiteouts() && index + 1 < layers.len();
+            let oci = ld.probes_oci_whiteouts(index + 1 < layers.len());
             match layer::probe(ld.fd.as_fd(), &name, oci)? {
                 Presence::Absent => continue,
                 Presence::Whiteout => break,
